@@ -1,0 +1,189 @@
+"""The ``advbench`` command line.
+
+    advbench run SUITE [--dry-run]     plan, run what is not stored yet, rebuild the leaderboard
+    advbench validate SUITE            check a suite without running anything
+    advbench list defenses|attacks|datasets|architectures
+    advbench leaderboard               rebuild leaderboard/ from the store
+    advbench bench attacks             throughput and strength of each attack vs a baseline
+
+User errors print one line and exit 2; a run with failed tasks exits 1;
+Ctrl-C exits 130 and the next run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_STORE = "results"
+DEFAULT_LEADERBOARD = "leaderboard"
+DEFAULT_DATA = "data"
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=DEFAULT_DATA, help="where torchvision datasets live (default: data)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets into --data-dir")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advbench", description="Benchmark harness for adversarial robustness.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (resumes; skips stored work) and rebuild the leaderboard")
+    run.add_argument("suite", type=Path)
+    run.add_argument("--store", default=DEFAULT_STORE, help="results directory (default: results)")
+    run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, help="leaderboard directory (default: leaderboard)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides the suite's device")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: in this process (default); ray: tasks on a Ray cluster (pip install 'advbench[ray]')")
+    run.add_argument("--dry-run", action="store_true", help="print the planned tasks and how many are done")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(run)
+
+    val = sub.add_parser("validate", help="check a suite: schema, names, parameters, budgets, data")
+    val.add_argument("suite", type=Path)
+    _add_data_args(val)
+
+    lst = sub.add_parser("list", help="list registered entries with their parameters and defaults")
+    lst.add_argument("kind", choices=["defenses", "attacks", "datasets", "architectures"])
+
+    lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from the store")
+    lb.add_argument("--store", default=DEFAULT_STORE)
+    lb.add_argument("--out", default=DEFAULT_LEADERBOARD)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("what", choices=["attacks"])
+    bench.add_argument("--n", type=int, default=256, help="examples per attack")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--attacks", nargs="*", help="subset of benchmark names")
+    return parser
+
+
+def _data_ctx(args):
+    from .data import DataContext
+
+    return DataContext(Path(args.data_dir), args.download)
+
+
+def cmd_validate(args) -> int:
+    from .config import load_suite
+    from .plan import build_plan
+
+    suite = load_suite(args.suite, data_ctx=_data_ctx(args))
+    plan = build_plan(suite)
+    counts = {k: len(plan.by_kind(k)) for k in ("train", "craft", "score")}
+    print(f"{args.suite}: ok — {len(suite.datasets)} dataset(s), {len(suite.defenses)} defense(s), "
+          f"{len(suite.attacks)} attack(s), {len(suite.seeds)} seed(s); "
+          f"{len(plan.tasks)} tasks ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    from .registry import REGISTRIES
+
+    rows = []
+    for entry in REGISTRIES[args.kind].entries():
+        extra = ""
+        if args.kind == "attacks":
+            cls = entry.factory
+            extra = f"{cls.threat_model}, budget={cls.budget_param}, backends={'/'.join(cls.backends)}"
+        params = ", ".join(p.describe() for p in entry.params if p.name != "backend")
+        rows.append([entry.name, entry.description, *([extra] if extra else []), params])
+    headers = ["name", "description", *(["threat model"] if args.kind == "attacks" else []), "parameters (= default)"]
+    print(tabulate(rows, headers=headers, tablefmt="simple", maxcolwidths=[None, 50, 30, 70][-len(headers):]))
+    return 0
+
+
+def _rebuild_leaderboard(store, out: Path) -> list[Path]:
+    from .report import build_leaderboard
+
+    return build_leaderboard(store.results(), out)
+
+
+def cmd_leaderboard(args) -> int:
+    from .store import Store
+
+    store = Store.open_existing(args.store)
+    if store is None:
+        raise UserError(f"--store {args.store}: no results store there; run a suite first (advbench run SUITE)")
+    paths = _rebuild_leaderboard(store, Path(args.out))
+    print(f"leaderboard: {len(store.results())} results -> {', '.join(str(p) for p in paths[:2])}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .config import load_suite
+    from .execute import LocalExecutor, RunContext, resolve_device
+    from .plan import build_plan
+    from .store import Store
+
+    suite = load_suite(args.suite, data_ctx=_data_ctx(args))
+    plan = build_plan(suite)
+    device = resolve_device(args.device or suite.device)
+
+    if args.dry_run:
+        existing = Store.open_existing(args.store)
+        done = existing.done_keys(plan.keys) if existing else set()
+        failed = {r["key"] for r in existing.failed_tasks(plan.keys)} if existing else set()
+        for task in plan.tasks:
+            state = "done" if task.key in done else ("failed, will retry" if task.key in failed else "to run")
+            print(f"{task.kind:5}  {task.key}  {state:17}  {task.label}")
+        print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(plan.tasks) - len(done)} to run "
+              f"(device {device}; store {args.store})")
+        return 0
+
+    store = Store(args.store)
+    store.set_suite_plan(suite.name, plan.keys)
+    ctx = RunContext(store_dir=Path(args.store), data=_data_ctx(args), device=device,
+                     batch_size=suite.batch_size, progress=not args.quiet and sys.stderr.isatty(), suite=suite.name)
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = RayExecutor()
+    else:
+        executor = LocalExecutor()
+    print(f"{suite.name}: {len(plan.tasks)} tasks, {len(store.done_keys(plan.keys))} already stored; device {device}")
+    try:
+        summary = executor.run(plan, ctx, store)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(store.done_keys(plan.keys))}/{len(plan.tasks)} tasks are stored; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 130
+    paths = _rebuild_leaderboard(store, Path(args.leaderboard))
+    print(f"{summary.ran} run, {summary.already_done} already stored, {len(summary.failed)} failed, "
+          f"{len(summary.skipped)} skipped; leaderboard: {paths[0] if paths else args.leaderboard}")
+    for label, error in summary.failed:
+        print(f"  FAILED {label}: {error}", file=sys.stderr)
+    if not summary.ok:
+        print("failed tasks are retried on the next run; errors and tracebacks are in the store's tasks table",
+              file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import run_attack_benchmark
+
+    run_attack_benchmark(n=args.n, device=args.device, only=args.attacks)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
+            "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"advbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The suite schema: a YAML file -> a validated ``Suite``.
+
+Every mistake a user can make in a suite ends here as one ``UserError`` whose
+message names the file and the key (``suites/x.yaml: attacks[1].budgets[0]: ...``).
+Validation goes all the way down: registry names (with close-match
+suggestions), each factory's typed parameters, budgets the attack cannot take,
+attack surfaces, transfer sources, and whether each dataset is on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import UserError
+from .registry import UnknownName, attacks, datasets, defenses
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetEntry(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    train_size: int | None = Field(None, gt=0, description="random subset of the training split")
+    test_size: int | None = Field(None, gt=0, description="random subset of the test split (clean accuracy)")
+    eval_size: int = Field(1000, gt=0, description="test examples that are attacked")
+    subset_seed: int = 0
+
+
+class DefenseEntry(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AttackEntry(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    backend: str | None = None
+    budgets: list[float | None] = Field(min_length=1)
+    surface: str = "deployed"
+    transfer_from: str | None = Field(None, description="craft on this defense's deployed model, score on all")
+    defenses: list[str] | None = Field(None, description="defense labels to attack; default all")
+
+
+class Suite(_Strict):
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = Field(256, gt=0, description="attack and evaluation batch size")
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    defenses: list[DefenseEntry] = Field(min_length=1)
+    attacks: list[AttackEntry] = Field(default_factory=list)
+    path: str = Field("", exclude=True)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError) -> list[str]:
+    msgs = []
+    for e in err.errors():
+        key = _loc(tuple(p for p in e["loc"] if p != "__root__"))
+        full = ".".join(k for k in (prefix, key) if k).replace(".[", "[")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msgs.append(f"{path}: {full}: {msg}" if full else f"{path}: {msg}")
+    return msgs
+
+
+def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
+    """Read and fully validate a suite; raise UserError with the first problem found.
+
+    ``data_ctx`` (a ``bench.data.DataContext``) enables the check that each dataset is
+    available; without it that check is skipped (e.g. for ``advbench validate`` without
+    a data directory, the CLI passes its default one).
+    """
+    path = Path(path)
+    shown = str(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read suite: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise UserError(f"{shown}: {where}malformed YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{shown}: a suite must be a mapping with keys name, datasets, defenses, attacks")
+    raw.setdefault("name", path.stem)
+    try:
+        suite = Suite(**raw)
+    except pydantic.ValidationError as e:
+        _raise_first(_pydantic_errors(shown, "", e))
+    suite.path = shown
+    _raise_first(_check_semantics(suite, shown, data_ctx))
+    return suite
+
+
+def _raise_first(errors: list[str]) -> None:
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+
+
+def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
+    """Resolve a registry name and validate its params; return the built object or None."""
+    try:
+        reg_entry = registry.get(entry.name)
+    except UnknownName as e:
+        errors.append(f"{path}: {key}.name: {e}")
+        return None
+    params = dict(entry.params)
+    if getattr(entry, "backend", None) is not None:
+        params["backend"] = entry.backend
+    try:
+        validated = reg_entry.validate(params)
+    except pydantic.ValidationError as e:
+        errors.extend(_pydantic_errors(path, f"{key}.params", e))
+        return None
+    entry.params = validated
+    if registry is datasets:
+        return reg_entry  # building a dataset loads it: availability is checked separately
+    try:
+        return reg_entry.factory(**validated)
+    except UnknownName as e:
+        errors.append(f"{path}: {key}.params: {e}")
+    except (ValueError, TypeError) as e:
+        errors.append(f"{path}: {key}.params: {e}")
+    return None
+
+
+def _unique_labels(items, key: str, path: str, errors: list[str]) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        item.label = item.label or item.name
+        if item.label in seen:
+            errors.append(f"{path}: {key}[{i}].label: duplicate label {item.label!r}; give each entry its own label")
+        seen.add(item.label)
+
+
+def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
+    errors: list[str] = []
+    for key, items in (("datasets", suite.datasets), ("defenses", suite.defenses), ("attacks", suite.attacks)):
+        _unique_labels(items, key, path, errors)
+
+    for i, ds in enumerate(suite.datasets):
+        if _check_entry(datasets, ds, f"datasets[{i}]", path, errors) and data_ctx is not None:
+            from .data import check_available
+
+            try:
+                check_available(ds.name, ds.params, data_ctx)
+            except UserError as e:
+                errors.append(f"{path}: datasets[{i}]: {e}")
+
+    surfaces: dict[str, set[str]] = {}
+    for i, d in enumerate(suite.defenses):
+        defense = _check_entry(defenses, d, f"defenses[{i}]", path, errors)
+        if defense is not None:
+            surfaces[d.label] = set(defense.surface_names())
+
+    labels = [d.label for d in suite.defenses]
+    for i, a in enumerate(suite.attacks):
+        key = f"attacks[{i}]"
+        attack = _check_entry(attacks, a, key, path, errors)
+        if attack is None:
+            continue
+        for j, budget in enumerate(a.budgets):
+            problem = type(attack).budget_error(budget)
+            if problem:
+                errors.append(f"{path}: {key}.budgets[{j}]: {problem}")
+        for name in (a.defenses or []):
+            if name not in labels:
+                errors.append(f"{path}: {key}.defenses: {UnknownName('defense label', name, labels)}")
+        if a.transfer_from is not None:
+            if a.transfer_from not in labels:
+                errors.append(f"{path}: {key}.transfer_from: {UnknownName('defense label', a.transfer_from, labels)}")
+            elif a.surface not in surfaces.get(a.transfer_from, {a.surface}):
+                errors.append(f"{path}: {key}.surface: {UnknownName('attack surface', a.surface, sorted(surfaces[a.transfer_from]))}")
+        else:
+            for label in (a.defenses or labels):
+                known = surfaces.get(label)
+                if known is not None and a.surface not in known:
+                    errors.append(f"{path}: {key}.surface: defense {label!r} has no attack surface {a.surface!r} "
+                                  f"(it has {', '.join(sorted(known))})")
+    return errors

@@ -1,0 +1,126 @@
+"""The defense interface (DESIGN.md, "The defense interface").
+
+Lifecycle as the harness drives it:
+
+1. a registry factory builds the defense from a suite's parameters (cheap, no tensors);
+2. ``setup(spec, seed=..., device=...)`` builds its modules for a dataset's input shape;
+3. either ``fit(data, ...)`` trains it, or ``load_state_dict`` restores a checkpoint;
+4. attacks use ``surface(name)``; scoring uses ``deployed()``.
+
+Randomness a defense uses at test time must not depend on ``module.training``:
+attack libraries put models into eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from .adapters import to_art, to_foolbox
+from .data import DatasetSplits
+from .models import InputSpec, build_architecture
+from .registry import UnknownName, architectures
+from .training import TrainConfig, train_classifier
+
+
+class Defense:
+    """Base class. Subclasses implement ``setup``, ``fit`` and ``modules``."""
+
+    # Flags the harness reads.
+    stochastic: ClassVar[bool] = False       # predictions vary between calls (test-time noise, sampling)
+    has_reject_class: ClassVar[bool] = False  # the deployed model has an extra "reject" output
+    is_detector: ClassVar[bool] = False
+    forward_passes: ClassVar[int] = 1         # forward passes per prediction
+
+    spec: InputSpec
+    device: torch.device
+
+    def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The trainable parts, by name: what a checkpoint holds."""
+        raise NotImplementedError
+
+    def deployed(self) -> nn.Module:
+        """The model exactly as the defense decides at test time: [0,1] NCHW images -> scores."""
+        raise NotImplementedError
+
+    def surfaces(self) -> dict[str, nn.Module]:
+        """Differentiable modules a white-box attacker may use, by name."""
+        return {"deployed": self.deployed()}
+
+    def surface_names(self) -> list[str]:
+        """Names ``surfaces()`` will offer once set up; known before training, for suite validation."""
+        return ["deployed"]
+
+    def surface(self, name: str) -> nn.Module:
+        available = self.surfaces()
+        if name not in available:
+            raise UnknownName("attack surface", name, sorted(available))
+        return available[name].eval()
+
+    # Checkpoints: flat tensor dicts, loadable with torch.load(weights_only=True).
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{part}.{k}": v for part, m in self.modules().items() for k, v in m.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for part, module in self.modules().items():
+            prefix = f"{part}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            module.to(self.device).eval()
+
+    # Adapters for the attack libraries.
+    def as_art(self, surface: str = "deployed"):
+        num_classes = self.spec.num_classes + (1 if self.has_reject_class else 0)
+        return to_art(self.surface(surface), self.spec.shape, num_classes, self.device)
+
+    def as_foolbox(self, surface: str = "deployed"):
+        return to_foolbox(self.surface(surface), self.device)
+
+
+def default_architecture(spec: InputSpec) -> str:
+    """The papers' nets: Strauss Table 1 for grayscale inputs, Table 3 for colour."""
+    return "strauss-mnist" if spec.channels == 1 else "strauss-cifar"
+
+
+class ClassifierDefense(Defense):
+    """One trained classifier; subclasses change the training (augmentation, loss)."""
+
+    def __init__(self, *, arch: str = "auto", arch_params: dict[str, Any] | None = None, epochs: int = 5,
+                 batch_size: int = 128, lr: float = 1e-3, optimizer: Literal["adam", "sgd"] = "adam",
+                 weight_decay: float = 0.0):
+        if arch != "auto":
+            architectures.get(arch).validate(arch_params)  # fail at suite validation, not mid-run
+        self.arch = arch
+        self.arch_params = arch_params or {}
+        self.train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                        weight_decay=weight_decay)
+        self.model: nn.Module | None = None
+
+    def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
+        self.spec, self.device = spec, device
+        torch.manual_seed(seed)  # parameter initialisation
+        arch = default_architecture(spec) if self.arch == "auto" else self.arch
+        self.model = build_architecture(arch, spec, self.arch_params).to(device).eval()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def deployed(self) -> nn.Module:
+        return self.model
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        """Per-batch training-data transform; identity here."""
+        return x, y
+
+    def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
+        transform = None if type(self).augment is ClassifierDefense.augment else self.augment
+        train_classifier(self.model, data.train_x, data.train_y, self.train_config, seed=seed,
+                         device=self.device, transform=transform, progress=progress,
+                         desc=type(self).__name__)

@@ -1,0 +1,127 @@
+"""Planning: a validated Suite -> a task graph of train, craft and score tasks.
+
+Each task's key hashes everything that determines its output: its config, the
+keys of the tasks it consumes, and the version of the code it uses (the
+registry entry's ``version`` plus the harness's own step versions below). Work
+that cells share is planned once: a defense is trained once per dataset and
+seed, and examples crafted on a transfer source are scored on every defense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite
+from .registry import attacks, datasets, defenses
+
+# Bump when the harness's own part of a step changes its output.
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1"}
+
+TaskKind = Literal["train", "craft", "score"]
+
+
+def task_key(kind: str, config: dict[str, Any], deps: list[str]) -> str:
+    blob = json.dumps({"kind": kind, "step": STEP_VERSIONS[kind], "config": config, "deps": deps},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Task:
+    kind: TaskKind
+    key: str
+    label: str                      # for humans: progress lines, failure summaries
+    config: dict[str, Any]          # what determines the output (hashed into the key)
+    deps: list[str]                 # keys of upstream tasks
+    info: dict[str, Any] = field(default_factory=dict)  # descriptive fields for result rows; not hashed
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    tasks: list[Task]               # topologically ordered: train, then craft, then score
+
+    @property
+    def keys(self) -> list[str]:
+        return [t.key for t in self.tasks]
+
+    def by_kind(self, kind: TaskKind) -> list[Task]:
+        return [t for t in self.tasks if t.kind == kind]
+
+
+def _dataset_config(ds: DatasetEntry) -> dict[str, Any]:
+    return {"name": ds.name, "version": datasets.get(ds.name).version, "params": ds.params,
+            "train_size": ds.train_size, "test_size": ds.test_size, "subset_seed": ds.subset_seed}
+
+
+def _defense_config(d: DefenseEntry) -> dict[str, Any]:
+    return {"name": d.name, "version": defenses.get(d.name).version, "params": d.params}
+
+
+def _attack_config(a: AttackEntry) -> dict[str, Any]:
+    entry = attacks.get(a.name)
+    params = dict(a.params)
+    if "backend" in params and params["backend"] is None:  # resolve the default: it changes the output
+        params["backend"] = entry.factory.backends[0]
+    return {"name": a.name, "version": entry.version, "params": params}
+
+
+def _budget_label(attack: AttackEntry, budget: float | None) -> str:
+    param = attacks.get(attack.name).factory.budget_param
+    return f"{param}={'unbounded' if budget is None else f'{budget:g}'}"
+
+
+def build_plan(suite: Suite) -> Plan:
+    train: dict[tuple[str, str, int], Task] = {}
+    craft: dict[str, Task] = {}
+    score: dict[str, Task] = {}
+
+    for ds in suite.datasets:
+        ds_cfg = _dataset_config(ds)
+        eval_cfg = {"dataset": ds_cfg, "eval_size": ds.eval_size}
+        for seed in suite.seeds:
+            for d in suite.defenses:
+                cfg = {"dataset": ds_cfg, "defense": _defense_config(d), "seed": seed}
+                key = task_key("train", cfg, [])
+                train[(ds.label, d.label, seed)] = Task(
+                    "train", key, f"train {d.label} on {ds.label} (seed {seed})", cfg, [],
+                    info={"dataset": ds.label, "defense": d.label, "seed": seed})
+                clean_cfg = {"examples": "test split", "dataset": ds_cfg, "seed": seed}
+                clean = Task("score", task_key("score", clean_cfg, [key]),
+                             f"score {d.label} on clean {ds.label} (seed {seed})", clean_cfg, [key],
+                             info={"dataset": ds.label, "defense": d.label, "seed": seed, "attack": None})
+                score[clean.key] = clean
+
+            for a in suite.attacks:
+                a_cfg = _attack_config(a)
+                targets = a.defenses or [d.label for d in suite.defenses]
+                for budget in a.budgets:
+                    for target in targets:
+                        source = a.transfer_from or target
+                        source_train = train[(ds.label, source, seed)]
+                        c_cfg = {"attack": a_cfg, "budget": budget, "surface": a.surface,
+                                 "eval": eval_cfg, "seed": seed}
+                        c_key = task_key("craft", c_cfg, [source_train.key])
+                        if c_key not in craft:
+                            craft[c_key] = Task(
+                                "craft", c_key,
+                                f"craft {a.label} {_budget_label(a, budget)} on {source}.{a.surface} "
+                                f"({ds.label}, seed {seed})",
+                                c_cfg, [source_train.key],
+                                info={"dataset": ds.label, "defense": source, "seed": seed})
+                        target_train = train[(ds.label, target, seed)]
+                        s_cfg = {"examples": "crafted"}
+                        s_deps = [target_train.key, c_key]
+                        s_key = task_key("score", s_cfg, s_deps)
+                        score[s_key] = Task(
+                            "score", s_key,
+                            f"score {target} under {a.label} {_budget_label(a, budget)}"
+                            + (f" from {source}" if a.transfer_from else "") + f" ({ds.label}, seed {seed})",
+                            s_cfg, s_deps,
+                            info={"dataset": ds.label, "defense": target, "seed": seed, "attack": a.label,
+                                  "attack_name": a.name, "budget": budget, "surface": a.surface,
+                                  "source": f"transfer:{source}" if a.transfer_from else "white-box"})
+    return Plan(suite, [*train.values(), *craft.values(), *score.values()])

@@ -1,0 +1,195 @@
+"""Name -> factory registries for datasets, architectures, defenses and attacks.
+
+Modelled on timm's ``register_model`` and lm-evaluation-harness's registry:
+
+* a factory is registered under a name with a decorator;
+* its keyword-only parameters (with type annotations and defaults) are the
+  parameters a suite may set; positional parameters are supplied by the harness
+  (a dataset's input shape, a data directory, ...);
+* an unknown name fails with close-match suggestions;
+* third-party packages register through entry-point groups
+  (``advbench.datasets``, ``advbench.architectures``, ``advbench.defenses``,
+  ``advbench.attacks``) without editing this repository. An entry point may
+  name a module (importing it registers its entries) or a factory (registered
+  under the entry point's name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import types
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pydantic
+
+
+class UnknownName(KeyError):
+    """A name that is not registered; the message carries close matches."""
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, known
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(known)}"
+        super().__init__(f"unknown {kind} {name!r}; {hint}")
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any
+    default: Any  # inspect.Parameter.empty when required
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+    def describe(self) -> str:
+        type_name = getattr(self.annotation, "__name__", None) or str(self.annotation).replace("typing.", "")
+        return f"{self.name}: {type_name}" + ("" if self.required else f" = {self.default!r}")
+
+
+@dataclass
+class Entry:
+    """One registered factory."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    version: str = "1"  # bump when the factory's output changes: part of task keys
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> list[Param]:
+        if not inspect.isclass(self.factory):
+            return _keyword_params(self.factory)[0]
+        # A subclass's __init__(self, *, own, **rest) passes `rest` on to its parent:
+        # collect keyword-only parameters along the MRO until one takes no **kwargs.
+        params: dict[str, Param] = {}
+        for cls in self.factory.__mro__:
+            if "__init__" not in vars(cls) or cls is object:
+                continue
+            own, forwards = _keyword_params(cls.__init__)
+            for p in own:
+                params.setdefault(p.name, p)
+            if not forwards:
+                break
+        return list(params.values())
+
+    def validate(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Check names and types of user parameters; return them with defaults filled in.
+
+        Raises ``pydantic.ValidationError``; the suite loader turns it into a
+        message naming file and key.
+        """
+        fields = {
+            p.name: (p.annotation, ... if p.required else p.default) for p in self.params
+        }
+        model = pydantic.create_model(
+            f"{self.kind}_{self.name}".replace("-", "_"),
+            __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+        return model(**(params or {})).model_dump()
+
+    def build(self, *context: Any, **params: Any) -> Any:
+        return self.factory(*context, **self.validate(params))
+
+
+def _keyword_params(fn: Callable) -> tuple[list[Param], bool]:
+    """Keyword-only parameters of fn, and whether it also takes **kwargs."""
+    hints = _type_hints(fn)
+    sig = inspect.signature(fn).parameters.values()
+    params = [Param(p.name, hints.get(p.name, Any), p.default) for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig)
+
+
+def _type_hints(obj: Callable) -> dict[str, Any]:
+    try:
+        import typing
+
+        return typing.get_type_hints(obj)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        return {k: v for k, v in getattr(obj, "__annotations__", {}).items() if not isinstance(v, str)}
+
+
+class Registry:
+    """Entries of one kind, filled from built-in modules and entry-point plugins on first use."""
+
+    def __init__(self, kind: str, group: str, builtin_modules: tuple[str, ...] = ()):
+        self.kind = kind
+        self.group = group
+        self._builtin_modules = builtin_modules
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(
+        self, name: str | None = None, *, version: str = "1", description: str | None = None, **meta: Any
+    ) -> Callable[[Callable], Callable]:
+        """Decorator: ``@defenses.register("gaussian-augment")``."""
+
+        def decorator(factory: Callable) -> Callable:
+            self.add(name or factory.__name__.replace("_", "-"), factory, version=version,
+                     description=description, **meta)
+            return factory
+
+        return decorator
+
+    def add(self, name: str, factory: Callable, *, version: str = "1", description: str | None = None,
+            **meta: Any) -> Entry:
+        if name in self._entries and self._entries[name].factory is not factory:
+            raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name].factory!r}")
+        doc = description if description is not None else inspect.getdoc(factory) or ""
+        entry = Entry(self.kind, name, factory, version, doc.split("\n\n")[0].replace("\n", " "), meta)
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> Entry:
+        self._ensure_loaded()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownName(self.kind, name, self.names()) from None
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self._builtin_modules:
+            importlib.import_module(module)
+        self.load_plugins()
+
+    def load_plugins(self) -> None:
+        """Import every entry point of this registry's group (safe to call again)."""
+        for ep in entry_points(group=self.group):
+            obj = ep.load()
+            if isinstance(obj, types.ModuleType):
+                continue  # importing the module registered its entries
+            if ep.name not in self._entries:
+                self.add(ep.name, obj)
+
+
+datasets = Registry("dataset", "advbench.datasets", ("bench.data",))
+architectures = Registry("architecture", "advbench.architectures", ("bench.models",))
+defenses = Registry("defense", "advbench.defenses", ("defenses",))
+attacks = Registry("attack", "advbench.attacks", ("bench.attacks",))
+
+REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks}

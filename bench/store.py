@@ -1,0 +1,173 @@
+"""The results store: one SQLite file plus artifact files named by task key.
+
+Layout of a store directory::
+
+    advbench.sqlite          tasks (every task's status), results (one row per scored cell),
+                             suite_plans (the keys of each suite's latest plan)
+    artifacts/<key>.pt       checkpoints and adversarial examples
+
+Crash safety: an artifact is written to a temporary file and renamed into
+place, and only then is the task's row committed. A task counts as done only
+when its row says so, so a crash at any point loses at most the task that was
+running, and a rerun resumes from there without counting anything twice
+(results are keyed by task key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+RESULT_COLUMNS = [
+    "key", "suite", "dataset", "defense", "defense_name", "defense_config", "attack", "attack_config",
+    "threat_model", "surface", "source", "budget_param", "budget", "seed", "n", "clean_acc", "robust_acc",
+    "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
+    "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
+]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, status TEXT NOT NULL,
+    config TEXT NOT NULL, error TEXT, wall_time_s REAL, suite TEXT, versions TEXT, git_commit TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in RESULT_COLUMNS)}
+);
+CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (suite, key));
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_artifact(root: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """An artifact's tensors; readable without opening the database."""
+    return torch.load(Path(root) / "artifacts" / f"{key}.pt", map_location="cpu", weights_only=True)
+
+
+class Store:
+    DB_NAME = "advbench.sqlite"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.artifacts = self.root / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        # Several processes (one per GPU, Ray workers on one host) may write: WAL and a busy timeout.
+        self._db = sqlite3.connect(self.root / self.DB_NAME, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def open_existing(cls, root: str | Path) -> "Store | None":
+        """The store at root if one exists, without creating anything."""
+        return cls(root) if (Path(root) / cls.DB_NAME).exists() else None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- task status -------------------------------------------------------------------------
+    def done_keys(self, keys: list[str] | None = None) -> set[str]:
+        rows = self._db.execute("SELECT key FROM tasks WHERE status = 'done'").fetchall()
+        done = {k for (k,) in rows}
+        return done if keys is None else done & set(keys)
+
+    def is_done(self, key: str) -> bool:
+        row = self._db.execute("SELECT status FROM tasks WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "done"
+
+    def task(self, key: str) -> dict[str, Any] | None:
+        cur = self._db.execute("SELECT * FROM tasks WHERE key = ?", (key,))
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
+    def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any],
+                  result: dict[str, Any] | None = None) -> None:
+        """Record a finished task (and its result row) in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', ?, NULL, ?, ?, ?, ?, ?)",
+                (task.key, task.kind, task.label, json.dumps(task.config, sort_keys=True), wall_time_s,
+                 provenance["suite"], json.dumps(provenance["versions"], sort_keys=True),
+                 provenance["git_commit"], now()),
+            )
+            if result is not None:
+                row = {c: result.get(c) for c in RESULT_COLUMNS}
+                if row["correct"] is not None:
+                    row["correct"] = np.packbits(np.asarray(row["correct"], dtype=bool)).tobytes()
+                db.execute(f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(RESULT_COLUMNS))})", [row[c] for c in RESULT_COLUMNS])
+
+    def mark_failed(self, task, error: str, *, wall_time_s: float, provenance: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, ?, ?, ?, ?, ?)",
+                (task.key, task.kind, task.label, json.dumps(task.config, sort_keys=True), error, wall_time_s,
+                 provenance["suite"], json.dumps(provenance["versions"], sort_keys=True),
+                 provenance["git_commit"], now()),
+            )
+
+    def set_suite_plan(self, suite: str, keys: list[str]) -> None:
+        """Remember which results make up a suite now, so edited suites do not show stale rows."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM suite_plans WHERE suite = ?", (suite,))
+            db.executemany("INSERT OR IGNORE INTO suite_plans VALUES (?, ?)", [(suite, k) for k in keys])
+
+    # ---- artifacts ---------------------------------------------------------------------------
+    def artifact_path(self, key: str) -> Path:
+        return self.artifacts / f"{key}.pt"
+
+    def save_artifact(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
+        final = self.artifact_path(key)
+        fd, tmp = tempfile.mkstemp(dir=self.artifacts, prefix=f".{key}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(tensors, tmp)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return final
+
+    def load_artifact(self, key: str) -> dict[str, torch.Tensor]:
+        return load_artifact(self.root, key)
+
+    # ---- results -----------------------------------------------------------------------------
+    def results(self, *, current_only: bool = True):
+        """All result rows as a DataFrame; by default only rows in some suite's latest plan."""
+        import pandas as pd
+
+        query = "SELECT * FROM results"
+        if current_only:
+            query += " WHERE key IN (SELECT key FROM suite_plans)"
+        frame = pd.read_sql_query(query, self._db)
+        frame["correct"] = [
+            None if blob is None else np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=int(n)).astype(bool)
+            for blob, n in zip(frame["correct"], frame["n"])
+        ]
+        return frame
+
+    def failed_tasks(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
+        cur = self._db.execute("SELECT key, label, error FROM tasks WHERE status = 'failed'")
+        rows = [dict(zip(("key", "label", "error"), r)) for r in cur.fetchall()]
+        return rows if keys is None else [r for r in rows if r["key"] in set(keys)]

@@ -1,0 +1,144 @@
+"""End to end on the tiny digits suite: results stored, reruns do nothing, crashes resume, failures recorded."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+
+import bench.execute as execute
+from bench.cli import main
+from bench.errors import TaskFailed
+from bench.store import Store
+from bench.training import TrainConfig, train_classifier
+
+
+@pytest.fixture
+def count_steps(monkeypatch):
+    """Count how often each step runs; optionally raise on the n-th step call."""
+    calls = {"train": 0, "craft": 0, "score": 0, "total": 0}
+    interrupt_at = {"n": None}
+
+    def wrap(kind, step):
+        def counted(*args, **kwargs):
+            calls["total"] += 1
+            if interrupt_at["n"] is not None and calls["total"] == interrupt_at["n"]:
+                raise KeyboardInterrupt
+            calls[kind] += 1
+            return step(*args, **kwargs)
+        return counted
+
+    for kind, step in list(execute.STEPS.items()):
+        monkeypatch.setitem(execute.STEPS, kind, wrap(kind, step))
+    return calls, interrupt_at
+
+
+def run(suite, tmp_path, *extra):
+    return main(["run", str(suite), "--store", str(tmp_path / "store"), "--leaderboard", str(tmp_path / "board"),
+                 "--quiet", *map(str, extra)])
+
+
+def results_rows(tmp_path):
+    with sqlite3.connect(tmp_path / "store" / "advbench.sqlite") as db:
+        return db.execute("SELECT key, defense, attack, budget, robust_acc, clean_acc, n, suite, versions, "
+                          "git_commit, source FROM results").fetchall()
+
+
+def test_run_stores_every_cell_then_rerun_does_nothing(write_suite, tmp_path, count_steps, capsys):
+    calls, _ = count_steps
+    suite = write_suite()
+    assert run(suite, tmp_path) == 0
+    assert (calls["train"], calls["craft"], calls["score"]) == (2, 9, 12)
+    rows = results_rows(tmp_path)
+    assert len(rows) == 12
+    by_cell = {(r[1], r[2], r[3], r[10]): r for r in rows}
+    clean = by_cell[("undefended", "none", None, "")]
+    assert clean[5] > 0.8, "the undefended CNN learns the digits"
+    # robust accuracy falls as the FGSM budget grows, and PGD is at least as strong as FGSM
+    for defense in ("undefended", "gauss"):
+        fgsm_small, fgsm_big = by_cell[(defense, "fgsm", 0.1, "white-box")][4], by_cell[(defense, "fgsm", 0.3, "white-box")][4]
+        assert fgsm_big < fgsm_small < clean[5] + 0.05
+        assert by_cell[(defense, "pgd-linf", 0.3, "white-box")][4] <= fgsm_big + 0.05
+    assert by_cell[("gauss", "fgsm-transfer", 0.3, "transfer:undefended")][6] == 60
+    assert all(r[7] == "tiny" and "torch" in json.loads(r[8]) and r[9] for r in rows)
+    board = tmp_path / "board"
+    readme = (board / "README.md").read_text()
+    assert "digits" in readme and "undefended" in readme and (board / "index.html").exists()
+    assert list((board / "plots").glob("*.png"))
+
+    calls.update({k: 0 for k in calls})
+    capsys.readouterr()
+    assert run(suite, tmp_path) == 0
+    assert calls["total"] == 0, "a finished suite does no work again"
+    assert "0 run, 23 already stored" in capsys.readouterr().out
+    assert len(results_rows(tmp_path)) == 12
+
+
+def test_interrupted_run_resumes_without_losing_or_double_counting(write_suite, tmp_path, count_steps, capsys):
+    calls, interrupt_at = count_steps
+    suite = write_suite()
+    interrupt_at["n"] = 7  # Ctrl-C during the 7th task
+    assert run(suite, tmp_path) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert Store(tmp_path / "store").done_keys().__len__() == 6
+    assert not list((tmp_path / "store" / "artifacts").glob(".*.tmp")), "no half-written artifacts"
+
+    interrupt_at["n"] = None
+    calls.update({k: 0 for k in calls})
+    assert run(suite, tmp_path) == 0
+    assert calls["total"] == 23 - 6, "only the tasks not yet stored run"
+    rows = results_rows(tmp_path)
+    assert len(rows) == len({r[0] for r in rows}) == 12
+
+
+def test_dry_run_lists_tasks_and_writes_nothing(write_suite, tmp_path, capsys):
+    suite = write_suite()
+    assert main(["run", str(suite), "--dry-run", "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "23 tasks planned: 0 done, 23 to run" in out and "train" in out
+    assert not (tmp_path / "store").exists()
+
+
+def test_failing_attack_is_recorded_and_the_rest_go_on(write_suite, tmp_path, monkeypatch, capsys):
+    from bench.registry import attacks
+
+    pgd = attacks.get("pgd-linf").factory
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setattr(pgd, "run", broken)
+    suite = write_suite()
+    assert run(suite, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "solver exploded" in err
+    store = Store(tmp_path / "store")
+    failed = store.failed_tasks()
+    assert len(failed) == 4 and all("pgd-linf" in f["label"] for f in failed)
+    assert "RuntimeError: solver exploded" in failed[0]["error"]
+    assert len(results_rows(tmp_path)) == 12 - 4  # the pgd cells are missing, nothing else
+
+    monkeypatch.undo()
+    assert run(suite, tmp_path) == 0, "failed tasks are retried on the next run"
+    assert len(results_rows(tmp_path)) == 12
+
+
+def test_nan_training_fails_its_task_and_skips_dependents(write_suite, tmp_path, monkeypatch, capsys):
+    from defenses.gaussian_augment import GaussianAugment
+
+    monkeypatch.setattr(GaussianAugment, "augment", lambda self, x, y, g: (x * float("nan"), y))
+    assert run(write_suite(), tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err
+    rows = results_rows(tmp_path)
+    assert {r[1] for r in rows} == {"undefended"}
+    # the transfer cell scored on the undefended model still ran: its source trained fine
+    assert any(r[2] == "fgsm-transfer" for r in rows)
+
+
+def test_train_classifier_raises_on_non_finite_loss():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    with pytest.raises(TaskFailed, match="non-finite loss"):
+        train_classifier(model, x, y, TrainConfig(epochs=1), seed=0, device=torch.device("cpu"),
+                         loss_fn=lambda m, xb, yb: torch.tensor(float("nan")), progress=False)

@@ -1,0 +1,100 @@
+"""The registry: typed parameters, close-match suggestions, plugins through entry points."""
+
+import textwrap
+
+import pydantic
+import pytest
+
+from bench.registry import Registry, UnknownName, attacks, datasets, defenses
+
+
+def test_builtin_entries_are_registered():
+    assert {"undefended", "gaussian-augment"} <= set(defenses.names())
+    assert {"mnist5k", "digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10"} <= set(datasets.names())
+    assert {"fgsm", "fgsm-targeted", "bim", "pgd-linf", "pgd-l2", "deepfool", "cw-l2", "ead", "jsma",
+            "gaussian-blur", "gaussian-noise", "salt-and-pepper"} <= set(attacks.names())
+
+
+def test_params_come_from_keyword_only_signature_along_the_class_chain():
+    params = {p.name: p for p in defenses.get("gaussian-augment").params}
+    assert params["std"].default == 0.3 and params["std"].annotation is float
+    assert params["epochs"].default == 5  # inherited from ClassifierDefense
+    assert "std: float = 0.3" in params["std"].describe()
+
+
+def test_validate_fills_defaults_and_rejects_bad_types_and_unknown_names():
+    entry = defenses.get("gaussian-augment")
+    assert entry.validate({"std": 0.1})["epochs"] == 5
+    with pytest.raises(pydantic.ValidationError, match="std"):
+        entry.validate({"std": "lots"})
+    with pytest.raises(pydantic.ValidationError, match="stdev"):
+        entry.validate({"stdev": 0.1})
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UnknownName, match="did you mean 'gaussian-augment'"):
+        defenses.get("gaussian-augmnet")
+    with pytest.raises(UnknownName, match="pgd-linf"):
+        attacks.get("pgd-inf")
+
+
+def test_registry_decorator_and_duplicate_names():
+    reg = Registry("thing", "advbench.test-things")
+
+    @reg.register("double")
+    def double(x: int, *, factor: int = 2) -> int:
+        """Multiply by a factor."""
+        return x * factor
+
+    assert reg.get("double").build(21) == 42
+    assert reg.get("double").build(2, factor=5) == 10
+    assert reg.get("double").description == "Multiply by a factor."
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("double", lambda x: x)
+
+
+def _install_fake_distribution(tmp_path, monkeypatch):
+    """A distribution outside this repo, with entry points, found on sys.path like an installed one."""
+    (tmp_path / "advbench_plugin_demo.py").write_text(textwrap.dedent('''
+        import torch
+        from bench.defense import ClassifierDefense
+        from bench.registry import defenses
+
+        @defenses.register("median-blur-train")
+        class MedianBlurTrain(ClassifierDefense):
+            """Plugin defense: trains on slightly darkened images."""
+            def __init__(self, *, scale: float = 0.9, **classifier_params):
+                super().__init__(**classifier_params)
+                self.scale = scale
+            def augment(self, x, y, generator):
+                return x * self.scale, y
+
+        class Standalone(ClassifierDefense):
+            """Plugin defense registered by entry-point name."""
+    '''))
+    dist = tmp_path / "advbench_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: advbench-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[advbench.defenses]\nmodule = advbench_plugin_demo\nstandalone-plugin = advbench_plugin_demo:Standalone\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))  # undo registrations afterwards
+
+
+def test_third_party_package_registers_through_entry_points(tmp_path, monkeypatch, write_suite):
+    _install_fake_distribution(tmp_path, monkeypatch)
+    defenses.load_plugins()
+    assert defenses.get("median-blur-train").validate({})["scale"] == 0.9
+    assert "standalone-plugin" in defenses.names()
+
+    from bench.config import load_suite
+
+    suite = load_suite(write_suite("""\
+        name: plugin
+        datasets: [{name: digits}]
+        defenses:
+          - name: median-blur-train
+            params: {scale: 0.5, epochs: 1}
+        attacks: []
+    """))
+    assert suite.defenses[0].params["scale"] == 0.5
