@@ -1,0 +1,228 @@
+"""Tests of bench.report on a hand-built results frame with hand-computed numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.metrics import wilson_interval
+from bench.report import build_leaderboard, compute_leaderboard, leaderboard_tables
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(defense: str, attack: str, budget: float | None, correct: list[int], *, seed: int = 0,
+         dataset: str = "toy", source: str = "white-box", threat_model: str = "linf",
+         with_array: bool = True) -> dict:
+    """One store row; every number is derived from `correct` so the test states only that."""
+    correct_arr = np.asarray(correct, dtype=bool)
+    n = correct_arr.size
+    clean = attack == "none"
+    acc = correct_arr.mean()
+    low, high = wilson_interval(int(correct_arr.sum()), n)
+    return {
+        "suite": "unit", "dataset": dataset, "defense": defense,
+        "defense_name": defense.lower(), "defense_config": json.dumps({"name": defense}),
+        "attack": attack, "attack_config": json.dumps({"name": attack}),
+        "threat_model": "none" if clean else threat_model, "surface": "deployed", "source": source,
+        "budget_param": "" if clean else "eps", "budget": math.nan if budget is None else budget,
+        "seed": seed, "n": n, "clean_acc": 0.9, "robust_acc": acc,
+        "robust_ci_low": low, "robust_ci_high": high, "attack_success_rate": None if clean else 0.5,
+        "l2_mean": 1.0, "l2_median": 0.9, "linf_mean": budget, "linf_median": budget,
+        "mse_mean": 0.01, "mse_median": 0.01, "wall_time_s": 1.5,
+        "versions": json.dumps({"torch": "2.3.0", "advbench": "0.1.0"}), "git_commit": "abc1234",
+        "key": f"k-{defense}-{attack}-{budget}-{seed}", "created_at": f"2024-05-0{seed + 1}T12:00:00+00:00",
+        "correct": correct_arr if with_array else None,
+    }
+
+
+# Per-example correctness, hand-picked so that at each budget the worst case (AND)
+# is strictly below both attacks: they break different examples.
+ZETA = {  # the more robust defense, deliberately last alphabetically
+    ("pgd", 0.1): [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],   # 70.0
+    ("fgsm", 0.1): [0, 1, 1, 1, 1, 1, 1, 1, 1, 0],  # 80.0 -> AND 6/10 = 60.0
+    ("pgd", 0.3): [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],   # 40.0
+    ("fgsm", 0.3): [0, 0, 1, 1, 1, 1, 1, 0, 0, 0],  # 50.0 -> AND 2/10 = 20.0
+}
+ALPHA = {
+    ("pgd", 0.1): [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],   # 50.0
+    ("fgsm", 0.1): [0, 0, 0, 0, 1, 1, 1, 1, 1, 1],  # 60.0 -> AND 1/10 = 10.0
+    ("pgd", 0.3): [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],   # 20.0
+    ("fgsm", 0.3): [0, 0, 0, 0, 0, 0, 0, 1, 1, 1],  # 30.0 -> AND 0/10 = 0.0
+}
+
+
+def _frame(zeta_label: str = "Zeta") -> pd.DataFrame:
+    rows = [_row(zeta_label, "none", None, [1] * 18 + [0] * 2),  # clean 90.0
+            _row("Alpha", "none", None, [1] * 17 + [0] * 3)]     # clean 85.0
+    for label, cells in ((zeta_label, ZETA), ("Alpha", ALPHA)):
+        rows += [_row(label, attack, budget, correct) for (attack, budget), correct in cells.items()]
+    return pd.DataFrame(rows)
+
+
+def _md_table(readme: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the markdown table right under `### heading`."""
+    lines = readme.splitlines()
+    start = lines.index(f"### {heading}") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip().strip("|").split("|")])
+    header, _rule, *rows = table
+    return header, rows
+
+
+@pytest.fixture
+def board_dir(tmp_path):
+    out = tmp_path / "leaderboard"
+    paths = build_leaderboard(_frame(), out)
+    return out, paths
+
+
+def test_readme_table_numbers_worst_case_and_sort_order(board_dir):
+    out, paths = board_dir
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    header, rows = _md_table(readme, "L∞, white-box")
+    assert header == ["Defense", "Clean", "fgsm ε=0.1", "fgsm ε=0.3", "pgd ε=0.1", "pgd ε=0.3",
+                      "Worst case ε=0.1", "Worst case ε=0.3"]
+    # Zeta (mean 60.0) sorts above Alpha (mean 40.0) although Alpha comes first alphabetically.
+    assert [r[0] for r in rows] == ["Zeta", "Alpha"]
+    assert rows[0] == ["Zeta", "90.0", "80.0", "50.0", "70.0", "40.0", "60.0", "20.0"]
+    assert rows[1] == ["Alpha", "85.0", "60.0", "30.0", "50.0", "20.0", "10.0", "0.0"]
+    assert out / "README.md" in paths and out / "index.html" in paths
+
+
+def test_readme_header_and_details_trace_to_store(board_dir):
+    out, _ = board_dir
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# advbench leaderboard\n")
+    assert "from 10 stored results of suite unit" in readme
+    assert "commit abc1234" in readme and "torch 2.3.0" in readme
+    header, rows = _md_table(readme, "Details: toy")
+    by_cell = {(r[1], r[2], r[3]): dict(zip(header, r)) for r in rows}
+    pgd = by_cell[("Zeta", "pgd", "ε=0.1")]
+    low, high = wilson_interval(7, 10)
+    assert pgd["n"] == "10" and pgd["Accuracy (%)"] == "70.0"
+    assert pgd["95% CI (%)"] == f"{100 * low:.1f}–{100 * high:.1f}"
+    assert pgd["Keys"] == "k-Zeta-pgd-0.1-0"
+    worst = by_cell[("Zeta", "worst case (fgsm, pgd)", "ε=0.1")]
+    assert worst["Accuracy (%)"] == "60.0"
+    assert set(worst["Keys"].split(", ")) == {"k-Zeta-pgd-0.1-0", "k-Zeta-fgsm-0.1-0"}
+    assert "![toy — L∞, white-box — pgd](plots/toy__linf__pgd.png)" in readme
+
+
+def test_seeds_pool_counts_not_accuracies(tmp_path):
+    # seed 0: 7/10, seed 1: 12/30 -> pooled 19/40 = 47.5 (mean of accuracies would be 55.0)
+    frame = pd.DataFrame([
+        _row("D", "pgd", 0.1, [1] * 7 + [0] * 3, seed=0),
+        _row("D", "pgd", 0.1, [1] * 12 + [0] * 18, seed=1),
+        _row("D", "fgsm", 0.1, [0] * 3 + [1] * 7, seed=0),        # AND with seed 0 pgd: 4/10
+        _row("D", "fgsm", 0.1, [1] * 30, seed=1),                 # AND with seed 1 pgd: 12/30
+    ])
+    build_leaderboard(frame, tmp_path)
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    header, rows = _md_table(readme, "L∞, white-box")
+    cells = dict(zip(header, rows[0]))
+    assert cells["pgd ε=0.1"] == "47.5"
+    assert cells["fgsm ε=0.1"] == "92.5"  # 37/40
+    assert cells["Worst case ε=0.1"] == "40.0"  # (4 + 12) / 40
+    low, high = wilson_interval(19, 40)
+    header, rows = _md_table(readme, "Details: toy")
+    pgd = next(dict(zip(header, r)) for r in rows if r[2] == "pgd")
+    assert pgd["n"] == "40" and pgd["Seeds"] == "0, 1"
+    assert pgd["95% CI (%)"] == f"{100 * low:.1f}–{100 * high:.1f}"
+
+
+def test_worst_case_needs_per_example_arrays(tmp_path):
+    frame = pd.DataFrame([
+        _row("D", "pgd", 0.1, [1, 0], with_array=False),
+        _row("D", "fgsm", 0.1, [0, 1]),
+    ])
+    tables = dict(leaderboard_tables(frame))
+    row = tables["toy — L∞, white-box"].iloc[0]
+    # Without the arrays the minimum (50.0) would be a guess that overstates robustness.
+    assert row["pgd ε=0.1"] == "50.0" and row["Worst case ε=0.1"] == "—"
+
+
+def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
+    frame = pd.DataFrame([
+        _row("D", "pgd", 0.1, [1, 0]),
+        _row("D", "pgd", 0.1, [1, 1], source="transfer:Undefended"),
+        _row("D", "cw", None, [0, 0], threat_model="l2"),
+    ])
+    headings = [h for h, _ in leaderboard_tables(frame)]
+    assert headings == ["toy — L∞, white-box", "toy — L∞, transfer from Undefended",
+                        "toy — L2, white-box", "toy — details"]
+    tables = dict(leaderboard_tables(frame))
+    assert list(tables["toy — L2, white-box"].columns) == ["Defense", "Clean", "cw unbounded"]
+    build_leaderboard(frame, tmp_path)
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    # The transfer plot must not overwrite the white-box one; unbounded-only attacks have no curve.
+    assert pngs == ["toy__linf__pgd.png", "toy__linf__pgd__transfer-Undefended.png"]
+
+
+def test_html_escapes_data(tmp_path):
+    evil = "<script>alert(1)</script>"
+    build_leaderboard(_frame(zeta_label=evil), tmp_path)
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>" not in page
+    assert '<img src="plots/toy__linf__pgd.png"' in page
+    assert "60.0" in page and "<h2>toy</h2>" in page
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "<script>" not in readme  # markdown renderers pass raw HTML through
+
+
+def test_pngs_written_and_stale_ones_removed(tmp_path):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "old__linf__gone.png").write_bytes(PNG_MAGIC)
+    (plots / "notes.txt").write_text("not ours to delete")
+    paths = build_leaderboard(_frame(), tmp_path)
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert pngs == ["toy__linf__fgsm.png", "toy__linf__pgd.png"]
+    for name in pngs:
+        data = (plots / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) < 200_000
+        assert plots / name in paths
+    assert (plots / "notes.txt").exists()
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_clean_is_the_zero_budget_point_of_eps_plots():
+    board = compute_leaderboard(_frame())
+    plot = next(p for p in board.datasets[0].plots if p.filename == "toy__linf__pgd.png")
+    label, xs, ys, lows, highs = plot.series[0]
+    assert label == "Zeta" and xs == (0.0, 0.1, 0.3)
+    assert ys == pytest.approx((90.0, 70.0, 40.0))
+    assert all(lo <= y <= hi for lo, y, hi in zip(lows, ys, highs))
+    assert plot.xlabel == "ε (eps)"
+
+
+def test_newest_rerun_supersedes_older_row(tmp_path):
+    old = _row("D", "pgd", 0.1, [0, 0])
+    new = _row("D", "pgd", 0.1, [1, 1]) | {"created_at": "2024-06-01T00:00:00Z", "key": "k-new"}
+    tables = dict(leaderboard_tables(pd.DataFrame([old, new])))
+    assert tables["toy — L∞, white-box"].iloc[0]["pgd ε=0.1"] == "100.0"
+
+
+def test_empty_frame_says_no_results(tmp_path):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "stale.png").write_bytes(PNG_MAGIC)
+    paths = build_leaderboard(pd.DataFrame(), tmp_path)
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "No results yet" in readme
+    assert tmp_path / "README.md" in paths
+    assert not list((tmp_path / "plots").glob("*.png"))
+
+
+def test_clean_rows_only_still_listed():
+    frame = pd.DataFrame([_row("A", "none", None, [1, 0]), _row("B", "none", None, [1, 1])])
+    heading, table = leaderboard_tables(frame)[0]
+    assert heading == "toy — clean accuracy"
+    assert table.values.tolist() == [["B", "100.0"], ["A", "50.0"]]
