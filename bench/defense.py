@@ -22,7 +22,7 @@ from .adapters import to_art, to_foolbox
 from .data import DatasetSplits
 from .models import InputSpec, build_architecture
 from .registry import UnknownName, architectures
-from .training import TrainConfig, train_classifier
+from .training import TrainConfig, random_crop_flip, train_classifier
 
 
 class Defense:
@@ -94,13 +94,17 @@ class ClassifierDefense(Defense):
 
     def __init__(self, *, arch: str = "auto", arch_params: dict[str, Any] | None = None, epochs: int = 5,
                  batch_size: int = 128, lr: float = 1e-3, optimizer: Literal["adam", "sgd"] = "adam",
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, lr_schedule: Literal["constant", "cosine"] = "constant",
+                 crop_flip: bool = False):
         if arch != "auto":
             architectures.get(arch).validate(arch_params)  # fail at suite validation, not mid-run
+        if epochs < 1 or batch_size < 1 or lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         self.arch = arch
         self.arch_params = arch_params or {}
+        self.crop_flip = crop_flip
         self.train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                        weight_decay=weight_decay)
+                                        weight_decay=weight_decay, lr_schedule=lr_schedule)
         self.model: nn.Module | None = None
 
     def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
@@ -116,11 +120,10 @@ class ClassifierDefense(Defense):
         return self.model
 
     def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
-        """Per-batch training-data transform; identity here."""
-        return x, y
+        """Per-batch training-data transform (subclasses extend it): crop and flip if asked."""
+        return (random_crop_flip(x, generator) if self.crop_flip else x), y
 
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
-        transform = None if type(self).augment is ClassifierDefense.augment else self.augment
         train_classifier(self.model, data.train_x, data.train_y, self.train_config, seed=seed,
-                         device=self.device, transform=transform, progress=progress,
+                         device=self.device, transform=self.augment, progress=progress,
                          desc=type(self).__name__)

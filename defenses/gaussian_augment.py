@@ -17,5 +17,6 @@ class GaussianAugment(ClassifierDefense):
         self.std = std
 
     def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        x, y = super().augment(x, y, generator)
         noise = torch.randn(x.shape, generator=generator) * self.std
         return (x + noise).clamp_(0.0, 1.0), y
