@@ -28,7 +28,7 @@ attacks:
   - name: fgsm
     budgets: [0.1, 0.3]
   - name: pgd-linf
-    params: {steps: 5}
+    params: {steps: 5, rel_stepsize: 0.5}
     budgets: [0.1, 0.3]
   - name: fgsm
     label: fgsm-transfer

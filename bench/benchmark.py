@@ -1,0 +1,158 @@
+"""``advbench bench attacks``: each attack through the harness against a baseline, same model, same samples.
+
+Baselines, run in the same process:
+
+* FGSM, BIM and PGD: a bare PyTorch loop (the fastest thing one could write);
+  target: the harness at >= 0.85x its throughput.
+* C&W-L2, EAD and DeepFool: ART's numpy implementation with the same
+  hyperparameters; target for C&W and EAD: >= 10x faster at equal or better
+  strength (robust accuracy no higher, median L2 of successful examples no larger).
+
+Timings are the best of ``repeats`` runs after a warm-up, so a background
+hiccup does not decide a ratio. The model is the Strauss et al. Table 1 CNN
+trained briefly on the embedded MNIST.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch import nn
+
+from .data import DataContext, load_dataset
+from .models import build_architecture
+from .registry import attacks
+from .training import TrainConfig, predict, train_classifier
+
+
+def bare_pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
+                  random_start: bool) -> torch.Tensor:
+    """The reference loop: sign-gradient ascent on cross-entropy, projected onto the eps ball."""
+    x_adv = x + torch.empty_like(x).uniform_(-eps, eps) if random_start else x.clone()
+    x_adv = x_adv.clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+@dataclass
+class Case:
+    name: str                     # row label
+    attack: str                   # registry name
+    params: dict
+    budget: float | None
+    baseline_name: str
+    baseline: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    target: str                   # what the issue asks of the ratio
+    baseline_n: int | None = None  # run the baseline on fewer examples when it is very slow
+
+
+def _art_baseline(factory: Callable) -> Callable:
+    def run(model, x, y):
+        from .adapters import to_art
+
+        classifier = to_art(model, tuple(x.shape[1:]), 10, x.device)
+        out = factory(classifier).generate(x.cpu().numpy(), y=np.eye(10, dtype=np.float32)[y.cpu().numpy()])
+        return torch.from_numpy(out)
+    return run
+
+
+def cases(device: str) -> list[Case]:
+    from art.attacks.evasion import CarliniL2Method, DeepFool, ElasticNet
+
+    return [
+        Case("fgsm eps=0.1", "fgsm", {}, 0.1, "bare PyTorch",
+             lambda m, x, y: bare_pgd_linf(m, x, y, 0.1, 0.1, 1, False), ">= 0.85x"),
+        Case("bim eps=0.2 a=0.025 n=8", "bim", {"steps": 8, "step_size": 0.025}, 0.2, "bare PyTorch",
+             lambda m, x, y: bare_pgd_linf(m, x, y, 0.2, 0.025, 8, False), ">= 0.85x"),
+        Case("pgd-linf eps=0.3 40 steps", "pgd-linf", {"steps": 40, "rel_stepsize": 0.01 / 0.3}, 0.3,
+             "bare PyTorch", lambda m, x, y: bare_pgd_linf(m, x, y, 0.3, 0.01, 40, True), ">= 0.85x"),
+        Case("cw-l2 c=1 50x3", "cw-l2", {"steps": 50, "binary_search_steps": 3, "learning_rate": 0.01}, 1.0,
+             "ART CarliniL2Method",
+             _art_baseline(lambda clf: CarliniL2Method(clf, confidence=0.0, learning_rate=0.01,
+                                                       binary_search_steps=3, max_iter=50, initial_const=1.0,
+                                                       batch_size=256, verbose=False)),
+             ">= 10x, equal strength", baseline_n=64),
+        Case("ead c=1 50x3", "ead", {"steps": 50, "binary_search_steps": 3, "learning_rate": 0.01, "beta": 0.01},
+             1.0, "ART ElasticNet",
+             _art_baseline(lambda clf: ElasticNet(clf, confidence=0.0, learning_rate=0.01, binary_search_steps=3,
+                                                  max_iter=50, beta=0.01, initial_const=1.0, batch_size=256,
+                                                  decision_rule="EN", verbose=False)),
+             ">= 10x, equal strength", baseline_n=64),
+        Case("deepfool 50 steps", "deepfool", {"steps": 50, "overshoot": 0.02, "candidates": 10}, None,
+             "ART DeepFool",
+             _art_baseline(lambda clf: DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=256,
+                                                verbose=False)),
+             "faster"),
+    ]
+
+
+def _best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _strength(model, x, x_adv, y, device) -> tuple[float, float]:
+    x_adv = x_adv.to(x.device)
+    pred = predict(model, x_adv, device=device)
+    fooled = pred != y.cpu()
+    l2 = (x_adv - x).flatten(1).norm(dim=1).cpu()[fooled]
+    return float((~fooled).float().mean()), float(l2.median()) if len(l2) else float("nan")
+
+
+def trained_model(device: torch.device, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    data = load_dataset("mnist5k", {}, DataContext("data"))
+    torch.manual_seed(seed)
+    model = build_architecture("strauss-mnist", data.input_spec())
+    train_classifier(model, data.train_x, data.train_y, TrainConfig(epochs=2), seed=seed, device=device,
+                     progress=False)
+    return model.eval(), data.test_x, data.test_y
+
+
+def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | None = None,
+                         repeats: int = 3) -> list[dict]:
+    dev = torch.device(device)
+    model, test_x, test_y = trained_model(dev)
+    correct = predict(model, test_x, device=dev) == test_y
+    x, y = test_x[correct][:n], test_y[correct][:n]
+    print(f"model: strauss-mnist, 2 epochs on mnist5k; {len(x)} correctly classified test images; device {device}; "
+          f"torch threads {torch.get_num_threads()}; best of {repeats}")
+    rows = []
+    for case in cases(device):
+        if only and case.attack not in only:
+            continue
+        attack = attacks.get(case.attack).build(**case.params)
+        harness = lambda xs, ys: attack.run(model, xs, ys, case.budget, batch_size=len(xs), device=dev, seed=0)
+        attack.run(model, x[:8], y[:8], case.budget, batch_size=8, device=dev, seed=0)  # warm-up
+        t_h, adv_h = _best_time(lambda: harness(x, y), repeats)
+        nb = case.baseline_n or len(x)
+        xb, yb = x[:nb].to(dev), y[:nb].to(dev)
+        base_repeats = 1 if case.baseline_n else repeats
+        t_b, adv_b = _best_time(lambda: case.baseline(model, xb, yb), base_repeats)
+        # Strength on the examples both ran on.
+        acc_h, l2_h = _strength(model, x[:nb], adv_h[:nb], y[:nb], dev)
+        acc_b, l2_b = _strength(model, xb.cpu(), adv_b.cpu(), yb.cpu(), dev)
+        tp_h, tp_b = len(x) / t_h, nb / t_b
+        rows.append({
+            "attack": case.name, "harness backend": attack.backend, "harness ex/s": round(tp_h, 1),
+            "baseline": case.baseline_name, "baseline ex/s": round(tp_b, 1), "ratio": round(tp_h / tp_b, 2),
+            "target": case.target, "robust acc h/b": f"{acc_h:.3f} / {acc_b:.3f}",
+            "median L2 h/b": f"{l2_h:.3f} / {l2_b:.3f}",
+        })
+        print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
+    print()
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    return rows
