@@ -116,12 +116,13 @@ def build_plan(suite: Suite) -> Plan:
                         s_cfg = {"examples": "crafted"}
                         s_deps = [target_train.key, c_key]
                         s_key = task_key("score", s_cfg, s_deps)
-                        score[s_key] = Task(
+                        # A transfer from a defense to itself is that defense's white-box cell: keep the first.
+                        score.setdefault(s_key, Task(
                             "score", s_key,
                             f"score {target} under {a.label} {_budget_label(a, budget)}"
                             + (f" from {source}" if a.transfer_from else "") + f" ({ds.label}, seed {seed})",
                             s_cfg, s_deps,
                             info={"dataset": ds.label, "defense": target, "seed": seed, "attack": a.label,
                                   "attack_name": a.name, "budget": budget, "surface": a.surface,
-                                  "source": f"transfer:{source}" if a.transfer_from else "white-box"})
+                                  "source": f"transfer:{source}" if a.transfer_from else "white-box"}))
     return Plan(suite, [*train.values(), *craft.values(), *score.values()])

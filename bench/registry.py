@@ -20,6 +20,7 @@ import difflib
 import importlib
 import inspect
 import types
+import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -51,7 +52,9 @@ class Param:
         return self.default is inspect.Parameter.empty
 
     def describe(self) -> str:
-        type_name = getattr(self.annotation, "__name__", None) or str(self.annotation).replace("typing.", "")
+        # Plain classes by name (float); typing constructs in full (Literal['adam', 'sgd'], float | None).
+        plain = isinstance(self.annotation, type) and typing.get_origin(self.annotation) is None
+        type_name = self.annotation.__name__ if plain else str(self.annotation).replace("typing.", "")
         return f"{self.name}: {type_name}" + ("" if self.required else f" = {self.default!r}")
 
 
@@ -113,8 +116,6 @@ def _keyword_params(fn: Callable) -> tuple[list[Param], bool]:
 
 def _type_hints(obj: Callable) -> dict[str, Any]:
     try:
-        import typing
-
         return typing.get_type_hints(obj)
     except Exception:  # unresolvable forward references: fall back to raw annotations
         return {k: v for k, v in getattr(obj, "__annotations__", {}).items() if not isinstance(v, str)}

@@ -678,7 +678,8 @@ def _render_png(plot: Plot) -> bytes:
     linestyles = ("-", "--", ":", "-.")
     for i, (label, xs, ys, lows, highs) in enumerate(plot.series):
         y = np.asarray(ys)
-        yerr = np.vstack([y - np.asarray(lows), np.asarray(highs) - y])
+        # Clip: at 0% or 100% the interval's float end can sit a hair inside the point.
+        yerr = np.clip(np.vstack([y - np.asarray(lows), np.asarray(highs) - y]), 0.0, None)
         ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=4, capsize=3,
                     linestyle=linestyles[(i // 10) % len(linestyles)], label=_mpl_text(label, legend=True))
     ax.set_xlabel(_mpl_text(plot.xlabel))
