@@ -100,9 +100,13 @@ def cmd_list(args) -> int:
 
 
 def _rebuild_leaderboard(store, out: Path) -> list[Path]:
+    """The leaderboard from every result in some suite's latest plan; returns the written paths."""
     from .report import build_leaderboard
 
-    return build_leaderboard(store.results(), out)
+    results = store.results()
+    paths = build_leaderboard(results, out)
+    print(f"leaderboard: {len(results)} results -> {', '.join(str(p) for p in paths[:2])}")
+    return paths
 
 
 def cmd_leaderboard(args) -> int:
@@ -111,8 +115,7 @@ def cmd_leaderboard(args) -> int:
     store = Store.open_existing(args.store)
     if store is None:
         raise UserError(f"--store {args.store}: no results store there; run a suite first (advbench run SUITE)")
-    paths = _rebuild_leaderboard(store, Path(args.out))
-    print(f"leaderboard: {len(store.results())} results -> {', '.join(str(p) for p in paths[:2])}")
+    _rebuild_leaderboard(store, Path(args.out))
     return 0
 
 
@@ -154,9 +157,9 @@ def cmd_run(args) -> int:
         print(f"\ninterrupted: {len(store.done_keys(plan.keys))}/{len(plan.tasks)} tasks are stored; "
               f"run the same command again to resume", file=sys.stderr)
         return 130
-    paths = _rebuild_leaderboard(store, Path(args.leaderboard))
     print(f"{summary.ran} run, {summary.already_done} already stored, {len(summary.failed)} failed, "
-          f"{len(summary.skipped)} skipped; leaderboard: {paths[0] if paths else args.leaderboard}")
+          f"{len(summary.skipped)} skipped")
+    _rebuild_leaderboard(store, Path(args.leaderboard))
     for label, error in summary.failed:
         print(f"  FAILED {label}: {error}", file=sys.stderr)
     if not summary.ok:
