@@ -136,6 +136,10 @@ class Attack:
                 raise ValueError(f"got {len(x)} images but {len(targets)} targets")
         if self.budget_param == "eps" and budget == 0:
             return x.clone()  # nothing may change; libraries reject or mishandle eps = 0
+        if hasattr(model, "attack_loss") and self.backend != "torch":
+            raise ValueError(f"this attack surface defines its own loss, which only the plain PyTorch backend "
+                             f"uses; {type(self).__name__} runs on {self.backend}"
+                             + ("; set backend: torch" if "torch" in self.backends else ""))
         job = _Job(model, x, y, targets, budget, batch_size, device, seed)
         with _attack_context(model, seed):
             out = getattr(self, f"_run_{self.backend}")(job)
@@ -314,7 +318,7 @@ def _torch_gradient_attack(job: _Job, *, norm: str, eps: float, steps: int, step
         for _ in range(steps):
             x.requires_grad_(True)
             with torch.enable_grad():
-                loss = F.cross_entropy(job.model(x), labels, reduction="sum")
+                loss = attack_loss(job.model, x, labels)
                 (grad,) = torch.autograd.grad(loss, x)
             x = x.detach()
             if norm == "linf":
@@ -324,6 +328,13 @@ def _torch_gradient_attack(job: _Job, *, norm: str, eps: float, steps: int, step
             x = _project(x + sign * step_size * direction, x0, eps, norm).clamp(0.0, 1.0)
         outs.append(x.detach().cpu())
     return torch.cat(outs)
+
+
+def attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss a gradient attack ascends, summed over the batch: the surface's own ``attack_loss``
+    where it defines one (an ensemble's mean member loss, Grad. 2), else cross-entropy on its scores."""
+    custom = getattr(model, "attack_loss", None)
+    return custom(x, labels) if custom is not None else F.cross_entropy(model(x), labels, reduction="sum")
 
 
 def _foolbox_run(job: _Job, attack: Any, epsilon: float | None, *, targeted: bool = False

@@ -49,6 +49,8 @@ class AttackEntry(_Strict):
     surface: str = "deployed"
     transfer_from: str | None = Field(None, description="craft on this defense's deployed model, score on all")
     defenses: list[str] | None = Field(None, description="defense labels to attack; default all")
+    evaluate_on: list[str] = Field(default_factory=lambda: ["deployed"], min_length=1,
+                                   description="surfaces of each defense that score the examples, e.g. member:0")
 
 
 class Suite(_Strict):
@@ -193,10 +195,13 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 errors.append(f"{path}: {key}.transfer_from: {UnknownName('defense label', a.transfer_from, labels)}")
             elif a.surface not in surfaces.get(a.transfer_from, {a.surface}):
                 errors.append(f"{path}: {key}.surface: {UnknownName('attack surface', a.surface, sorted(surfaces[a.transfer_from]))}")
-        else:
-            for label in (a.defenses or labels):
-                known = surfaces.get(label)
-                if known is not None and a.surface not in known:
-                    errors.append(f"{path}: {key}.surface: defense {label!r} has no attack surface {a.surface!r} "
+        checks = [(f"{key}.evaluate_on[{j}]", name) for j, name in enumerate(a.evaluate_on)]
+        if a.transfer_from is None:
+            checks.append((f"{key}.surface", a.surface))
+        for label in (a.defenses or labels):
+            known = surfaces.get(label)
+            for where, name in checks:
+                if known is not None and name not in known:
+                    errors.append(f"{path}: {where}: defense {label!r} has no attack surface {name!r} "
                                   f"(it has {', '.join(sorted(known))})")
     return errors

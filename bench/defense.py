@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .adapters import to_art, to_foolbox
@@ -50,6 +51,10 @@ class Defense:
     def deployed(self) -> nn.Module:
         """The model exactly as the defense decides at test time: [0,1] NCHW images -> scores."""
         raise NotImplementedError
+
+    def member_models(self) -> list[nn.Module]:
+        """The members whose votes make the prediction, for diversity metrics; empty for single models."""
+        return []
 
     def surfaces(self) -> dict[str, nn.Module]:
         """Differentiable modules a white-box attacker may use, by name."""
@@ -123,7 +128,11 @@ class ClassifierDefense(Defense):
         """Per-batch training-data transform (subclasses extend it): crop and flip if asked."""
         return (random_crop_flip(x, generator) if self.crop_flip else x), y
 
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training objective on one batch (subclasses override it): cross-entropy here."""
+        return F.cross_entropy(model(x), y)
+
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
         train_classifier(self.model, data.train_x, data.train_y, self.train_config, seed=seed,
-                         device=self.device, transform=self.augment, progress=progress,
-                         desc=type(self).__name__)
+                         device=self.device, transform=self.augment, loss_fn=self.training_loss,
+                         progress=progress, desc=type(self).__name__)

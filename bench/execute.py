@@ -120,12 +120,14 @@ def _run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
 def _run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> dict | None:
     train = upstream[task.deps[0]]
     defense, data = trained_defense(train, ctx)
-    deployed = defense.deployed()
-    device = torch.device(ctx.device)
     info = task.info
+    evaluated_on = info.get("evaluated_on", "deployed")
+    scorer = defense.surface(evaluated_on)
+    device = torch.device(ctx.device)
     row: dict[str, Any] = {
         "dataset": info["dataset"], "defense": info["defense"], "defense_name": train.config["defense"]["name"],
         "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
+        "evaluated_on": evaluated_on,
     }
     if len(task.deps) == 1:  # clean accuracy on the whole test split
         x, y = data.test_x, data.test_y
@@ -142,12 +144,17 @@ def _run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
         row.update(attack=info["attack"], attack_config=json.dumps(craft.config["attack"], sort_keys=True),
                    threat_model=attack_cls.threat_model, surface=info["surface"], source=info["source"],
                    budget_param=attack_cls.budget_param, budget=craft.config["budget"])
-    pred_clean = predict(deployed, x, device=device, batch_size=ctx.batch_size)
-    pred_adv = pred_clean if x_adv is x else predict(deployed, x_adv, device=device, batch_size=ctx.batch_size)
+    pred_clean = predict(scorer, x, device=device, batch_size=ctx.batch_size)
+    pred_adv = pred_clean if x_adv is x else predict(scorer, x_adv, device=device, batch_size=ctx.batch_size)
     metrics = cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
                            None if targets is None else targets.numpy())
     row.update(metrics.as_dict())
     row["correct"] = (pred_adv == y).numpy()
+    members = defense.member_models() if evaluated_on == "deployed" else []
+    if len(members) >= 2:  # diversity of the members' votes on the scored inputs
+        from .diversity import member_agreement
+
+        row["diversity_kappa"] = member_agreement(members, x_adv, y, device)
     row["craft_time_s"] = craft_time
     return row
 

@@ -74,6 +74,24 @@ def _budget_label(attack: AttackEntry, budget: float | None) -> str:
     return f"{param}={'unbounded' if budget is None else f'{budget:g}'}"
 
 
+def _scoring_surfaces(suite: Suite, defense: str) -> list[str]:
+    """Surfaces a defense's clean accuracy is needed on: deployed, plus any an attack scores on."""
+    surfaces = ["deployed"]
+    for a in suite.attacks:
+        if a.defenses is None or defense in a.defenses:
+            surfaces += [s for s in a.evaluate_on if s not in surfaces]
+    return surfaces
+
+
+def _evaluate_on(surface: str) -> dict[str, str]:
+    # Absent for the deployed model, so the keys of ordinary cells do not depend on this option.
+    return {} if surface == "deployed" else {"evaluate_on": surface}
+
+
+def _on(defense: str, surface: str) -> str:
+    return defense if surface == "deployed" else f"{defense}.{surface}"
+
+
 def build_plan(suite: Suite) -> Plan:
     train: dict[tuple[str, str, int], Task] = {}
     craft: dict[str, Task] = {}
@@ -89,11 +107,14 @@ def build_plan(suite: Suite) -> Plan:
                 train[(ds.label, d.label, seed)] = Task(
                     "train", key, f"train {d.label} on {ds.label} (seed {seed})", cfg, [],
                     info={"dataset": ds.label, "defense": d.label, "seed": seed})
-                clean_cfg = {"examples": "test split", "dataset": ds_cfg, "seed": seed}
-                clean = Task("score", task_key("score", clean_cfg, [key]),
-                             f"score {d.label} on clean {ds.label} (seed {seed})", clean_cfg, [key],
-                             info={"dataset": ds.label, "defense": d.label, "seed": seed, "attack": None})
-                score[clean.key] = clean
+                for surface in _scoring_surfaces(suite, d.label):
+                    clean_cfg = {"examples": "test split", "dataset": ds_cfg, "seed": seed,
+                                 **_evaluate_on(surface)}
+                    clean = Task("score", task_key("score", clean_cfg, [key]),
+                                 f"score {_on(d.label, surface)} on clean {ds.label} (seed {seed})", clean_cfg, [key],
+                                 info={"dataset": ds.label, "defense": d.label, "seed": seed, "attack": None,
+                                       "evaluated_on": surface})
+                    score[clean.key] = clean
 
             for a in suite.attacks:
                 a_cfg = _attack_config(a)
@@ -113,16 +134,18 @@ def build_plan(suite: Suite) -> Plan:
                                 c_cfg, [source_train.key],
                                 info={"dataset": ds.label, "defense": source, "seed": seed})
                         target_train = train[(ds.label, target, seed)]
-                        s_cfg = {"examples": "crafted"}
-                        s_deps = [target_train.key, c_key]
-                        s_key = task_key("score", s_cfg, s_deps)
-                        # A transfer from a defense to itself is that defense's white-box cell: keep the first.
-                        score.setdefault(s_key, Task(
-                            "score", s_key,
-                            f"score {target} under {a.label} {_budget_label(a, budget)}"
-                            + (f" from {source}" if a.transfer_from else "") + f" ({ds.label}, seed {seed})",
-                            s_cfg, s_deps,
-                            info={"dataset": ds.label, "defense": target, "seed": seed, "attack": a.label,
-                                  "attack_name": a.name, "budget": budget, "surface": a.surface,
-                                  "source": f"transfer:{source}" if a.transfer_from else "white-box"}))
+                        for scored_on in a.evaluate_on:
+                            s_cfg = {"examples": "crafted", **_evaluate_on(scored_on)}
+                            s_deps = [target_train.key, c_key]
+                            s_key = task_key("score", s_cfg, s_deps)
+                            # A transfer from a defense to itself is that defense's white-box cell: keep the first.
+                            score.setdefault(s_key, Task(
+                                "score", s_key,
+                                f"score {_on(target, scored_on)} under {a.label} {_budget_label(a, budget)}"
+                                + (f" from {source}" if a.transfer_from else "") + f" ({ds.label}, seed {seed})",
+                                s_cfg, s_deps,
+                                info={"dataset": ds.label, "defense": target, "seed": seed, "attack": a.label,
+                                      "attack_name": a.name, "budget": budget, "surface": a.surface,
+                                      "source": f"transfer:{source}" if a.transfer_from else "white-box",
+                                      "evaluated_on": scored_on}))
     return Plan(suite, [*train.values(), *craft.values(), *score.values()])

@@ -77,7 +77,7 @@ TEMPLATE = "leaderboard.html.j2"
 _REQUIRED_COLUMNS = ("dataset", "defense", "attack", "seed", "n", "robust_acc")
 # Older store rows may lack later columns; these defaults keep them usable.
 _OPTIONAL_COLUMNS = {
-    "suite": "", "threat_model": "", "surface": "deployed", "source": "white-box",
+    "suite": "", "threat_model": "", "surface": "deployed", "source": "white-box", "evaluated_on": "deployed",
     "budget_param": "", "budget": math.nan, "clean_acc": math.nan,
     "attack_success_rate": math.nan, "l2_median": math.nan, "linf_median": math.nan,
     "wall_time_s": math.nan, "key": "", "created_at": "", "versions": "",
@@ -237,7 +237,7 @@ def _normalize(results: pd.DataFrame) -> list[_Row]:
         rows.append(_Row(
             suite=_text(record["suite"]),
             dataset=_text(record["dataset"]),
-            defense=_text(record["defense"]),
+            defense=_defense_label(record),
             attack=_text(record["attack"]),
             threat_model=_text(record["threat_model"]),
             surface=_text(record["surface"], "deployed"),
@@ -260,6 +260,13 @@ def _normalize(results: pd.DataFrame) -> list[_Row]:
             correct=correct,
         ))
     return rows
+
+
+def _defense_label(record: dict) -> str:
+    """Examples scored on a part of a defense (one ensemble member) form a row of their own."""
+    evaluated_on = _text(record.get("evaluated_on"), "deployed")
+    defense = _text(record["defense"])
+    return defense if evaluated_on == "deployed" else f"{defense} [{evaluated_on}]"
 
 
 def _recency(row: _Row) -> tuple:

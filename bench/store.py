@@ -32,6 +32,7 @@ RESULT_COLUMNS = [
     "threat_model", "surface", "source", "budget_param", "budget", "seed", "n", "clean_acc", "robust_acc",
     "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
     "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
+    "evaluated_on", "diversity_kappa",
 ]
 
 _SCHEMA = f"""
@@ -67,6 +68,14 @@ class Store:
         self._db = sqlite3.connect(self.root / self.DB_NAME, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Stores written by an older advbench lack newer result columns: add them (as NULL)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        for column in RESULT_COLUMNS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE results ADD COLUMN {column}")
 
     @classmethod
     def open_existing(cls, root: str | Path) -> "Store | None":

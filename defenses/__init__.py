@@ -6,4 +6,4 @@ through the ``advbench.defenses`` entry-point group) with a class decorated by
 what a suite may set. See README.md, "Adding a defense".
 """
 
-from . import baseline, gaussian_augment  # noqa: F401  (imported for registration)
+from . import adversarial_training, baseline, distillation, ensemble, gaussian_augment  # noqa: F401  (registration)

@@ -1,0 +1,174 @@
+"""Ensembles as a defense (Strauss et al. 2017, Sec. 3; combinations with other defenses, Sec. 4.3).
+
+Four ways to make the members diverse (Sec. 3; random initialization is used in all of them):
+
+(i)   ``random-init``: same architecture, member i initialised and trained from its own seed;
+(ii)  ``mixed-arch``: similar architectures: member i has ``extra_filters = 4·⌊i/2⌋`` and, for odd i,
+      an extra convolution layer (``strauss-mnist``); ``strauss-cifar`` has no extra-conv variant,
+      so there member i has ``extra_filters = 4·i``. Every member of a 10-model ensemble thus has its
+      own architecture, each a few filters or one layer away from the paper's net;
+(iii) ``bagging``: member i is trained on its own bootstrap replicate (m draws with replacement);
+(iv)  ``gauss-noise``: members trained on images plus fresh N(0, noise_std²) noise per batch
+      (the ``gaussian-augment`` defense as member).
+
+Members are ordinary registered classifier defenses (``member_defense``), which gives the paper's
+"Bagging + Adv. Train." and "Bagging + Def. Dist." (Table 4).
+
+The ensemble predicts the label maximizing the mean of the members' softmax outputs (Sec. 3).
+Attack surfaces: ``deployed`` (the log of that mean: its cross-entropy is the ensemble's own loss,
+i.e. the adaptive attack), ``member:<i>`` (Grad. 1: one member's gradient) and ``mean-gradient``
+(Grad. 2: the average of the members' loss gradients, through ``attack_loss``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.data import DatasetSplits
+from bench.defense import ClassifierDefense, Defense, default_architecture
+from bench.models import InputSpec
+from bench.registry import UnknownName, defenses
+
+# The members' training parameters default as for a single classifier, so an ensemble and
+# its single-model baseline differ only in what a suite sets.
+_CLASSIFIER = ClassifierDefense.__init__.__kwdefaults__
+_MIXED_ARCHS = ("strauss-mnist", "strauss-cifar")
+
+
+class MeanSoftmax(nn.Module):
+    """log(mean_i softmax(member_i(x))): scores whose argmax is the ensemble's vote."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # logsumexp of log-softmaxes stays finite where a plain mean of softmaxes would underflow to log(0).
+        log_probs = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+
+class MeanGradient(MeanSoftmax):
+    """Grad. 2: scores as the deployed ensemble, but the attack loss is the members' mean loss.
+
+    ∇ₓ of ``attack_loss`` is (1/n) Σ_i ∇ₓ J(θ_i, x, y), the average member gradient.
+    Attack backends that only see ``forward`` (Foolbox, ART) attack the deployed scores instead.
+    """
+
+    def attack_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean over members of each member's cross-entropy summed over the batch."""
+        return torch.stack([F.cross_entropy(m(x), y, reduction="sum") for m in self.members]).mean()
+
+
+@defenses.register("ensemble", version="1")
+class Ensemble(Defense):
+    """Ensemble of classifiers voting by mean softmax: random init, mixed architectures, bagging or Gaussian noise."""
+
+    def __init__(self, *, method: Literal["random-init", "mixed-arch", "bagging", "gauss-noise"] = "random-init",
+                 members: int = 10, noise_std: float = 0.1,
+                 member_defense: Literal["undefended", "adv-training", "distillation"] = "undefended",
+                 member_params: dict[str, Any] | None = None,
+                 arch: str = _CLASSIFIER["arch"], arch_params: dict[str, Any] | None = _CLASSIFIER["arch_params"],
+                 epochs: int = _CLASSIFIER["epochs"], batch_size: int = _CLASSIFIER["batch_size"],
+                 lr: float = _CLASSIFIER["lr"], optimizer: Literal["adam", "sgd"] = _CLASSIFIER["optimizer"],
+                 weight_decay: float = _CLASSIFIER["weight_decay"],
+                 lr_schedule: Literal["constant", "cosine"] = _CLASSIFIER["lr_schedule"],
+                 crop_flip: bool = _CLASSIFIER["crop_flip"]):
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        member_params = dict(member_params or {})
+        clash = sorted(set(member_params) & set(_CLASSIFIER))
+        if clash:
+            raise ValueError(f"member_params: set {', '.join(clash)} on the ensemble itself (it trains every member)")
+        if method == "gauss-noise" and (member_defense != "undefended" or member_params):
+            raise ValueError(f"method gauss-noise trains 'gaussian-augment' members with std = noise_std; it takes "
+                             f"no member_defense ({member_defense!r}) or member_params ({member_params})")
+        if method == "mixed-arch" and arch not in ("auto", *_MIXED_ARCHS):
+            raise ValueError(f"method mixed-arch varies {' or '.join(_MIXED_ARCHS)}; got arch {arch!r}")
+        self.method, self.members, self.noise_std = method, members, noise_std
+        self.member_defense = "gaussian-augment" if method == "gauss-noise" else member_defense
+        self.member_params = {**member_params, **({"std": noise_std} if method == "gauss-noise" else {})}
+        self.training_params = dict(arch=arch, arch_params=arch_params or {}, epochs=epochs, batch_size=batch_size,
+                                    lr=lr, optimizer=optimizer, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                                    crop_flip=crop_flip)
+        self.forward_passes = members  # one per member and prediction
+        self._build_member(self.training_params)  # fail at suite validation on bad member parameters, not mid-run
+        self.member_defenses: list[ClassifierDefense] = []  # built by setup
+        self.bootstrap_indices: list[torch.Tensor] = []  # bagging: member i's training rows, set by fit
+
+    # -- members
+
+    def _build_member(self, training: dict[str, Any]) -> ClassifierDefense:
+        try:
+            return defenses.get(self.member_defense).build(**training, **self.member_params)
+        except (ValueError, TypeError, UnknownName) as e:
+            raise ValueError(f"{self.member_defense} members: {e}") from e
+
+    def _architecture_variant(self, i: int, arch: str) -> dict[str, Any]:
+        """Member i's extra architecture parameters (module docstring, method ii)."""
+        if self.method != "mixed-arch":
+            return {}
+        if arch == "strauss-mnist":
+            return {"extra_filters": 4 * (i // 2), "extra_conv": i % 2 == 1}
+        return {"extra_filters": 4 * i}
+
+    @staticmethod
+    def _member_seeds(seed: int, n: int) -> list[tuple[int, int]]:
+        """Per member: (init and training seed, bootstrap seed), independent streams derived from ``seed``."""
+        return [tuple(int(s) for s in child.generate_state(2)) for child in np.random.SeedSequence(seed).spawn(n)]
+
+    def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
+        self.spec, self.device = spec, device
+        arch = default_architecture(spec) if self.training_params["arch"] == "auto" else self.training_params["arch"]
+        self.member_defenses = []
+        for i, (member_seed, _) in enumerate(self._member_seeds(seed, self.members)):
+            arch_params = {**self.training_params["arch_params"], **self._architecture_variant(i, arch)}
+            member = self._build_member({**self.training_params, "arch": arch, "arch_params": arch_params})
+            member.setup(spec, seed=member_seed, device=device)
+            self.member_defenses.append(member)
+
+    def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
+        self.bootstrap_indices = []
+        bar = tqdm(total=self.members, desc=f"ensemble ({self.method})", disable=not progress)
+        for i, (member, (member_seed, bootstrap_seed)) in enumerate(
+                zip(self.member_defenses, self._member_seeds(seed, self.members))):
+            bar.set_description(f"member {i + 1}/{self.members}")
+            member_data = data
+            if self.method == "bagging":  # a bootstrap replicate: m draws with replacement from the m rows
+                m = len(data.train_y)
+                idx = torch.randint(0, m, (m,), generator=torch.Generator().manual_seed(bootstrap_seed))
+                self.bootstrap_indices.append(idx)
+                member_data = dataclasses.replace(data, train_x=data.train_x[idx], train_y=data.train_y[idx])
+            member.fit(member_data, seed=member_seed, progress=progress)
+            bar.update(1)
+        bar.close()
+
+    # -- what the harness uses
+
+    def member_models(self) -> list[nn.Module]:
+        return [member.deployed().eval() for member in self.member_defenses]
+
+    def modules(self) -> dict[str, nn.Module]:
+        # Every member is a single classifier: its deployed model is all of its state.
+        return {f"member{i}": model for i, model in enumerate(self.member_models())}
+
+    def deployed(self) -> nn.Module:
+        return MeanSoftmax(self.member_models()).eval()
+
+    def surface_names(self) -> list[str]:
+        return ["deployed", *(f"member:{i}" for i in range(self.members)), "mean-gradient"]
+
+    def surfaces(self) -> dict[str, nn.Module]:
+        models = self.member_models()
+        return {"deployed": self.deployed(), **{f"member:{i}": m for i, m in enumerate(models)},
+                "mean-gradient": MeanGradient(models).eval()}
