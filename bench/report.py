@@ -53,6 +53,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from bench import views
 from bench.metrics import wilson_interval
 
 __all__ = [
@@ -606,6 +607,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
             tables.append(table)
             details.extend(group_details)
             plots.extend(group_plots)
+        tables.extend(_paper_views(dataset, results[results["dataset"] == dataset]))
         if not tables:  # only clean rows so far: still show them
             values = pd.DataFrame({"Clean": [clean[d].acc for d in sorted(clean)]},
                                   index=pd.Index(sorted(clean), name="Defense"))
@@ -616,6 +618,24 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                               align=_DETAIL_ALIGN)
         sections.append(DatasetSection(name=dataset, tables=tables, details=details_table, plots=plots))
     return Leaderboard(title=title, produced=produced, legend=_LEGEND, datasets=sections)
+
+
+def _paper_views(dataset: str, results: pd.DataFrame) -> list[Table]:
+    """The paper-shaped tables of bench.views, where the results have what they need."""
+    tables = []
+    ensemble = views.ensemble_view(results)
+    if ensemble is not None:
+        setting = "ensembles: single vs ensemble, Grad. 1 / Grad. 2 / adaptive (Strauss et al. Table 2 layout)"
+        kappa = ensemble.pop("κ (clean)")
+        frame = ensemble.map(_pct).reset_index()
+        frame["κ (clean)"] = [MISSING if math.isnan(k) else f"{k:.3f}" for k in kappa]
+        align = ("left", "left") + ("right",) * (frame.shape[1] - 2)
+        tables.append(Table(f"{dataset} — {setting}", setting, frame, align, ensemble * 100))
+    comparison = views.defense_comparison_view(results)
+    if comparison is not None:
+        setting = "defenses compared, ensembles under Grad. 2 (Strauss et al. Table 4 layout)"
+        tables.append(_table(f"{dataset} — {setting}", setting, comparison))
+    return tables
 
 
 def leaderboard_tables(results: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:

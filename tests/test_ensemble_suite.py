@@ -62,3 +62,29 @@ def test_unknown_evaluation_surface_is_a_user_error(write_suite, tmp_path, capsy
     assert main(["validate", str(suite)]) == 2
     err = capsys.readouterr().err
     assert "attacks[0].evaluate_on[0]" in err and "member:7" in err
+
+
+def test_leaderboard_has_the_papers_table_layouts(write_suite, tmp_path):
+    suite = write_suite(ENSEMBLE_SUITE.replace("  - name: ensemble\n", "  - name: undefended\n    params: {epochs: 3}\n"
+                                               "    label: single\n  - name: ensemble\n", 1)
+                        .replace("    surface: member:0                 # Grad. 1", "    defenses: [bagging]\n"
+                                 "    surface: member:0                 # Grad. 1")
+                        .replace("    surface: mean-gradient ", "    defenses: [bagging]\n    surface: mean-gradient "))
+    assert main(["run", str(suite), "--store", str(tmp_path / "s"), "--leaderboard", str(tmp_path / "lb"),
+                 "--quiet"]) == 0
+    from bench.store import Store
+    from bench.views import defense_comparison_view, ensemble_view
+
+    results = Store(tmp_path / "s").results()
+    table2 = ensemble_view(results)
+    row = table2.loc[("bim ε=0.2", "bagging")]
+    stored = results.set_index(["defense", "attack", "evaluated_on"])
+    assert row["Grad. 1 single"] == stored.loc[("bagging", "grad1", "member:0"), "robust_acc"]
+    assert row["Grad. 2 ensemble"] == stored.loc[("bagging", "grad2", "deployed"), "robust_acc"]
+    assert row["No attack ensemble"] == stored.loc[("bagging", "none", "deployed"), "robust_acc"]
+    table4 = defense_comparison_view(results)
+    # the ensemble is compared under Grad. 2, the single model under its own white-box attack
+    assert table4.loc["bagging", "bim ε=0.2"] == row["Grad. 2 ensemble"]
+    assert table4.loc["single", "bim ε=0.2"] == stored.loc[("single", "adaptive", "deployed"), "robust_acc"]
+    readme = (tmp_path / "lb" / "README.md").read_text()
+    assert "Strauss et al. Table 2 layout" in readme and "Strauss et al. Table 4 layout" in readme
