@@ -8,6 +8,9 @@ Baselines, run in the same process:
   hyperparameters; target for C&W and EAD: >= 10x faster at equal or better
   strength (robust accuracy no higher, median L2 of successful examples no larger).
 
+``advbench bench ensembles`` (``run_ensemble_benchmark``): an ensemble's members in a Python loop vs
+batched in one vmap call, forward and input gradient.
+
 Timings are the best of ``repeats`` runs after a warm-up, alternating harness
 and baseline, so a background hiccup does not decide a ratio. The model is the Strauss et al. Table 1 CNN
 trained briefly on the embedded MNIST.
@@ -167,6 +170,59 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
             "median L2 h/b": f"{l2_h:.3f} / {l2_b:.3f}",
         })
         print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
+    print()
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    return rows
+
+
+def run_ensemble_benchmark(members: tuple[int, ...] | list[int] = (3, 10), n: int = 256, device: str = "cpu",
+                           repeats: int = 5) -> list[dict]:
+    """``advbench bench ensembles``: an ensemble's members in a Python loop vs batched (one vmap call).
+
+    For each member count, a random-init ensemble of Strauss MNIST nets (``defenses/ensemble.py``), timed on
+    ``n`` test images: the deployed forward pass (mean softmax, no grad), and the input gradient of the
+    mean member loss (the ``mean-gradient`` surface's ``attack_loss``: one Grad. 2 / BIM step). The members
+    are untrained (setup only): dense convolutions and matrix products cost the same for any weights.
+    Loop and batched runs alternate, best of ``repeats`` after a warm-up; "max |diff|" compares their outputs.
+    """
+    from defenses.ensemble import MeanGradient
+
+    from .registry import defenses
+
+    dev = torch.device(device)
+    data = load_dataset("mnist5k", {}, DataContext("data"))
+    x, y = data.test_x[:n].to(dev), data.test_y[:n].to(dev)
+    print(f"random-init ensembles of strauss-mnist; {len(x)} mnist5k test images; device {device}; "
+          f"torch threads {torch.get_num_threads()}; best of {repeats}")
+    rows = []
+    for m in members:
+        ensemble = defenses.get("ensemble").build(method="random-init", members=m, arch="strauss-mnist")
+        ensemble.setup(data.input_spec(), seed=0, device=dev)
+        models = ensemble.member_models()
+        surfaces = {"loop": MeanGradient(models, batched=False).eval(),
+                    "batched": MeanGradient(models, batched=True).eval()}
+        assert surfaces["batched"].batched and not surfaces["loop"].batched
+
+        def forward(surface):
+            with torch.no_grad():
+                return surface(x)
+
+        def input_gradient(surface):
+            x_var = x.clone().requires_grad_(True)
+            return torch.autograd.grad(surface.attack_loss(x_var, y), x_var)[0]
+
+        for label, fn in (("forward (deployed)", forward), ("input gradient (mean member loss)", input_gradient)):
+            runs = {name: (lambda s=s: fn(s)) for name, s in surfaces.items()}
+            for run in runs.values():  # warm-up: kernel selection, allocator
+                run()
+            timed = _interleaved_best(runs, repeats)
+            (t_loop, out_loop), (t_batched, out_batched) = timed["loop"], timed["batched"]
+            rows.append({
+                "members": m, "pass": label, "loop ex/s": round(len(x) / t_loop, 1),
+                "batched ex/s": round(len(x) / t_batched, 1), "ratio batched/loop": round(t_loop / t_batched, 2),
+                "max |diff|": f"{(out_batched - out_loop).abs().max().item():.1e}",
+            })
+            print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
     return rows

@@ -5,6 +5,7 @@
     advbench list defenses|attacks|datasets|architectures
     advbench leaderboard               rebuild leaderboard/ from the store
     advbench bench attacks             throughput and strength of each attack vs a baseline
+    advbench bench ensembles           ensemble members in a loop vs batched (vmap): forward and input gradient
 
 User errors print one line and exit 2; a run with failed tasks exits 1;
 Ctrl-C exits 130 and the next run resumes.
@@ -55,10 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default=DEFAULT_LEADERBOARD)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["attacks"])
-    bench.add_argument("--n", type=int, default=256, help="examples per attack")
+    bench.add_argument("what", choices=["attacks", "ensembles"])
+    bench.add_argument("--n", type=int, default=256, help="examples per attack or timed ensemble pass")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--attacks", nargs="*", help="subset of benchmark names")
+    bench.add_argument("--members", nargs="+", type=int, default=[3, 10], help="ensembles: member counts")
     return parser
 
 
@@ -169,9 +171,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import run_attack_benchmark
+    from .benchmark import run_attack_benchmark, run_ensemble_benchmark
 
-    run_attack_benchmark(n=args.n, device=args.device, only=args.attacks)
+    if args.what == "ensembles":
+        run_ensemble_benchmark(members=args.members, n=args.n, device=args.device)
+    else:
+        run_attack_benchmark(n=args.n, device=args.device, only=args.attacks)
     return 0
 
 

@@ -13,7 +13,7 @@ from bench.data import DataContext, load_dataset
 from bench.diversity import interrater_agreement, member_agreement
 from bench.registry import defenses
 from defenses.adversarial_training import AdversarialTraining
-from defenses.ensemble import Ensemble
+from defenses.ensemble import Ensemble, MeanGradient, MeanSoftmax
 from defenses.gaussian_augment import GaussianAugment
 
 CPU = torch.device("cpu")
@@ -151,6 +151,89 @@ def test_surfaces_are_listed_before_training_and_checkpoints_round_trip(digits, 
     restored.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
     with torch.no_grad():
         assert torch.equal(restored.deployed()(x), ensemble.deployed()(x))
+
+
+# ---- batched members (one vmap call instead of a loop)
+
+
+def input_gradients(surface, x, y):
+    """Input gradients of the mean-gradient attack loss and of the deployed scores' cross-entropy."""
+    grads = []
+    for loss in (lambda x_var: surface.attack_loss(x_var, y), lambda x_var: F.cross_entropy(surface(x_var), y)):
+        x_var = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(loss(x_var), x_var)[0])
+    return grads
+
+
+def assert_batched_matches_loop(batched, loop, x, y):
+    assert batched.batched and not loop.batched
+    with torch.no_grad():
+        assert batched.member_logits(x).shape == (len(loop.members), len(x), 10)
+        assert torch.allclose(batched.member_logits(x), loop.member_logits(x), atol=1e-5)
+        assert torch.allclose(batched(x), loop(x), atol=1e-5)
+    assert torch.allclose(batched.attack_loss(x, y), loop.attack_loss(x, y), rtol=1e-5)
+    for g_batched, g_loop in zip(input_gradients(batched, x, y), input_gradients(loop, x, y)):
+        assert torch.allclose(g_batched, g_loop, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["random-init", "bagging", "gauss-noise"])
+def test_batched_members_match_the_loop(digits, ensembles, method):
+    models = ensembles[method].member_models()
+    x, y = digits.test_x[:32], digits.test_y[:32]
+    assert_batched_matches_loop(MeanGradient(models, batched=True), MeanGradient(models), x, y)
+
+
+def test_batched_members_need_one_architecture_and_eval_mode(digits, ensembles):
+    x = digits.test_x[:8]
+    mixed = MeanSoftmax(ensembles["mixed-arch"].member_models(), batched=True)
+    assert not mixed.batched  # different architectures: the loop
+    with torch.no_grad():
+        assert torch.equal(mixed(x), ensembles["mixed-arch"].deployed()(x))
+
+    models = ensembles["random-init"].member_models()
+    batched, loop = MeanSoftmax(models, batched=True), MeanSoftmax(models)
+    try:  # training mode: dropout needs each member's own randomness, so the loop runs
+        batched.train()
+        outputs = []
+        for module in (batched, loop):
+            torch.manual_seed(0)
+            with torch.no_grad():
+                outputs.append(module(x))
+        assert torch.equal(*outputs)
+    finally:
+        batched.eval()
+    with torch.no_grad():
+        batched(x)
+    assert batched.state_dict().keys() == loop.state_dict().keys()  # the stacked-call skeleton is no submodule
+
+
+def test_ensemble_batched_members_switch(digits, ensembles, monkeypatch):
+    ensemble = ensembles["random-init"]
+    assert not Ensemble.batched_members  # the default: slower than the loop on CPU (bench ensembles)
+    assert not ensemble.deployed().batched and not ensemble.surface("mean-gradient").batched
+    loop_scores = ensemble.deployed()(digits.test_x[:16]).detach()
+    monkeypatch.setattr(ensemble, "batched_members", True)
+    assert ensemble.deployed().batched and ensemble.surface("mean-gradient").batched
+    assert torch.allclose(ensemble.deployed()(digits.test_x[:16]), loop_scores, atol=1e-5)
+
+
+def test_batched_members_follow_a_checkpoint_round_trip(digits, ensembles, tmp_path):
+    ensemble = ensembles["bagging"]
+    x, y = digits.test_x[:32], digits.test_y[:32]
+    torch.save(ensemble.state_dict(), tmp_path / "ckpt.pt")
+    restored = defenses.get("ensemble").build(method="bagging", members=3, **FAST)
+    restored.setup(digits.input_spec(), seed=123, device=CPU)
+    restored.batched_members = True
+    built_before = restored.surface("mean-gradient")  # used before the restore: must not keep stale weights
+    with torch.no_grad():
+        before = built_before(x)
+    restored.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    reference = MeanGradient(ensemble.member_models())
+    with torch.no_grad():
+        assert not torch.allclose(before, reference(x), atol=1e-3)
+    assert_batched_matches_loop(built_before, reference, x, y)
+    assert_batched_matches_loop(restored.surface("mean-gradient"), reference, x, y)
+    assert restored.state_dict().keys() == ensemble.state_dict().keys()
 
 
 def test_ensemble_of_adversarially_trained_members(digits):
