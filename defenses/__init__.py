@@ -7,3 +7,4 @@ what a suite may set. See README.md, "Adding a defense".
 """
 
 from . import adversarial_training, baseline, distillation, ensemble, gaussian_augment  # noqa: F401  (registration)
+from . import bimodel_detector  # noqa: F401  (registration)
