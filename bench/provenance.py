@@ -25,12 +25,14 @@ def package_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the advbench checkout in use, '+dirty' if it has local changes; 'unknown' outside git."""
+    """The commit of the advbench checkout in use, '+dirty' if its code has local changes; 'unknown' outside git."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        # The generated leaderboard is output, not code: rewriting it does not make the checkout dirty.
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)leaderboard"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
