@@ -236,23 +236,31 @@ def _project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> to
 
 
 @contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own train/eval flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
 def _attack_context(model: nn.Module, seed: int) -> Iterator[None]:
     """Seed the global torch/numpy generators in a fork; freeze and eval the model; restore all after."""
-    modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     np_state = np.random.get_state()
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), _eval_mode(model):
         try:
             torch.manual_seed(seed)
             np.random.seed(seed % 2**32)
-            model.eval()
             for p, _ in grads:
                 p.requires_grad_(False)  # gradients flow to the input only; nothing accumulates in .grad
             yield
         finally:
-            for m, mode in modes:
-                m.training = mode
             for p, flag in grads:
                 p.requires_grad_(flag)
             np.random.set_state(np_state)
@@ -270,13 +278,8 @@ def _make_targets(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     y = torch.as_tensor(y).to("cpu", torch.long).reshape(-1)
     device = _model_device(model)
     if mode == "least-likely":
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            model.eval()
+        with _eval_mode(model):
             logits = _predict(model, x, device)
-        finally:
-            for m, flag in modes:
-                m.training = flag
         logits[torch.arange(len(y)), y] = math.inf  # never the true class
         return logits.argmin(dim=1)
     num_classes = _num_classes(model, x, device)
