@@ -136,10 +136,15 @@ class Attack:
                 raise ValueError(f"got {len(x)} images but {len(targets)} targets")
         if self.budget_param == "eps" and budget == 0:
             return x.clone()  # nothing may change; libraries reject or mishandle eps = 0
-        if hasattr(model, "attack_loss") and self.backend != "torch":
+        custom = hasattr(model, "attack_loss") or hasattr(model, "attack_logits")
+        if custom and self.backend != "torch":
             raise ValueError(f"this attack surface defines its own loss, which only the plain PyTorch backend "
                              f"uses; {type(self).__name__} runs on {self.backend}"
                              + ("; set backend: torch" if "torch" in self.backends else ""))
+        if hasattr(model, "attack_logits") and targets is not None and not getattr(self, "_targets_on_forward", False):
+            # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
+            raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
+                             "cannot run targeted on it")
         job = _Job(model, x, y, targets, budget, batch_size, device, seed)
         with _attack_context(model, seed):
             out = getattr(self, f"_run_{self.backend}")(job)
@@ -318,6 +323,11 @@ def _torch_gradient_attack(job: _Job, *, norm: str, eps: float, steps: int, step
             x = (x0 + delta).clamp(0.0, 1.0)
         else:
             x = x0.clone()
+        # A surface with its own success notion (attack_logits: a detector folded in) is non-smooth where
+        # the detector's decision flips, and the last iterate often lands back on the detected side:
+        # keep each image's first iterate that succeeds (untargeted only; targeted runs are refused).
+        success_logits = getattr(job.model, "attack_logits", None) if job.targets is None else None
+        best, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(steps):
             x.requires_grad_(True)
             with torch.enable_grad():
@@ -329,15 +339,26 @@ def _torch_gradient_attack(job: _Job, *, norm: str, eps: float, steps: int, step
             else:
                 direction = grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad.ndim)
             x = _project(x + sign * step_size * direction, x0, eps, norm).clamp(0.0, 1.0)
+            if success_logits is not None:
+                with torch.no_grad():
+                    new = (success_logits(x, labels).argmax(1) != labels) & ~found
+                best[new], found = x[new], found | new
+        if success_logits is not None:
+            x = torch.where(_view(found, x.ndim), best, x)
         outs.append(x.detach().cpu())
     return torch.cat(outs)
 
 
 def attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss a gradient attack ascends, summed over the batch: the surface's own ``attack_loss``
-    where it defines one (an ensemble's mean member loss, Grad. 2), else cross-entropy on its scores."""
+    where it defines one (an ensemble's mean member loss, Grad. 2), else cross-entropy on its
+    ``attack_logits(x, labels)`` where it defines those (a detector-guarded classifier, bench.adaptive),
+    else cross-entropy on its scores."""
     custom = getattr(model, "attack_loss", None)
-    return custom(x, labels) if custom is not None else F.cross_entropy(model(x), labels, reduction="sum")
+    if custom is not None:
+        return custom(x, labels)
+    logits = getattr(model, "attack_logits", None)
+    return F.cross_entropy(logits(x, labels) if logits is not None else model(x), labels, reduction="sum")
 
 
 def _foolbox_run(job: _Job, attack: Any, epsilon: float | None, *, targeted: bool = False
@@ -624,6 +645,79 @@ class _CWLike(Attack):
         self.abort_early = abort_early
 
 
+def _torch_carlini_wagner_l2(job: _Job, *, confidence: float, steps: int, learning_rate: float,
+                             binary_search_steps: int, abort_early: bool) -> torch.Tensor:
+    """Bare PyTorch C&W L2, step for step Foolbox 3's ``L2CarliniWagnerAttack`` (initial constant: the budget).
+
+    It exists because neither Foolbox's nor ART's C&W accepts a custom objective, which the detector-aware
+    attack needs: the untargeted margin is taken on the surface's ``attack_logits(x, labels)`` where it has
+    them (bench.adaptive), else on ``model(x)``; targeted runs (``job.targets``) use ``model(x)``. Per
+    example the smallest-L2 adversarial over all steps and constants is kept; examples never fooled come
+    back unperturbed (Foolbox returns zeros there).
+    """
+    custom = getattr(job.model, "attack_logits", None)
+    b1, b2 = 0.9, 0.999  # Adam's betas, as Foolbox's AdamOptimizer
+    outs = []
+    for x0, y, t in job.batches():
+        n, targeted = len(x0), t is not None
+        labels = t if targeted else y
+        rows = torch.arange(n, device=x0.device)
+
+        def scores(x: torch.Tensor) -> torch.Tensor:
+            return job.model(x) if targeted or custom is None else custom(x, y)
+
+        def to_model(w: torch.Tensor) -> torch.Tensor:
+            return (torch.tanh(w) + 1) / 2  # tanh space -> (0, 1)
+
+        w0 = torch.atanh((x0 * 2 - 1) * 0.999999)  # (0, 1) -> tanh space, as Foolbox
+        x_rec = to_model(w0)
+        consts = torch.full((n,), float(job.budget), dtype=torch.float64)
+        lower, upper = torch.zeros(n, dtype=torch.float64), torch.full((n,), math.inf, dtype=torch.float64)
+        best, best_norm = x0.clone(), torch.full((n,), math.inf, device=x0.device)
+        for search_step in range(binary_search_steps):
+            if search_step == binary_search_steps - 1 and binary_search_steps >= 10:
+                consts = upper.clamp(max=1e10)  # last step: retry at the best constant found
+            delta = torch.zeros_like(w0)
+            m, v = torch.zeros_like(w0), torch.zeros_like(w0)  # Adam state (Foolbox's AdamOptimizer)
+            found = torch.zeros(n, dtype=torch.bool, device=x0.device)
+            previous = math.inf
+            c = consts.to(x0.device, torch.float32)
+            for step in range(steps):
+                delta.requires_grad_(True)
+                with torch.enable_grad():
+                    x = to_model(w0 + delta)
+                    logits = scores(x)
+                    other = logits.detach().scatter(1, labels[:, None], -math.inf).argmax(1)
+                    margin = logits[rows, other] - logits[rows, labels] if targeted else \
+                        logits[rows, labels] - logits[rows, other]
+                    loss = (c * (margin + confidence).clamp_min(0)).sum() + (x - x_rec).flatten(1).square().sum()
+                    (grad,) = torch.autograd.grad(loss, delta)
+                x, logits, delta = x.detach(), logits.detach(), delta.detach()
+                m = b1 * m + (1 - b1) * grad
+                v = b2 * v + (1 - b2) * grad.square()
+                delta = delta - learning_rate * (m / (1 - b1 ** (step + 1))) / (
+                    (v / (1 - b2 ** (step + 1))).sqrt() + 1e-8)
+                if abort_early and step % math.ceil(steps / 10) == 0:
+                    if not loss.item() <= 0.9999 * previous:
+                        break  # no progress over the last tenth of the steps
+                    previous = loss.item()
+                # success as Foolbox judges it: the label's logit shifted by kappa against the argmax
+                shifted = logits.scatter_add(1, labels[:, None], torch.full_like(logits[:, :1], -confidence if
+                                                                                   targeted else confidence))
+                is_adv = shifted.argmax(1) == labels if targeted else shifted.argmax(1) != labels
+                found |= is_adv
+                norms = (x - x0).flatten(1).norm(dim=1)
+                new_best = is_adv & (norms < best_norm)
+                best = torch.where(_view(new_best, x.ndim), x, best)
+                best_norm = torch.where(new_best, norms, best_norm)
+            found_cpu = found.cpu()
+            upper = torch.where(found_cpu, consts, upper)
+            lower = torch.where(found_cpu, lower, consts)
+            consts = torch.where(upper.isinf(), consts * 10, (lower + upper) / 2)
+        outs.append(best.cpu())
+    return torch.cat(outs)
+
+
 @attacks.register("cw-l2")
 class CarliniWagnerL2(_CWLike):
     """Carlini & Wagner L2 (2017): Adam in tanh space on ||delta||^2 + c * margin loss, binary search on c.
@@ -643,9 +737,12 @@ class CarliniWagnerL2(_CWLike):
     threat_model = "l2"
     # foolbox 14.7 ex/s vs art 0.7 ex/s (strauss-mnist, 50 steps x 3 searches, c=1, 2 CPU cores); at lr 0.1
     # Foolbox is also the stronger (docstring). Defaults (100 x 5) on 128 images: foolbox 25 s, ART 480 s.
-    backends = ("foolbox", "art")
+    # torch: Foolbox's algorithm in plain PyTorch, for surfaces with their own objective (attack_logits); same
+    # outputs as foolbox to 1e-6 and 1.2-2x faster (64 MNIST images, test CNN, 20 x 3 and 50 x 5, 2 CPU cores).
+    backends = ("foolbox", "art", "torch")
+    _targets_on_forward = True  # targeted runs use model(x), never the untargeted attack_logits
 
-    def __init__(self, *, backend: Literal["foolbox", "art"] | None = None, confidence: float = 0.0,
+    def __init__(self, *, backend: Literal["foolbox", "art", "torch"] | None = None, confidence: float = 0.0,
                  steps: int = 100, learning_rate: float = 0.1, binary_search_steps: int = 5,
                  abort_early: bool = True):
         super().__init__(backend=backend)
@@ -667,6 +764,11 @@ class CarliniWagnerL2(_CWLike):
             c, confidence=self.confidence, targeted=False, learning_rate=self.learning_rate,
             binary_search_steps=self.binary_search_steps, max_iter=self.steps, initial_const=job.budget,
             batch_size=job.batch_size, verbose=False), job.y)
+
+    def _run_torch(self, job: _Job) -> torch.Tensor:
+        return _torch_carlini_wagner_l2(job, confidence=self.confidence, steps=self.steps,
+                                        learning_rate=self.learning_rate,
+                                        binary_search_steps=self.binary_search_steps, abort_early=self.abort_early)
 
 
 @attacks.register("ead")
