@@ -2,7 +2,7 @@
 
     advbench run SUITE [--dry-run]     plan, run what is not stored yet, rebuild the leaderboard
     advbench validate SUITE            check a suite without running anything
-    advbench list defenses|attacks|datasets|architectures
+    advbench list defenses|attacks|datasets|architectures|baseline-detectors
     advbench leaderboard               rebuild leaderboard/ from the store
     advbench bench attacks             throughput and strength of each attack vs a baseline
     advbench bench ensembles           ensemble members in a loop vs batched (vmap): forward and input gradient
@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+
+# The keys of bench.registry.REGISTRIES (not imported here: `advbench --help` stays fast).
+REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors")
 
 DEFAULT_STORE = "results"
 DEFAULT_LEADERBOARD = "leaderboard"
@@ -49,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_args(val)
 
     lst = sub.add_parser("list", help="list registered entries with their parameters and defaults")
-    lst.add_argument("kind", choices=["defenses", "attacks", "datasets", "architectures"])
+    lst.add_argument("kind", choices=list(REGISTRY_KINDS))
 
     lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from the store")
     lb.add_argument("--store", default=DEFAULT_STORE)
@@ -76,9 +79,11 @@ def cmd_validate(args) -> int:
 
     suite = load_suite(args.suite, data_ctx=_data_ctx(args))
     plan = build_plan(suite)
-    counts = {k: len(plan.by_kind(k)) for k in ("train", "craft", "score")}
+    counts = {k: n for k in ("train", "craft", "score", "detector-data", "detect", "adaptive")
+              if (n := len(plan.by_kind(k))) or k in ("train", "craft", "score")}
+    detectors = f", {len(suite.detectors)} detector(s)" if suite.detectors else ""
     print(f"{args.suite}: ok — {len(suite.datasets)} dataset(s), {len(suite.defenses)} defense(s), "
-          f"{len(suite.attacks)} attack(s), {len(suite.seeds)} seed(s); "
+          f"{len(suite.attacks)} attack(s){detectors}, {len(suite.seeds)} seed(s); "
           f"{len(plan.tasks)} tasks ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     return 0
 
@@ -105,9 +110,10 @@ def _rebuild_leaderboard(store, out: Path) -> list[Path]:
     """The leaderboard from every result in some suite's latest plan; returns the written paths."""
     from .report import build_leaderboard
 
-    results = store.results()
-    paths = build_leaderboard(results, out)
-    print(f"leaderboard: {len(results)} results -> {', '.join(str(p) for p in paths[:2])}")
+    results, detections = store.results(), store.detections()
+    paths = build_leaderboard(results, out, detections=detections)
+    extra = f" and {len(detections)} detection results" if len(detections) else ""
+    print(f"leaderboard: {len(results)} results{extra} -> {', '.join(str(p) for p in paths[:2])}")
     return paths
 
 
@@ -137,7 +143,7 @@ def cmd_run(args) -> int:
         failed = {r["key"] for r in existing.failed_tasks(plan.keys)} if existing else set()
         for task in plan.tasks:
             state = "done" if task.key in done else ("failed, will retry" if task.key in failed else "to run")
-            print(f"{task.kind:5}  {task.key}  {state:17}  {task.label}")
+            print(f"{task.kind:13}  {task.key}  {state:17}  {task.label}")
         print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(plan.tasks) - len(done)} to run "
               f"(device {device}; store {args.store})")
         return 0

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UserError
-from .registry import UnknownName, attacks, datasets, defenses
+from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
 
 
 class _Strict(BaseModel):
@@ -53,6 +53,48 @@ class AttackEntry(_Strict):
                                    description="surfaces of each defense that score the examples, e.g. member:0")
 
 
+class DetectorAttackEntry(_Strict):
+    """An attack that builds detector data: its budgets are the ladder of the per-image minimal-budget
+    search (smallest first; ``null`` = unbounded, the attack's own minimal search, tried last)."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    backend: str | None = None
+    budgets: list[float | None] = Field(min_length=1)
+
+
+class BaselineEntry(_Strict):
+    """A baseline detector scored on the same detector data (e.g. feature squeezing on model_a)."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdaptiveAttackEntry(_Strict):
+    """A detector-aware attack: run on the guarded classifier with the detector folded in as an extra
+    class (plain PyTorch backend), and, for comparison, on the guarded model alone."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    budgets: list[float | None] = Field(min_length=1)
+
+
+class DetectorEntry(_Strict):
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    images: int = Field(2000, ge=20, description="training-split images per attack (paper: 10,000)")
+    folds: int = Field(10, ge=2, description="cross-validation folds (paper: 10)")
+    fpr: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the TPR-at-FPR threshold")
+    train_attacks: list[str] | None = Field(None, description="labels of detector_attacks; default all")
+    test_attacks: list[str] | None = Field(None, description="labels of detector_attacks; default train_attacks")
+    baselines: list[BaselineEntry] = Field(default_factory=list)
+    adaptive_attacks: list[AdaptiveAttackEntry] = Field(default_factory=list)
+
+
 class Suite(_Strict):
     name: str
     description: str = ""
@@ -60,8 +102,10 @@ class Suite(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: int = Field(256, gt=0, description="attack and evaluation batch size")
     datasets: list[DatasetEntry] = Field(min_length=1)
-    defenses: list[DefenseEntry] = Field(min_length=1)
+    defenses: list[DefenseEntry] = Field(default_factory=list)
     attacks: list[AttackEntry] = Field(default_factory=list)
+    detector_attacks: list[DetectorAttackEntry] = Field(default_factory=list)
+    detectors: list[DetectorEntry] = Field(default_factory=list)
     path: str = Field("", exclude=True)
 
 
@@ -137,8 +181,8 @@ def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
         errors.extend(_pydantic_errors(path, f"{key}.params", e))
         return None
     entry.params = validated
-    if registry is datasets:
-        return reg_entry  # building a dataset loads it: availability is checked separately
+    if registry is datasets or registry is baseline_detectors:
+        return reg_entry  # a dataset builds by loading, a baseline detector around a trained model
     try:
         return reg_entry.factory(**validated)
     except UnknownName as e:
@@ -159,8 +203,11 @@ def _unique_labels(items, key: str, path: str, errors: list[str]) -> None:
 
 def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
     errors: list[str] = []
-    for key, items in (("datasets", suite.datasets), ("defenses", suite.defenses), ("attacks", suite.attacks)):
+    for key, items in (("datasets", suite.datasets), ("defenses", suite.defenses), ("attacks", suite.attacks),
+                       ("detector_attacks", suite.detector_attacks), ("detectors", suite.detectors)):
         _unique_labels(items, key, path, errors)
+    if not suite.defenses and not suite.detectors:
+        errors.append(f"{path}: defenses: a suite needs at least one defense or detector")
 
     for i, ds in enumerate(suite.datasets):
         if _check_entry(datasets, ds, f"datasets[{i}]", path, errors) and data_ctx is not None:
@@ -183,10 +230,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         attack = _check_entry(attacks, a, key, path, errors)
         if attack is None:
             continue
-        for j, budget in enumerate(a.budgets):
-            problem = type(attack).budget_error(budget)
-            if problem:
-                errors.append(f"{path}: {key}.budgets[{j}]: {problem}")
+        _check_budgets(attack, a.budgets, key, path, errors)
         for name in (a.defenses or []):
             if name not in labels:
                 errors.append(f"{path}: {key}.defenses: {UnknownName('defense label', name, labels)}")
@@ -204,4 +248,64 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 if known is not None and name not in known:
                     errors.append(f"{path}: {where}: defense {label!r} has no attack surface {name!r} "
                                   f"(it has {', '.join(sorted(known))})")
+    _check_detectors(suite, path, errors)
     return errors
+
+
+def _check_budgets(attack, budgets: list[float | None], key: str, path: str, errors: list[str]) -> None:
+    for j, budget in enumerate(budgets):
+        problem = type(attack).budget_error(budget)
+        if problem:
+            errors.append(f"{path}: {key}.budgets[{j}]: {problem}")
+
+
+def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
+    """The detector experiments: detector defenses, the attacks building their data, baselines and
+    detector-aware attacks."""
+    for i, a in enumerate(suite.detector_attacks):
+        attack = _check_entry(attacks, a, f"detector_attacks[{i}]", path, errors)
+        if attack is not None:
+            _check_budgets(attack, a.budgets, f"detector_attacks[{i}]", path, errors)
+    known_attacks = [a.label for a in suite.detector_attacks]
+    for i, d in enumerate(suite.detectors):
+        key = f"detectors[{i}]"
+        if d.name in defenses and not getattr(defenses.get(d.name).factory, "is_detector", False):
+            detectors = [e.name for e in defenses.entries() if getattr(e.factory, "is_detector", False)]
+            errors.append(f"{path}: {key}.name: {d.name!r} is a defense, not a detector "
+                          f"(detectors: {', '.join(detectors)}); list it under defenses")
+        else:
+            _check_entry(defenses, d, key, path, errors)
+        if not known_attacks:
+            errors.append(f"{path}: {key}: a detector needs detector_attacks to build its data from")
+        for field in ("train_attacks", "test_attacks"):
+            for name in getattr(d, field) or []:
+                if name not in known_attacks:
+                    errors.append(f"{path}: {key}.{field}: {UnknownName('detector attack label', name, known_attacks)}")
+        _unique_labels(d.baselines, f"{key}.baselines", path, errors)
+        for j, b in enumerate(d.baselines):
+            entry = _check_entry(baseline_detectors, b, f"{key}.baselines[{j}]", path, errors)
+            if entry is not None:
+                from torch import nn
+
+                try:  # ranges: build around a stand-in model, as the run will around the trained one
+                    entry.factory(nn.Identity(), **b.params)
+                except (ValueError, TypeError) as e:
+                    errors.append(f"{path}: {key}.baselines[{j}].params: {e}")
+            if b.label == d.label:
+                errors.append(f"{path}: {key}.baselines[{j}].label: {b.label!r} is the detector's own label")
+        _unique_labels(d.adaptive_attacks, f"{key}.adaptive_attacks", path, errors)
+        for j, a in enumerate(d.adaptive_attacks):
+            where = f"{key}.adaptive_attacks[{j}]"
+            try:
+                factory = attacks.get(a.name).factory
+            except UnknownName as e:
+                errors.append(f"{path}: {where}.name: {e}")
+                continue
+            if "torch" not in factory.backends:
+                with_torch = [e.name for e in attacks.entries() if "torch" in e.factory.backends]
+                errors.append(f"{path}: {where}.name: a detector-aware attack needs the plain PyTorch backend, "
+                              f"which {a.name!r} lacks (attacks with it: {', '.join(with_torch)})")
+                continue
+            attack = _check_entry(attacks, a, where, path, errors)
+            if attack is not None:
+                _check_budgets(attack, a.budgets, where, path, errors)

@@ -32,6 +32,7 @@ from art.defences.detector.evasion.evasion_detector import EvasionDetector
 from torch import nn
 
 from .attacks import get_attack
+from .registry import baseline_detectors
 from .training import predict
 
 # --------------------------------------------------------------------------- binary classifiers
@@ -202,24 +203,47 @@ def build_detector_data(models: tuple[nn.Module, nn.Module], x: torch.Tensor, y:
 
 
 def cross_validate(features: np.ndarray, labels: np.ndarray, classifier_factory, folds: int = 10,
-                   seed: int = 0) -> dict[str, float]:
-    """Stratified k-fold CV of a binary detector (Table III): mean and std over folds of accuracy,
-    F1, ROC AUC and the detection rate (TPR = recall of the attack class at the classifier's
-    default threshold, Table IV). ``classifier_factory``: an unfitted estimator or a callable
-    returning one."""
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.model_selection import cross_validate as sk_cross_validate
+                   seed: int = 0, fpr: float = 0.05) -> dict[str, float]:
+    """Stratified k-fold CV of a binary detector: mean and std over folds of accuracy, F1, ROC AUC
+    (Table III), the detection rate (TPR = recall of the attack class at the classifier's own
+    threshold, Table IV), and the TPR at a fixed false-positive rate ``fpr``.
 
+    The fixed-FPR threshold uses clean data only: in each fold the held-out clean examples are split
+    in two (seeded); one half sets the threshold (``clean_threshold``), the other measures the FPR
+    it actually gives (``clean_fpr``), and TPR is counted on the fold's held-out attacks.
+    ``classifier_factory``: an unfitted estimator (cloned per fold) or a callable returning one.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    features = np.asarray(features)
     labels = np.asarray(labels).astype(int).reshape(-1)
+    if np.bincount(labels, minlength=2).min() < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} clean and {folds} adversarial "
+                         f"examples; got {np.bincount(labels, minlength=2).tolist()} (clean, adversarial)")
+    make = _factory(classifier_factory)
+    rng = np.random.default_rng(seed)
+    per_fold: dict[str, list[float]] = {k: [] for k in
+                                        ("accuracy", "f1", "roc_auc", "detection_rate", "tpr_at_fpr", "clean_fpr")}
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scoring = {"accuracy": "accuracy", "f1": "f1", "roc_auc": "roc_auc", "detection_rate": "recall"}
-    result = sk_cross_validate(_factory(classifier_factory)(), np.asarray(features), labels, cv=cv,
-                               scoring=scoring, error_score="raise")
-    out: dict[str, float] = {"n": int(len(labels)), "folds": folds}
-    for name in scoring:
-        values = result[f"test_{name}"]
-        out[f"{name}_mean"] = float(values.mean())
-        out[f"{name}_std"] = float(values.std())
+    for train, test in cv.split(features, labels):
+        clf = make().fit(features[train], labels[train])
+        predicted = np.asarray(clf.predict(features[test])).astype(int)
+        scores = positive_scores(clf, features[test])
+        truth = labels[test]
+        per_fold["accuracy"].append(accuracy_score(truth, predicted))
+        per_fold["f1"].append(f1_score(truth, predicted, zero_division=0.0))
+        per_fold["roc_auc"].append(roc_auc_score(truth, scores))
+        per_fold["detection_rate"].append(recall_score(truth, predicted, zero_division=0.0))
+        clean = rng.permutation(np.flatnonzero(truth == 0))
+        half = len(clean) // 2
+        at_fpr = tpr_at_fpr(scores[truth == 1], scores[clean[:half]], fpr)
+        per_fold["tpr_at_fpr"].append(at_fpr.tpr)
+        per_fold["clean_fpr"].append(float((scores[clean[half:]] > at_fpr.threshold).mean()))
+    out: dict[str, float] = {"n": int(len(labels)), "folds": folds, "fpr": fpr}
+    for name, values in per_fold.items():
+        out[f"{name}_mean"] = float(np.mean(values))
+        out[f"{name}_std"] = float(np.std(values))
     return out
 
 
@@ -250,14 +274,19 @@ def tpr_at_fpr(scores_adv: np.ndarray, scores_clean_val: np.ndarray, fpr: float 
 
 
 def cross_attack_matrix(data_by_attack: dict[str, tuple[np.ndarray, np.ndarray]], classifier_factory,
-                        seed: int = 0, test_fraction: float = 0.3) -> pd.DataFrame:
+                        seed: int = 0, test_fraction: float = 0.3,
+                        image_ids: dict[str, np.ndarray] | None = None,
+                        train_attacks: Sequence[str] | None = None,
+                        test_attacks: Sequence[str] | None = None) -> pd.DataFrame:
     """Generalization across attacks (Figs. 5-6): accuracy of a detector trained on attack A (rows)
     and tested on attack B (columns).
 
     Every dataset is split once (stratified, seeded) into a training and a held-out part; the
     detector trains on A's training part and is tested on B's held-out part, so the diagonal is a
-    held-out accuracy and every column is measured on the same images. Datasets built from disjoint
-    clean images (as in the paper) keep clean images of A out of B's test part.
+    held-out accuracy and every column is measured on the same images. With ``image_ids`` (the source
+    image of every row, e.g. its training-split index), B's held-out rows whose image is in A's
+    training part are left out of cell (A, B): the detector never sees a test image, clean or
+    attacked, during training. ``train_attacks``/``test_attacks`` select rows/columns (default all).
     """
     from sklearn.model_selection import train_test_split
 
@@ -265,16 +294,20 @@ def cross_attack_matrix(data_by_attack: dict[str, tuple[np.ndarray, np.ndarray]]
     splits = {}
     for name, (features, labels) in data_by_attack.items():
         labels = np.asarray(labels).astype(int).reshape(-1)
-        splits[name] = train_test_split(np.asarray(features), labels, test_size=test_fraction,
+        ids = np.arange(len(labels)) if image_ids is None else np.asarray(image_ids[name])
+        splits[name] = train_test_split(np.asarray(features), labels, ids, test_size=test_fraction,
                                         random_state=seed, stratify=labels)
-    names = list(data_by_attack)
-    matrix = pd.DataFrame(np.nan, index=pd.Index(names, name="train"), columns=pd.Index(names, name="test"))
-    for a in names:
-        fa, _, la, _ = splits[a]
+    rows = list(train_attacks or data_by_attack)
+    columns = list(test_attacks or data_by_attack)
+    matrix = pd.DataFrame(np.nan, index=pd.Index(rows, name="train"), columns=pd.Index(columns, name="test"))
+    for a in rows:
+        fa, _, la, _, ids_a, _ = splits[a]
         clf = make().fit(fa, la)
-        for b in names:
-            _, fb, _, lb = splits[b]
-            matrix.loc[a, b] = float((clf.predict(fb) == lb).mean())
+        for b in columns:
+            _, fb, _, lb, _, ids_b = splits[b]
+            unseen = ~np.isin(ids_b, ids_a) if image_ids is not None else np.ones(len(lb), dtype=bool)
+            if unseen.any():
+                matrix.loc[a, b] = float((clf.predict(fb[unseen]) == lb[unseen]).mean())
     return matrix
 
 
@@ -364,10 +397,12 @@ class FeatureSqueezing(EvasionDetector):
     defence_params = ["bits", "median_window", "fpr"]
 
     def __init__(self, model: nn.Module, *, bits: int | None = 1, median_window: int | None = 2,
-                 fpr: float = 0.05, device: str | torch.device = "cpu"):
+                 fpr: float = 0.05, device: str | torch.device | None = None):
         super().__init__()
         self.model = model
         self.bits, self.median_window, self.fpr = bits, median_window, fpr
+        if device is None:  # where the model lives
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
         self.threshold: float | None = None
         self._check_params()
@@ -420,3 +455,40 @@ class FeatureSqueezing(EvasionDetector):
             raise RuntimeError("feature squeezing is not fitted: call fit(clean_images) first")
         scores = self.score(x, batch_size)
         return {"scores": scores, "threshold": self.threshold}, scores > self.threshold
+
+
+@baseline_detectors.register("feature-squeezing")
+def feature_squeezing(model: nn.Module, *, bits: int | None = 1, median_window: int | None = 2,
+                      fpr: float = 0.05) -> FeatureSqueezing:
+    """Feature squeezing (Xu et al. 2018) on the guarded model: bit-depth reduction and median smoothing,
+    max L1 distance of softmax outputs, threshold at a clean false-positive rate ``fpr``."""
+    return FeatureSqueezing(model, bits=bits, median_window=median_window, fpr=fpr)
+
+
+class ThresholdClassifier:
+    """A scikit-learn-style binary classifier on one score column: ``fit`` sets the threshold on the
+    clean rows only (label 0) so that a fraction ``fpr`` of them lies above it; ``decision_function``
+    is score minus threshold. Lets a score-and-threshold detector (feature squeezing) go through the
+    same cross-validation and cross-attack evaluation as a trained classifier."""
+
+    def __init__(self, fpr: float = 0.05):
+        self.fpr = fpr
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"fpr": self.fpr}
+
+    def set_params(self, **params) -> "ThresholdClassifier":
+        self.fpr = params.get("fpr", self.fpr)
+        return self
+
+    def fit(self, features: np.ndarray, labels: np.ndarray) -> "ThresholdClassifier":
+        scores = np.asarray(features, dtype=np.float64)[:, 0]
+        self.threshold_ = clean_threshold(scores[np.asarray(labels).reshape(-1) == 0], self.fpr)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features, dtype=np.float64)[:, 0] - self.threshold_
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return (self.decision_function(features) > 0).astype(int)

@@ -14,13 +14,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite
+from .config import AttackEntry, DatasetEntry, DefenseEntry, DetectorEntry, Suite
 from .registry import attacks, datasets, defenses
 
 # Bump when the harness's own part of a step changes its output.
-STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1"}
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "1", "detect": "1", "adaptive": "1"}
 
-TaskKind = Literal["train", "craft", "score"]
+# detector-data: one attack's detector training data (Monteiro et al. Sec. III-A); detect: CV and the
+# cross-attack matrix of one detection method; adaptive: a detector-aware attack vs. the same attack
+# on the guarded model alone.
+TaskKind = Literal["train", "craft", "score", "detector-data", "detect", "adaptive"]
 
 
 def task_key(kind: str, config: dict[str, Any], deps: list[str]) -> str:
@@ -42,7 +45,7 @@ class Task:
 @dataclass
 class Plan:
     suite: Suite
-    tasks: list[Task]               # topologically ordered: train, then craft, then score
+    tasks: list[Task]               # topologically ordered: every task after the tasks it depends on
 
     @property
     def keys(self) -> list[str]:
@@ -69,7 +72,7 @@ def _attack_config(a: AttackEntry) -> dict[str, Any]:
     return {"name": a.name, "version": entry.version, "params": params}
 
 
-def _budget_label(attack: AttackEntry, budget: float | None) -> str:
+def _budget_label(attack, budget: float | None) -> str:
     param = attacks.get(attack.name).factory.budget_param
     return f"{param}={'unbounded' if budget is None else f'{budget:g}'}"
 
@@ -148,4 +151,58 @@ def build_plan(suite: Suite) -> Plan:
                                       "attack_name": a.name, "budget": budget, "surface": a.surface,
                                       "source": f"transfer:{source}" if a.transfer_from else "white-box",
                                       "evaluated_on": scored_on}))
-    return Plan(suite, [*train.values(), *craft.values(), *score.values()])
+    detection = _plan_detectors(suite, train)
+    return Plan(suite, [*train.values(), *craft.values(), *score.values(), *detection])
+
+
+def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[Task]:
+    """Detector experiments: per dataset, seed and detector, train its models (a train task like a
+    defense's), build detector data per attack, evaluate the detector and each baseline on that data,
+    and run the detector-aware attacks."""
+    data_tasks: dict[str, Task] = {}
+    later: list[Task] = []
+    by_label = {a.label: a for a in suite.detector_attacks}
+    for ds in suite.datasets:
+        ds_cfg = _dataset_config(ds)
+        for seed in suite.seeds:
+            for d in suite.detectors:
+                d_cfg = _defense_config(d)
+                train_cfg = {"dataset": ds_cfg, "defense": d_cfg, "seed": seed}
+                train_key = task_key("train", train_cfg, [])
+                where = f"({ds.label}, seed {seed})"
+                info = {"dataset": ds.label, "detector": d.label, "seed": seed}
+                train.setdefault((ds.label, f"detector:{d.label}", seed), Task(
+                    "train", train_key, f"train detector {d.label} on {ds.label} (seed {seed})", train_cfg, [],
+                    info={**info, "defense": d.label}))
+                train_attacks = d.train_attacks or list(by_label)
+                test_attacks = d.test_attacks or train_attacks
+                data_keys: dict[str, str] = {}
+                for label in dict.fromkeys([*train_attacks, *test_attacks]):
+                    a = by_label[label]
+                    cfg = {"dataset": ds_cfg, "attack": _attack_config(a), "budgets": a.budgets,
+                           "images": d.images, "seed": seed}
+                    key = task_key("detector-data", cfg, [train_key])
+                    data_keys[label] = key
+                    data_tasks.setdefault(key, Task(
+                        "detector-data", key, f"detector data: {label} on {d.label} {where}", cfg, [train_key],
+                        info={**info, "attack": label}))
+                methods = [{"label": d.label, "baseline": None}]
+                methods += [{"label": b.label, "baseline": {"name": b.name, "params": b.params}} for b in d.baselines]
+                for method in methods:
+                    cfg = {"method": method["baseline"], "folds": d.folds, "fpr": d.fpr, "seed": seed,
+                           "train_attacks": train_attacks, "test_attacks": test_attacks, "data": data_keys}
+                    deps = [train_key, *dict.fromkeys(data_keys.values())]
+                    later.append(Task("detect", task_key("detect", cfg, deps),
+                                      f"evaluate {method['label']} on {d.label}'s data {where}", cfg, deps,
+                                      info={**info, "method": method["label"]}))
+                fit_keys = [data_keys[a] for a in train_attacks]
+                eval_cfg = {"dataset": ds_cfg, "eval_size": ds.eval_size}
+                for a in d.adaptive_attacks:
+                    for budget in a.budgets:
+                        cfg = {"attack": _attack_config(a), "budget": budget, "eval": eval_cfg, "seed": seed,
+                               "detector_images": d.images}
+                        deps = [train_key, *dict.fromkeys(fit_keys)]
+                        later.append(Task("adaptive", task_key("adaptive", cfg, deps),
+                                          f"detector-aware {a.label} {_budget_label(a, budget)} on {d.label} {where}",
+                                          cfg, deps, info={**info, "attack": a.label, "train_attacks": train_attacks}))
+    return [*data_tasks.values(), *later]

@@ -192,5 +192,8 @@ datasets = Registry("dataset", "advbench.datasets", ("bench.data",))
 architectures = Registry("architecture", "advbench.architectures", ("bench.models",))
 defenses = Registry("defense", "advbench.defenses", ("defenses",))
 attacks = Registry("attack", "advbench.attacks", ("bench.attacks",))
+# Detectors compared with a detector defense on its own detector data; built as factory(model, **params).
+baseline_detectors = Registry("baseline detector", "advbench.baseline_detectors", ("bench.detection",))
 
-REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks}
+REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks,
+              "baseline-detectors": baseline_detectors}

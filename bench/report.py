@@ -54,6 +54,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from bench import views
+from bench.detection_report import DetectorSection, detector_sections, render_heatmap
 from bench.metrics import wilson_interval
 
 __all__ = [
@@ -136,10 +137,11 @@ class Leaderboard:
     produced: str  # the "how this was produced" line; empty when there are no results
     legend: str
     datasets: list[DatasetSection] = field(default_factory=list)
+    detectors: list[DetectorSection] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.datasets
+        return not self.datasets and not self.detectors
 
 
 # --------------------------------------------------------------------------- rows
@@ -578,10 +580,21 @@ _LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds.
            f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
 
 
-def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TITLE) -> Leaderboard:
+def _frame_table(heading: str, setting: str, frame: pd.DataFrame, left_columns: int = 1) -> Table:
+    """A display frame as it is: the first ``left_columns`` columns (labels) left-aligned, the rest right."""
+    frame = frame.astype(str)
+    left = min(left_columns, frame.shape[1])
+    return Table(heading=heading, setting=setting, frame=frame,
+                 align=("left",) * left + ("right",) * (frame.shape[1] - left))
+
+
+def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TITLE,
+                        detections: pd.DataFrame | None = None) -> Leaderboard:
     """Compute every table and plot series of the leaderboard (no I/O)."""
+    detectors = detector_sections(detections, _frame_table, _sanitize)
     if results is None or results.empty:
-        return Leaderboard(title=title, produced="", legend=_LEGEND)
+        produced = _produced_detections(detections) if detectors else ""
+        return Leaderboard(title=title, produced=produced, legend=_LEGEND, detectors=detectors)
     rows = _dedupe(_normalize(results))
     produced = _produced(rows, total=len(results))
 
@@ -617,7 +630,15 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
         details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame,
                               align=_DETAIL_ALIGN)
         sections.append(DatasetSection(name=dataset, tables=tables, details=details_table, plots=plots))
-    return Leaderboard(title=title, produced=produced, legend=_LEGEND, datasets=sections)
+    return Leaderboard(title=title, produced=produced, legend=_LEGEND, datasets=sections, detectors=detectors)
+
+
+def _produced_detections(detections: pd.DataFrame) -> str:
+    newest = detections.sort_values("created_at").iloc[-1]
+    suites = sorted(s for s in detections["suite"].dropna().unique() if s)
+    return (f"Produced by advbench (bench.report) from {len(detections)} stored detection results of "
+            f"suite{'s' if len(suites) != 1 else ''} {', '.join(suites) or MISSING}; newest result "
+            f"{newest['created_at'] or MISSING}, commit {newest['git_commit'] or MISSING}.")
 
 
 def _paper_views(dataset: str, results: pd.DataFrame) -> list[Table]:
@@ -638,10 +659,12 @@ def _paper_views(dataset: str, results: pd.DataFrame) -> list[Table]:
     return tables
 
 
-def leaderboard_tables(results: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
+def leaderboard_tables(results: pd.DataFrame | None,
+                       detections: pd.DataFrame | None = None) -> list[tuple[str, pd.DataFrame]]:
     """(heading, display frame) of every table, details included, in rendering order."""
-    board = compute_leaderboard(results)
-    return [(t.heading, t.frame) for s in board.datasets for t in (*s.tables, s.details)]
+    board = compute_leaderboard(results, detections=detections)
+    return ([(t.heading, t.frame) for s in board.datasets for t in (*s.tables, s.details)]
+            + [(t.heading, t.frame) for s in board.detectors for t in s.tables])
 
 
 # --------------------------------------------------------------------------- rendering
@@ -680,6 +703,13 @@ def render_markdown(board: Leaderboard) -> str:
             for plot in section.plots:
                 alt = _md(plot.caption).replace("[", "\\[").replace("]", "\\]")
                 lines += [f"![{alt}]({plot.path})", ""]
+    for section in board.detectors:
+        lines += [f"## {_md(section.name)}", ""]
+        for table in section.tables:
+            lines += [f"### {_md(table.setting)}", "", _md_table(table), ""]
+        for heatmap in section.heatmaps:
+            alt = _md(heatmap.caption).replace("[", "\\[").replace("]", "\\]")
+            lines += [f"![{alt}]({heatmap.path})", ""]
     return "\n".join(lines)
 
 
@@ -751,7 +781,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE) -> list[Path]:
+def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
+                      detections: pd.DataFrame | None = None) -> list[Path]:
     """Write README.md, index.html and plots/*.png into `out_dir`; return the written paths.
 
     Plots are written first and README.md last, each atomically, so an
@@ -761,13 +792,18 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     out_dir = Path(out_dir)
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
-    board = compute_leaderboard(results, title=title)
+    board = compute_leaderboard(results, title=title, detections=detections)
 
     written: list[Path] = []
     for section in board.datasets:
         for plot in section.plots:
             path = plots_dir / plot.filename
             _write_atomic(path, _render_png(plot))
+            written.append(path)
+    for detector in board.detectors:
+        for heatmap in detector.heatmaps:
+            path = plots_dir / heatmap.filename
+            _write_atomic(path, render_heatmap(heatmap, _mpl_text))
             written.append(path)
     html_path, readme_path = out_dir / "index.html", out_dir / "README.md"
     _write_atomic(html_path, render_html(board).encode("utf-8"))

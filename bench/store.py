@@ -35,6 +35,21 @@ RESULT_COLUMNS = [
     "evaluated_on", "diversity_kappa",
 ]
 
+# Detector experiments: one row per (detection task, method, evaluation, train attack, test attack).
+# evaluation: "attack-data" (Table II: the attack's success rate and MSE while building detector data),
+# "cv" (k-fold CV on one attack's data, Table III + detection rate + TPR at a clean-chosen FPR),
+# "cross" (trained on train_attack, tested on test_attack, Figs. 5-6), "non-adaptive"/"adaptive"
+# (an attack on the guarded classifier without/with the detector folded in), "worst-case" (per image,
+# defended only if defended against both).
+DETECTION_COLUMNS = [
+    "key", "task_key", "suite", "dataset", "detector", "detector_name", "detector_config", "method", "seed",
+    "evaluation", "train_attack", "test_attack", "attack_config", "budget", "n", "folds",
+    "accuracy", "accuracy_std", "f1", "f1_std", "roc_auc", "roc_auc_std", "detection_rate",
+    "detection_rate_std", "tpr_at_fpr", "tpr_at_fpr_std", "target_fpr", "clean_fpr",
+    "attack_success_rate", "mse_mean", "clean_acc", "clean_rejected", "model_robust_acc", "robust_acc",
+    "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
+]
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, status TEXT NOT NULL,
@@ -43,6 +58,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE TABLE IF NOT EXISTS results (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in RESULT_COLUMNS)}
+);
+CREATE TABLE IF NOT EXISTS detection_results (
+    {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in DETECTION_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (suite, key));
 """
@@ -72,10 +90,11 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Stores written by an older advbench lack newer result columns: add them (as NULL)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
-        for column in RESULT_COLUMNS:
-            if column not in have:
-                self._db.execute(f"ALTER TABLE results ADD COLUMN {column}")
+        for table, columns in (("results", RESULT_COLUMNS), ("detection_results", DETECTION_COLUMNS)):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @classmethod
     def open_existing(cls, root: str | Path) -> "Store | None":
@@ -111,8 +130,9 @@ class Store:
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
     def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any],
-                  result: dict[str, Any] | None = None) -> None:
-        """Record a finished task (and its result row) in one transaction."""
+                  result: dict[str, Any] | None = None,
+                  detections: list[dict[str, Any]] | None = None) -> None:
+        """Record a finished task (and its result row or detection rows) in one transaction."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', ?, NULL, ?, ?, ?, ?, ?)",
@@ -126,6 +146,13 @@ class Store:
                     row["correct"] = np.packbits(np.asarray(row["correct"], dtype=bool)).tobytes()
                 db.execute(f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS)}) VALUES "
                            f"({', '.join('?' * len(RESULT_COLUMNS))})", [row[c] for c in RESULT_COLUMNS])
+            for detection in detections or []:
+                unknown = set(detection) - set(DETECTION_COLUMNS)
+                if unknown:
+                    raise ValueError(f"unknown detection columns {sorted(unknown)}")
+                db.execute(f"INSERT OR REPLACE INTO detection_results ({', '.join(DETECTION_COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(DETECTION_COLUMNS))})",
+                           [detection.get(c) for c in DETECTION_COLUMNS])
 
     def mark_failed(self, task, error: str, *, wall_time_s: float, provenance: dict[str, Any]) -> None:
         with self._transaction() as db:
@@ -175,6 +202,15 @@ class Store:
             for blob, n in zip(frame["correct"], frame["n"])
         ]
         return frame
+
+    def detections(self, *, current_only: bool = True):
+        """All detection rows as a DataFrame; by default only those of tasks in some suite's latest plan."""
+        import pandas as pd
+
+        query = "SELECT * FROM detection_results"
+        if current_only:
+            query += " WHERE task_key IN (SELECT key FROM suite_plans)"
+        return pd.read_sql_query(query, self._db)
 
     def failed_tasks(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
         cur = self._db.execute("SELECT key, label, error FROM tasks WHERE status = 'failed'")

@@ -41,10 +41,13 @@ class BiModelMismatch(Defense):
 
     def __init__(self, *, model_a: str = "monteiro-cnn", model_b: str = "monteiro-mlp",
                  epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
-                 optimizer: Literal["adam", "sgd"] = "sgd",
+                 optimizer: Literal["adam", "sgd"] = "sgd", weight_decay: float = 0.0,
+                 lr_schedule: Literal["constant", "cosine"] = "constant", crop_flip: bool = False,
                  classifier: str = "svc", classifier_params: dict[str, Any] | None = None):
         self.arch_names = (model_a, model_b)
-        self.training_params = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
+        # Both models train alike (the paper's MNIST: SGD, lr 0.01, batch 64, 10 epochs).
+        self.training_params = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                    weight_decay=weight_decay, lr_schedule=lr_schedule, crop_flip=crop_flip)
         self.classifier_name = classifier
         self.classifier_params = dict(classifier_params or {})
         # Fail at suite validation, not mid-run: bad architectures, training or classifier parameters.

@@ -1,8 +1,12 @@
 """Bad input: one clear line naming file and key, exit 2, no traceback, nothing written."""
 
+from pathlib import Path
+
 import pytest
 
 from bench.cli import main
+from bench.config import load_suite
+from bench.plan import build_plan
 from tests.conftest import TINY_SUITE
 
 
@@ -89,3 +93,12 @@ def test_list_shows_parameters_and_defaults(capsys):
     assert code == 0 and "pgd-linf" in out and "steps: int = " in out
     code, out, _ = run_cli(capsys, "list", "datasets")
     assert code == 0 and "mnist5k" in out
+
+
+@pytest.mark.parametrize("suite_path", sorted(Path(__file__).parent.parent.glob("suites/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_suite_validates_and_plans(suite_path):
+    # No data context: the paper-scale suites' datasets need not be on this machine.
+    suite = load_suite(suite_path)
+    plan = build_plan(suite)
+    assert plan.tasks and len(set(plan.keys)) == len(plan.keys)

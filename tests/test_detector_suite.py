@@ -1,0 +1,151 @@
+"""The detector track through the harness: suite schema, plan, stored detection rows, leaderboard."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.config import load_suite
+from bench.errors import UserError
+from bench.plan import build_plan
+from bench.store import Store
+
+DETECTOR_SUITE = """\
+name: det
+device: cpu
+datasets:
+  - name: digits
+    eval_size: 60
+detector_attacks:
+  - name: fgsm
+    budgets: [0.05, 0.1, 0.2, 0.3, 0.5]
+  - name: bim
+    label: igsm
+    params: {steps: 5}
+    budgets: [0.05, 0.1, 0.2, 0.3]
+  - name: gaussian-noise
+    params: {repeats: 5}
+    budgets: [1.0, 2.0, 4.0]
+detectors:
+  - name: bimodel-mismatch
+    label: bimodel
+    params: {model_a: strauss-mnist, model_b: monteiro-mlp, epochs: 4, optimizer: adam, lr: 0.003}
+    images: 400
+    folds: 3
+    train_attacks: [fgsm, igsm]
+    test_attacks: [fgsm, igsm, gaussian-noise]
+    baselines:
+      - name: feature-squeezing
+        params: {bits: 2, median_window: 2}
+    adaptive_attacks:
+      - name: pgd-linf
+        params: {steps: 10}
+        budgets: [0.3]
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The detector suite, run once for the module: (store dir, leaderboard dir, exit code)."""
+    root = tmp_path_factory.mktemp("det")
+    suite = root / "suite.yaml"
+    suite.write_text(DETECTOR_SUITE)
+    code = main(["run", str(suite), "--store", str(root / "s"), "--leaderboard", str(root / "lb"), "--quiet"])
+    return root, code
+
+
+def test_plan_shares_data_between_detector_and_baseline(write_suite):
+    plan = build_plan(load_suite(write_suite(DETECTOR_SUITE)))
+    kinds = [t.kind for t in plan.tasks]
+    assert kinds.count("train") == 1 and kinds.count("detector-data") == 3
+    detect = plan.by_kind("detect")
+    assert [t.info["method"] for t in detect] == ["bimodel", "feature-squeezing"]
+    assert detect[0].deps == detect[1].deps  # the baseline is scored on the same detector data
+    (adaptive,) = plan.by_kind("adaptive")
+    data_by_attack = {t.info["attack"]: t.key for t in plan.by_kind("detector-data")}
+    # The detector under attack is fitted on the train attacks' data only.
+    assert adaptive.deps[1:] == [data_by_attack["fgsm"], data_by_attack["igsm"]]
+    assert all(plan.keys.index(d) < plan.keys.index(t.key) for t in plan.tasks for d in t.deps)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("name: bimodel-mismatch", "name: undefended"), "detectors[0].name: 'undefended' is a defense, not a detector"),
+    (("test_attacks: [fgsm, igsm, gaussian-noise]", "test_attacks: [fgsm, pgd]"),
+     "detectors[0].test_attacks: unknown detector attack label 'pgd'"),
+    (("name: feature-squeezing", "name: feature-squeeze"),
+     "detectors[0].baselines[0].name: unknown baseline detector 'feature-squeeze'"),
+    (("{bits: 2, median_window: 2}", "{bits: 2, median_window: 5}"),
+     "detectors[0].baselines[0].params"),
+    (("      - name: pgd-linf", "      - name: deepfool"),
+     "detectors[0].adaptive_attacks[0].name: a detector-aware attack needs the plain PyTorch backend"),
+    (("    folds: 3", "    folds: 1"), "detectors[0].folds"),
+    (("    budgets: [1.0, 2.0, 4.0]", "    budgets: [-1.0]"), "detector_attacks[2].budgets[0]"),
+])
+def test_bad_detector_entries_name_the_key(write_suite, edit, message, capsys):
+    old, new = edit
+    assert old in DETECTOR_SUITE
+    path = write_suite(DETECTOR_SUITE.replace(old, new))
+    with pytest.raises(UserError, match=None) as error:
+        load_suite(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+    assert main(["validate", str(path)]) == 2
+
+
+def test_detector_suite_runs_and_stores_every_view(finished):
+    root, code = finished
+    assert code == 0
+    rows = Store(root / "s").detections()
+    data = rows[rows["evaluation"] == "attack-data"].set_index("train_attack")
+    assert set(data.index) == {"fgsm", "igsm", "gaussian-noise"}
+    # Table II: white-box gradient attacks with a budget ladder up to 0.5 fool nearly every image.
+    assert (data.loc[["fgsm", "igsm"], "attack_success_rate"] > 0.9).all()
+    assert (data["mse_mean"] > 0).all() and (data["n"] > 100).all()
+    cv = rows[rows["evaluation"] == "cv"].set_index(["method", "train_attack"])
+    assert len(cv) == 6  # 2 methods x 3 attacks
+    assert cv.loc[("bimodel", "fgsm"), "accuracy"] > 0.7
+    assert cv.loc[("bimodel", "fgsm"), "roc_auc"] > 0.75
+    assert ((cv["clean_fpr"] >= 0) & (cv["clean_fpr"] <= 0.25)).all()
+    assert (cv["folds"] == 3).all()
+    cross = rows[rows["evaluation"] == "cross"]
+    assert len(cross) == 2 * 2 * 3  # methods x train attacks x test attacks
+    assert set(cross["train_attack"]) == {"fgsm", "igsm"}
+    assert cross["accuracy"].between(0, 1).all()
+    adaptive = rows[rows["evaluation"].isin(["adaptive", "non-adaptive"])].set_index("evaluation")
+    assert adaptive.loc["adaptive", "n"] == adaptive.loc["non-adaptive", "n"] == 60
+    # Folding the detector in helps the attacker evade it.
+    assert adaptive.loc["adaptive", "robust_acc"] <= adaptive.loc["non-adaptive", "robust_acc"]
+
+
+def test_detector_leaderboard_has_tables_and_heatmaps(finished):
+    root, _ = finished
+    readme = (root / "lb" / "README.md").read_text()
+    html = (root / "lb" / "index.html").read_text()
+    for text in ("digits — detector bimodel", "Table II", "Table III", "cross-attack accuracy of bimodel",
+                 "cross-attack accuracy of feature-squeezing", "detector-aware (adaptive)", "TPR @ FPR 5%"):
+        assert text in readme and text in html
+    heatmaps = sorted(p.name for p in (root / "lb" / "plots").glob("*detector*.png"))
+    assert heatmaps == ["digits__detector__bimodel__cross__bimodel.png",
+                        "digits__detector__bimodel__cross__feature-squeezing.png"]
+    assert all((root / "lb" / "plots" / h).read_bytes()[:4] == b"\x89PNG" for h in heatmaps)
+    # The markdown table is the stored matrix, cell for cell.
+    rows = Store(root / "s").detections()
+    cell = rows[(rows["evaluation"] == "cross") & (rows["method"] == "bimodel")
+                & (rows["train_attack"] == "fgsm") & (rows["test_attack"] == "igsm")]["accuracy"].item()
+    assert f"{cell:.3f}" in readme
+
+
+def test_rerun_is_a_no_op_and_keeps_rows(finished, capsys):
+    root, _ = finished
+    before = sqlite3.connect(root / "s" / "advbench.sqlite").execute(
+        "SELECT COUNT(*) FROM detection_results").fetchone()[0]
+    capsys.readouterr()
+    assert main(["run", str(root / "suite.yaml"), "--store", str(root / "s"), "--leaderboard", str(root / "lb"),
+                 "--quiet"]) == 0
+    assert "0 run" in capsys.readouterr().out
+    after = sqlite3.connect(root / "s" / "advbench.sqlite").execute(
+        "SELECT COUNT(*) FROM detection_results").fetchone()[0]
+    assert before == after > 0
+    assert isinstance(Store(root / "s").detections(), pd.DataFrame)
