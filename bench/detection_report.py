@@ -152,7 +152,7 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                                        _e=adaptive["evaluation"].map({e: i for i, e in enumerate(attackers)}))
             for _, r in adaptive.sort_values(["test_attack", "_b", "_e", "seed"]).iterrows():
                 seed_col(records, r, {
-                    "Detector trained on": r["train_attack"], "Attack": r["test_attack"],
+                    "Attack": r["test_attack"],
                     "Budget": _budget(r["budget"]),
                     "Attacker": attackers[r["evaluation"]],
                     "Detection rate": _num(r["detection_rate"], ".3f"),
@@ -164,9 +164,11 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Clean acc. guarded (%)": _num(100 * r["clean_acc"], ".1f"),
                     "Clean rejected (%)": _num(100 * r["clean_rejected"], ".1f"),
                     "n": _num(r["n"], ".0f")})
+            fitted_on = " / ".join(sorted(set(adaptive["train_attack"])))
             setting = ("detector-aware attacks: the detector folded in as an extra class, vs. the same attack "
-                       "on the guarded model alone (a rejected input counts as defended)")
-            tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 4))
+                       "on the guarded model alone (a rejected input counts as defended; detector fitted on "
+                       f"data pooled over {fitted_on.replace('+', ', ')})")
+            tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 3))
         sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps))
     return sections
 
