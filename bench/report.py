@@ -597,6 +597,8 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
         return Leaderboard(title=title, produced=produced, legend=_LEGEND, detectors=detectors)
     rows = _dedupe(_normalize(results))
     produced = _produced(rows, total=len(results))
+    if detectors:
+        produced += " " + _produced_detections(detections).replace("Produced by advbench (bench.report) from", "Also")
 
     taken_files: set[str] = set()
     sections = []
