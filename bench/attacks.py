@@ -56,6 +56,9 @@ class Attack:
     budget_param: ClassVar[str] = "eps"
     unbounded_ok: ClassVar[bool] = False
     backends: ClassVar[tuple[str, ...]]
+    # Whether the torch backend ascends the surface's ``attack_loss`` (FGSM/BIM/PGD) rather than a margin
+    # of its own on the logits (C&W): only then do a surface's loss settings change the result.
+    ascends_attack_loss: ClassVar[bool] = False
     targeted: ClassVar[bool] = False
 
     def __init__(self, *, backend: str | None = None):
@@ -411,6 +414,7 @@ class FGSM(Attack):
     threat_model = "linf"
     # torch 0.048 s, art 0.057 s, foolbox 0.075 s (128 MNIST images, small CNN, 2 CPU cores, best of 5).
     backends = ("torch", "foolbox", "art")
+    ascends_attack_loss = True
 
     def __init__(self, *, backend: Literal["foolbox", "art", "torch"] | None = None):
         super().__init__(backend=backend)
@@ -444,6 +448,7 @@ class FGSMTargeted(Attack):
     targeted = True
     # the single gradient step of fgsm (timings there); Foolbox runs it as a 1-step targeted BIM.
     backends = ("torch", "foolbox", "art")
+    ascends_attack_loss = True
 
     def __init__(self, *, backend: Literal["foolbox", "art", "torch"] | None = None,
                  target: Literal["random", "next", "least-likely"] = "random"):
@@ -484,6 +489,7 @@ class BIM(Attack):
     threat_model = "linf"
     # torch 0.46 s, foolbox 0.48 s, art 0.57 s (10 steps, 128 MNIST images, small CNN, 2 CPU cores).
     backends = ("torch", "foolbox", "art")
+    ascends_attack_loss = True
 
     def __init__(self, *, backend: Literal["foolbox", "art", "torch"] | None = None,
                  steps: int = 10, step_size: float | None = None):
@@ -518,6 +524,8 @@ class BIM(Attack):
 
 class _PGD(Attack):
     """Shared by the L-infinity and L2 PGD entries."""
+
+    ascends_attack_loss = True
 
     _norm: ClassVar[str]
 

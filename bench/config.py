@@ -74,12 +74,17 @@ class BaselineEntry(_Strict):
 
 class AdaptiveAttackEntry(_Strict):
     """A detector-aware attack: run on the guarded classifier with the detector folded in as an extra
-    class (plain PyTorch backend), and, for comparison, on the guarded model alone."""
+    class (plain PyTorch backend), and, for comparison, on the guarded model alone (``params.backend``
+    picks that run's backend)."""
 
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     budgets: list[float | None] = Field(min_length=1)
+    detector_weights: list[float] = Field(
+        default_factory=lambda: [0.1, 0.3, 1.0], min_length=1,
+        description="weights of the detector's term in a gradient attack's loss, tried in turn; each image "
+                    "keeps the first example that gets through (C&W ignores them: its own search balances)")
 
 
 class DetectorEntry(_Strict):
@@ -309,3 +314,6 @@ def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
             attack = _check_entry(attacks, a, where, path, errors)
             if attack is not None:
                 _check_budgets(attack, a.budgets, where, path, errors)
+            for k, weight in enumerate(a.detector_weights):
+                if not weight > 0:
+                    errors.append(f"{path}: {where}.detector_weights[{k}]: must be > 0, got {weight}")

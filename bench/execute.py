@@ -286,9 +286,11 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
         if evaluation == "adaptive":
             params["backend"] = "torch"  # the only backend that takes the guarded surface's own objective
         attack = attacks.get(attack_cfg["name"]).build(**params)
-        target = guarded if evaluation == "adaptive" else model
-        x_adv = attack.run(target, x, y, cfg["budget"], batch_size=ctx.batch_size, device=ctx.device,
-                           seed=seed).detach().cpu().float()
+        if evaluation == "non-adaptive":
+            x_adv = attack.run(model, x, y, cfg["budget"], batch_size=ctx.batch_size, device=ctx.device,
+                               seed=seed).detach().cpu().float()
+        else:
+            x_adv = _sweep_detector_weights(attack, guarded, x, y, cfg, ctx, seed)
         artifact[f"x_adv_{evaluation.replace('-', '_')}"] = x_adv
         pred_model = predict(model, x_adv, device=device, batch_size=ctx.batch_size)
         pred_guarded = guarded_predictions(guarded, x_adv, batch_size=ctx.batch_size, device=device)
@@ -317,6 +319,26 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
                  "robust_acc": float(either.float().mean()), "robust_ci_low": low, "robust_ci_high": high})
     store.save_artifact(task.key, artifact)
     return rows
+
+
+def _sweep_detector_weights(attack, guarded, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any],
+                            ctx: RunContext, seed: int) -> torch.Tensor:
+    """The detector-aware attack at each detector weight in turn (one run if the attack ignores them);
+    each image keeps its first example that is misclassified and not detected, else the last one."""
+    from .adaptive import guarded_predictions
+
+    x_adv, through = None, torch.zeros(len(y), dtype=torch.bool)
+    for weight in cfg["detector_weights"] or [guarded.detector_weight]:
+        guarded.detector_weight = weight
+        todo = ~through if x_adv is not None else torch.ones(len(y), dtype=torch.bool)
+        out = attack.run(guarded, x[todo], y[todo], cfg["budget"], batch_size=ctx.batch_size, device=ctx.device,
+                         seed=seed).detach().cpu().float()
+        x_adv = out if x_adv is None else x_adv.index_put((todo.nonzero().squeeze(1),), out)
+        pred = guarded_predictions(guarded, x_adv, batch_size=ctx.batch_size, device=ctx.device)
+        through = (pred != y) & (pred != guarded.reject_class)
+        if through.all():
+            break
+    return x_adv
 
 
 STEPS: dict[str, Callable[[Task, dict[str, Task], RunContext, Store], dict | None]] = {

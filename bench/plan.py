@@ -199,8 +199,9 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                 eval_cfg = {"dataset": ds_cfg, "eval_size": ds.eval_size}
                 for a in d.adaptive_attacks:
                     for budget in a.budgets:
+                        weights = a.detector_weights if attacks.get(a.name).factory.ascends_attack_loss else []
                         cfg = {"attack": _attack_config(a), "budget": budget, "eval": eval_cfg, "seed": seed,
-                               "detector_images": d.images}
+                               "detector_images": d.images, "detector_weights": weights}
                         deps = [train_key, *dict.fromkeys(fit_keys)]
                         later.append(Task("adaptive", task_key("adaptive", cfg, deps),
                                           f"detector-aware {a.label} {_budget_label(a, budget)} on {d.label} {where}",

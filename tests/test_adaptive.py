@@ -234,3 +234,27 @@ def test_adaptive_cw_misclassifies_undetected(guarded):
     fooled = (pred != y) & (pred != K)
     assert (fooled == torch.from_numpy(wrong & ~flagged)).float().mean() >= 0.95  # float32 vs. sklearn's float64
     assert torch.equal(x_adapt[~fooled], x[~fooled])  # failures come back unperturbed
+
+
+def test_detector_weight_sweep_only_adds_successes(guarded, data, tmp_path):
+    from bench.execute import RunContext, _sweep_detector_weights
+
+    _, g, x, y, _ = guarded
+    ctx = RunContext(store_dir=tmp_path, data=DataContext("data"), device="cpu", batch_size=64)
+    attack = get_attack("pgd-linf", {"steps": 10, "backend": "torch"})
+
+    def through(x_adv):
+        pred = guarded_predictions(g, x_adv)
+        return (pred != y) & (pred != K)
+
+    cfg = {"budget": 0.15, "detector_weights": [3.0]}
+    try:
+        single = through(_sweep_detector_weights(attack, g, x, y, cfg, ctx, seed=0))
+        swept_adv = _sweep_detector_weights(attack, g, x, y, {**cfg, "detector_weights": [3.0, 0.3, 0.1]}, ctx,
+                                            seed=0)
+        assert g.detector_weight == 0.1 or through(swept_adv).all()  # the weights were tried in order
+    finally:
+        g.detector_weight = 1.0  # the module's other tests use the default
+    swept = through(swept_adv)
+    assert (swept | ~single).all() and swept.sum() > single.sum()  # later weights only add successes
+    assert (swept_adv - x).abs().amax() <= 0.15 + 1e-6

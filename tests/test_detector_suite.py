@@ -82,6 +82,8 @@ def test_plan_shares_data_between_detector_and_baseline(write_suite):
     (("      - name: pgd-linf", "      - name: deepfool"),
      "detectors[0].adaptive_attacks[0].name: a detector-aware attack needs the plain PyTorch backend"),
     (("    folds: 3", "    folds: 1"), "detectors[0].folds"),
+    (("        budgets: [0.3]", "        budgets: [0.3]\n        detector_weights: [0.5, 0]"),
+     "detectors[0].adaptive_attacks[0].detector_weights[1]: must be > 0"),
     (("    budgets: [1.0, 2.0, 4.0]", "    budgets: [-1.0]"), "detector_attacks[2].budgets[0]"),
 ])
 def test_bad_detector_entries_name_the_key(write_suite, edit, message, capsys):
@@ -113,10 +115,14 @@ def test_detector_suite_runs_and_stores_every_view(finished):
     assert len(cross) == 2 * 2 * 3  # methods x train attacks x test attacks
     assert set(cross["train_attack"]) == {"fgsm", "igsm"}
     assert cross["accuracy"].between(0, 1).all()
-    adaptive = rows[rows["evaluation"].isin(["adaptive", "non-adaptive"])].set_index("evaluation")
+    adaptive = rows[rows["evaluation"].isin(["adaptive", "non-adaptive", "worst-case"])].set_index("evaluation")
     assert adaptive.loc["adaptive", "n"] == adaptive.loc["non-adaptive", "n"] == 60
-    # Folding the detector in helps the attacker evade it.
+    # Folding the detector in helps the attacker evade it ...
     assert adaptive.loc["adaptive", "robust_acc"] <= adaptive.loc["non-adaptive", "robust_acc"]
+    assert adaptive.loc["adaptive", "detection_rate"] < adaptive.loc["non-adaptive", "detection_rate"]
+    # ... and the per-image worst case is at most either attack's robust accuracy.
+    assert adaptive.loc["worst-case", "robust_acc"] <= adaptive.loc["adaptive", "robust_acc"]
+    assert adaptive.loc["adaptive", "clean_rejected"] == adaptive.loc["non-adaptive", "clean_rejected"]
 
 
 def test_detector_leaderboard_has_tables_and_heatmaps(finished):
