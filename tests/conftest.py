@@ -47,3 +47,22 @@ def write_suite(tmp_path: Path):
         return path
 
     return write
+
+
+def digits_for_detection():
+    """sklearn's 8x8 digits: 700 training and 360 test images (the detector tests' data)."""
+    from bench.data import DataContext, load_dataset
+
+    return load_dataset("digits", {}, DataContext("data"), train_size=700, test_size=360, seed=0)
+
+
+def trained_digits_bimodel(data):
+    """A bimodel-mismatch pair trained on ``data``: a CNN and an MLP, as the paper's MNIST pair
+    (monteiro-cnn needs ~28x28 inputs; digits are 8x8)."""
+    from bench.registry import defenses
+
+    det = defenses.get("bimodel-mismatch").build(model_a="strauss-mnist", model_b="monteiro-mlp", epochs=4,
+                                                 batch_size=64, lr=3e-3, optimizer="adam")
+    det.setup(data.input_spec(), seed=0, device=torch.device("cpu"))
+    det.fit(data, seed=0, progress=False)
+    return det

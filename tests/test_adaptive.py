@@ -14,9 +14,9 @@ from torch import nn
 
 from bench.adaptive import (GuardedClassifier, differentiable_detector, guarded_classifier, guarded_predictions)
 from bench.attacks import attack_loss, get_attack
-from bench.data import DataContext, load_dataset
+from bench.data import DataContext
 from bench.detection import build_detector_data, positive_scores
-from bench.registry import defenses
+from tests.conftest import digits_for_detection, trained_digits_bimodel
 
 K = 10
 
@@ -74,16 +74,13 @@ def test_surrogate_for_random_forest(features):
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset("digits", {}, DataContext("data"), train_size=700, test_size=360, seed=0)
+    return digits_for_detection()
 
 
 @pytest.fixture(scope="module")
 def guarded(data):
     """A CNN and an MLP (as test_detection) and an RBF SVM fitted on clean vs. minimal-budget FGSM images."""
-    det = defenses.get("bimodel-mismatch").build(model_a="strauss-mnist", model_b="monteiro-mlp", epochs=4,
-                                                 batch_size=64, lr=3e-3, optimizer="adam")
-    det.setup(data.input_spec(), seed=0, device=torch.device("cpu"))
-    det.fit(data, seed=0, progress=False)
+    det = trained_digits_bimodel(data)
     d = build_detector_data(det.models(), data.test_x, data.test_y, "fgsm", {}, [0.05, 0.1, 0.2, 0.3], seed=0)
     det.fit_detector(d.x, d.is_adv)
     model_a = det.models()[0]

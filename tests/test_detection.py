@@ -8,27 +8,22 @@ import scipy.ndimage
 import torch
 from scipy.stats import binom
 
-from bench.data import DataContext, load_dataset
 from bench.detection import (FeatureSqueezing, MismatchDetector, build_detector_data, cross_attack_matrix,
                              cross_validate, make_classifier, median_smooth, tpr_at_fpr)
 from bench.registry import defenses
+from tests.conftest import digits_for_detection, trained_digits_bimodel
 
 FGSM_BUDGETS = [0.05, 0.1, 0.2, 0.3, 0.5]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset("digits", {}, DataContext("data"), train_size=700, test_size=360, seed=0)
+    return digits_for_detection()
 
 
 @pytest.fixture(scope="module")
 def bimodel(data):
-    # A CNN and an MLP, as the paper's MNIST pair (monteiro-cnn needs ~28x28 inputs; digits are 8x8).
-    det = defenses.get("bimodel-mismatch").build(model_a="strauss-mnist", model_b="monteiro-mlp", epochs=4,
-                                                 batch_size=64, lr=3e-3, optimizer="adam")
-    det.setup(data.input_spec(), seed=0, device=torch.device("cpu"))
-    det.fit(data, seed=0, progress=False)
-    return det
+    return trained_digits_bimodel(data)
 
 
 @pytest.fixture(scope="module")
