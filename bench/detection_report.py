@@ -101,7 +101,7 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                                                                100 * r["attack_success_rate"], ".1f"),
                                       "Mean MSE": _num(r["mse_mean"], ".2e"),
                                       "Attacked images": _num(r["n"], ".0f"),
-                                      "Adversarial share (%)": _num(100 * r["detection_rate"], ".1f")})
+                                      "Adversarial share (%)": _num(100 * r["adversarial_fraction"], ".1f")})
             setting = "detector data: attack success rate and mean MSE (Monteiro et al. Table II)"
             tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records)))
 

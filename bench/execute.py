@@ -179,7 +179,8 @@ def _run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, s
     defense, data = trained_defense(train, ctx)
     seed = int(task.key[:8], 16)  # an independent random subset per attack (the paper's protocol)
     if cfg["images"] > len(data.train_y):
-        raise TaskFailed(f"images: {cfg['images']} requested, the training split has {len(data.train_y)}")
+        raise TaskFailed(f"detector {task.info['detector']}: images: {cfg['images']} requested, but the training "
+                         f"split of {task.info['dataset']} has {len(data.train_y)}; lower images")
     order = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
     indices = order[: cfg["images"]].sort().values
     built = build_detector_data(defense.models(), data.train_x[indices], data.train_y[indices],
@@ -193,7 +194,7 @@ def _run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, s
         task, train, method="", evaluation="attack-data", train_attack=task.info["attack"],
         test_attack=task.info["attack"], attack_config=json.dumps(cfg["attack"], sort_keys=True),
         n=built.attempted, attack_success_rate=built.success_rate, mse_mean=built.mse_mean,
-        detection_rate=float(built.is_adv.mean()))])
+        adversarial_fraction=float(built.is_adv.mean()))])
 
 
 def _detection_features(task: Task, defense: Defense, x: torch.Tensor, ctx: RunContext):
