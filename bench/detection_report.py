@@ -58,6 +58,11 @@ def _num(value, fmt: str) -> str:
     return format(value, fmt)
 
 
+def _pct(value) -> str:
+    """A fraction as a percentage with one decimal; "—" where the store has none (NULL / NaN)."""
+    return MISSING if value is None or pd.isna(value) else f"{100 * value:.1f}"
+
+
 def _order(labels, preferred: list[str]) -> list[str]:
     """Attack labels in suite order where known (the cross rows give it), others after, sorted."""
     labels = list(dict.fromkeys(labels))
@@ -97,11 +102,10 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     {a: i for i, a in enumerate(_order(data_rows["train_attack"], attack_order))})
             ).sort_values(["_o", "seed"]).iterrows():
                 seed_col(records, r, {"Attack": r["train_attack"],
-                                      "Success rate (%)": _num(None if pd.isna(r["attack_success_rate"]) else
-                                                               100 * r["attack_success_rate"], ".1f"),
+                                      "Success rate (%)": _pct(r["attack_success_rate"]),
                                       "Mean MSE": _num(r["mse_mean"], ".2e"),
                                       "Attacked images": _num(r["n"], ".0f"),
-                                      "Adversarial share (%)": _num(100 * r["adversarial_fraction"], ".1f")})
+                                      "Adversarial share (%)": _pct(r["adversarial_fraction"])})
             setting = "detector data: attack success rate and mean MSE (Monteiro et al. Table II)"
             tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records)))
 
@@ -156,13 +160,12 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Budget": _budget(r["budget"]),
                     "Attacker": attackers[r["evaluation"]],
                     "Detection rate": _num(r["detection_rate"], ".3f"),
-                    "Guarded robust acc. (%)": f"{100 * r['robust_acc']:.1f} "
-                                               f"[{100 * r['robust_ci_low']:.1f}, {100 * r['robust_ci_high']:.1f}]",
-                    "Model alone robust acc. (%)": _num(None if pd.isna(r["model_robust_acc"]) else
-                                                        100 * r["model_robust_acc"], ".1f"),
-                    "Undetected errors (%)": _num(100 * r["attack_success_rate"], ".1f"),
-                    "Clean acc. guarded (%)": _num(100 * r["clean_acc"], ".1f"),
-                    "Clean rejected (%)": _num(100 * r["clean_rejected"], ".1f"),
+                    "Guarded robust acc. (%)": f"{_pct(r['robust_acc'])} "
+                                               f"[{_pct(r['robust_ci_low'])}, {_pct(r['robust_ci_high'])}]",
+                    "Model alone robust acc. (%)": _pct(r["model_robust_acc"]),
+                    "Undetected errors (%)": _pct(r["attack_success_rate"]),
+                    "Clean acc. guarded (%)": _pct(r["clean_acc"]),
+                    "Clean rejected (%)": _pct(r["clean_rejected"]),
                     "n": _num(r["n"], ".0f")})
             fitted_on = " / ".join(sorted(set(adaptive["train_attack"])))
             setting = ("detector-aware attacks: the detector folded in as an extra class, vs. the same attack "

@@ -226,3 +226,54 @@ def test_clean_rows_only_still_listed():
     heading, table = leaderboard_tables(frame)[0]
     assert heading == "toy — clean accuracy"
     assert table.values.tolist() == [["B", "100.0"], ["A", "50.0"]]
+
+
+def _detection_rows() -> pd.DataFrame:
+    """Hand-made detection rows: one attack's data row (an older store: no adversarial_fraction), CV rows of
+    the detector and a baseline, a 2x2 cross matrix and an adaptive pair."""
+    from bench.store import DETECTION_COLUMNS
+
+    base = {"suite": "s", "dataset": "digits", "detector": "bimodel", "seed": 0, "created_at": "2026-01-01",
+            "git_commit": "abc"}
+    rows = [
+        {**base, "key": "d1", "evaluation": "attack-data", "method": "", "train_attack": "<b>fgsm</b>",
+         "test_attack": "<b>fgsm</b>", "n": 50, "attack_success_rate": 0.9, "mse_mean": 0.01,
+         "adversarial_fraction": None},
+        {**base, "key": "c1", "evaluation": "cv", "method": "bimodel", "train_attack": "<b>fgsm</b>",
+         "test_attack": "<b>fgsm</b>", "n": 100, "folds": 5, "accuracy": 0.9, "accuracy_std": 0.01, "f1": 0.8,
+         "f1_std": None, "roc_auc": 0.95, "roc_auc_std": 0.02, "detection_rate": 0.85, "detection_rate_std": 0.03,
+         "tpr_at_fpr": 0.5, "tpr_at_fpr_std": 0.1, "target_fpr": 0.05, "clean_fpr": 0.04},
+        {**base, "key": "c2", "evaluation": "cv", "method": "feature-squeezing", "train_attack": "<b>fgsm</b>",
+         "test_attack": "<b>fgsm</b>", "n": 100, "folds": 5, "accuracy": 0.7, "target_fpr": 0.05},
+        *[{**base, "key": f"x{a}{b}", "evaluation": "cross", "method": "bimodel", "train_attack": a,
+           "test_attack": b, "accuracy": acc}
+          for (a, b), acc in {("<b>fgsm</b>", "<b>fgsm</b>"): 0.91, ("<b>fgsm</b>", "noise"): 0.6,
+                              ("noise", "<b>fgsm</b>"): None, ("noise", "noise"): 0.88}.items()],
+        *[{**base, "key": f"a{e}", "evaluation": e, "method": "bimodel", "train_attack": "<b>fgsm</b>",
+           "test_attack": "pgd", "budget": 0.1, "n": 40, "detection_rate": rate, "robust_acc": acc,
+           "robust_ci_low": acc - 0.1, "robust_ci_high": acc + 0.1, "model_robust_acc": 0.2,
+           "attack_success_rate": 1 - acc, "clean_acc": 0.9, "clean_rejected": 0.05}
+          for e, rate, acc in (("non-adaptive", 0.8, 0.7), ("adaptive", 0.1, 0.3))],
+    ]
+    return pd.DataFrame([{c: r.get(c) for c in DETECTION_COLUMNS} for r in rows])
+
+
+def test_detector_section_from_rows(tmp_path):
+    paths = build_leaderboard(None, tmp_path, detections=_detection_rows())
+    readme = (tmp_path / "README.md").read_text()
+    html = (tmp_path / "index.html").read_text()
+    assert "## digits — detector bimodel" in readme
+    # Table II: the missing share shows as "—", the success rate as a percentage
+    assert "| &lt;b&gt;fgsm&lt;/b&gt; |" in readme.replace("  ", " ").replace("  ", " ")
+    assert "90.0" in readme and "—" in readme
+    # Table III: mean ± std, a missing std shows the mean alone
+    assert "0.900 ± 0.010" in readme and "| 0.800 " in readme.replace("  ", " ").replace("  ", " ")
+    # the cross matrix: rows and columns in first-seen order, a missing cell as "—"
+    matrix = next(t for h, t in leaderboard_tables(None, _detection_rows()) if "cross-attack accuracy of bimodel" in h)
+    assert list(matrix.columns) == ["train \\ test", "<b>fgsm</b>", "noise"]
+    assert matrix.iloc[1].tolist() == ["noise", "—", "0.880"]
+    # adaptive rows: model only first, then detector-aware
+    assert readme.index("| model only") < readme.index("| detector-aware (adaptive)")
+    # escaping: the label is data, never markup
+    assert "<b>fgsm</b>" not in html and "&lt;b&gt;fgsm&lt;/b&gt;" in html
+    assert [p.name for p in paths if p.suffix == ".png"] == ["digits__detector__bimodel__cross__bimodel.png"]
