@@ -13,8 +13,10 @@ The model being guarded is ``model_a``: it is ``deployed()``. White-box attack s
 The binary detector is trained separately, on detector data built by
 ``bench.detection.build_detector_data`` (clean and attacked images, attacked on one randomly chosen
 model each): ``fit_detector(x, is_adv)``, then ``detector()``; ``bench.detection.MismatchDetector``
-wraps both as an ART ``EvasionDetector``. The fitted scikit-learn detector is not part of the
-torch checkpoint.
+wraps both as an ART ``EvasionDetector``; ``bench.adaptive.guarded_classifier`` folds the detector
+into model_a as an extra "rejected" class. The fitted scikit-learn detector is not part of the torch
+checkpoint: the harness's detect and adaptive tasks refit it from the stored detector data (seeded,
+seconds), so a checkpoint never holds a pickle.
 """
 
 from __future__ import annotations
