@@ -90,6 +90,13 @@ def cases(device: str) -> list[Case]:
                                                        binary_search_steps=3, max_iter=50, initial_const=1.0,
                                                        batch_size=256, verbose=False)),
              ">= 10x, equal strength", baseline_n=64),
+        # The plain-PyTorch C&W (for surfaces with their own objective, e.g. a folded-in detector) against
+        # the Foolbox run it mirrors, at equal settings.
+        Case("cw-l2 c=1 50x3 [torch]", "cw-l2", {"steps": 50, "binary_search_steps": 3, "backend": "torch"}, 1.0,
+             "Foolbox L2CarliniWagnerAttack",
+             lambda m, x, y: attacks.get("cw-l2").build(steps=50, binary_search_steps=3).run(
+                 m, x, y, 1.0, batch_size=len(x), device=x.device, seed=0),
+             "equal strength"),
         Case("ead c=1 50x3", "ead", {"steps": 50, "binary_search_steps": 3, "learning_rate": 0.01, "beta": 0.01},
              1.0, "ART ElasticNet",
              _art_baseline(lambda clf: ElasticNet(clf, confidence=0.0, learning_rate=0.01, binary_search_steps=3,
