@@ -224,10 +224,15 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 errors.append(f"{path}: datasets[{i}]: {e}")
 
     surfaces: dict[str, set[str]] = {}
+    loss_surfaces: dict[str, set[str]] = {}
     for i, d in enumerate(suite.defenses):
         defense = _check_entry(defenses, d, f"defenses[{i}]", path, errors)
-        if defense is not None:
+        if defense is not None and getattr(defense, "is_detector", False):
+            errors.append(f"{path}: defenses[{i}].name: {d.name!r} is a detector; list it under detectors "
+                          "(with detector_attacks to build its data)")
+        elif defense is not None:
             surfaces[d.label] = set(defense.surface_names())
+            loss_surfaces[d.label] = set(defense.loss_surface_names())
 
     labels = [d.label for d in suite.defenses]
     for i, a in enumerate(suite.attacks):
@@ -244,6 +249,14 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 errors.append(f"{path}: {key}.transfer_from: {UnknownName('defense label', a.transfer_from, labels)}")
             elif a.surface not in surfaces.get(a.transfer_from, {a.surface}):
                 errors.append(f"{path}: {key}.surface: {UnknownName('attack surface', a.surface, sorted(surfaces[a.transfer_from]))}")
+        backend = getattr(attack, "backend", None)
+        for label in ([a.transfer_from] if a.transfer_from else (a.defenses or labels)):
+            if a.surface in loss_surfaces.get(label, set()) and backend != "torch":
+                hint = "set backend: torch" if "torch" in type(attack).backends else \
+                    f"use an attack with a torch backend (this one has {', '.join(type(attack).backends)})"
+                errors.append(f"{path}: {key}.surface: {label!r}'s surface {a.surface!r} defines its own loss, "
+                              f"which only the plain PyTorch backend uses; {a.name} runs on {backend}: {hint}")
+                break
         checks = [(f"{key}.evaluate_on[{j}]", name) for j, name in enumerate(a.evaluate_on)]
         if a.transfer_from is None:
             checks.append((f"{key}.surface", a.surface))

@@ -64,6 +64,11 @@ class Defense:
         """Names ``surfaces()`` will offer once set up; known before training, for suite validation."""
         return ["deployed"]
 
+    def loss_surface_names(self) -> list[str]:
+        """Surfaces whose module defines its own ``attack_loss`` (only the plain-PyTorch attack backends
+        use it): known before training, so a suite pairing one with another backend fails at validation."""
+        return []
+
     def surface(self, name: str) -> nn.Module:
         available = self.surfaces()
         if name not in available:

@@ -229,6 +229,9 @@ class Ensemble(Defense):
     def surface_names(self) -> list[str]:
         return ["deployed", *(f"member:{i}" for i in range(self.members)), "mean-gradient"]
 
+    def loss_surface_names(self) -> list[str]:
+        return ["mean-gradient"]
+
     def surfaces(self) -> dict[str, nn.Module]:
         models = self.member_models()
         return {"deployed": self.deployed(), **{f"member:{i}": m for i, m in enumerate(models)},

@@ -96,6 +96,12 @@ def test_bad_detector_entries_name_the_key(write_suite, edit, message, capsys):
     assert main(["validate", str(path)]) == 2
 
 
+def test_a_detector_listed_as_a_defense_is_a_user_error(write_suite, capsys):
+    path = write_suite("name: x\ndatasets: [{name: digits}]\ndefenses: [{name: bimodel-mismatch}]\n")
+    assert main(["validate", str(path)]) == 2
+    assert "defenses[0].name: 'bimodel-mismatch' is a detector; list it under detectors" in capsys.readouterr().err
+
+
 def test_detector_suite_runs_and_stores_every_view(finished):
     root, code = finished
     assert code == 0

@@ -2,6 +2,8 @@
 
 import sqlite3
 
+import pytest
+
 from bench.cli import main
 
 ENSEMBLE_SUITE = """\
@@ -62,6 +64,25 @@ def test_unknown_evaluation_surface_is_a_user_error(write_suite, tmp_path, capsy
     assert main(["validate", str(suite)]) == 2
     err = capsys.readouterr().err
     assert "attacks[0].evaluate_on[0]" in err and "member:7" in err
+
+
+@pytest.mark.parametrize("attack, hint", [
+    ("    params: {steps: 4, backend: foolbox}", "set backend: torch"),
+    ("    params: {steps: 4, backend: art}", "set backend: torch"),
+])
+def test_own_loss_surface_needs_the_torch_backend_at_validation(write_suite, attack, hint, capsys):
+    text = ENSEMBLE_SUITE.replace("    surface: mean-gradient            # Grad. 2: the average of the members' gradients\n"
+                                  "    params: {steps: 4}", "    surface: mean-gradient\n" + attack)
+    assert text != ENSEMBLE_SUITE
+    assert main(["validate", str(write_suite(text))]) == 2
+    err = capsys.readouterr().err
+    assert "attacks[1].surface: 'bagging'" in err and "defines its own loss" in err and hint in err
+
+
+def test_own_loss_surface_with_an_attack_lacking_torch(write_suite, capsys):
+    text = ENSEMBLE_SUITE.replace("  - name: bim\n    label: grad2", "  - name: deepfool\n    label: grad2")
+    assert main(["validate", str(write_suite(text))]) == 2
+    assert "use an attack with a torch backend (this one has foolbox, art)" in capsys.readouterr().err
 
 
 def test_leaderboard_has_the_papers_table_layouts(write_suite, tmp_path):
