@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .labels import budget_label
+
 MISSING = "—"
 
 
@@ -67,10 +69,6 @@ def _order(labels, preferred: list[str]) -> list[str]:
     """Attack labels in suite order where known (the cross rows give it), others after, sorted."""
     labels = list(dict.fromkeys(labels))
     return [p for p in preferred if p in labels] + sorted(x for x in labels if x not in preferred)
-
-
-def _budget(value) -> str:
-    return "unbounded" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:g}"
 
 
 def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> list[DetectorSection]:
@@ -157,7 +155,7 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
             for _, r in adaptive.sort_values(["test_attack", "_b", "_e", "seed"]).iterrows():
                 seed_col(records, r, {
                     "Attack": r["test_attack"],
-                    "Budget": _budget(r["budget"]),
+                    "Budget": budget_label(None, r["budget"]),
                     "Attacker": attackers[r["evaluation"]],
                     "Detection rate": _num(r["detection_rate"], ".3f"),
                     "Guarded robust acc. (%)": f"{_pct(r['robust_acc'])} "

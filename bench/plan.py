@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import AttackEntry, DatasetEntry, DefenseEntry, DetectorEntry, Suite
+from .labels import budget_label
 from .registry import attacks, datasets, defenses
 
 # Bump when the harness's own part of a step changes its output.
@@ -73,8 +74,7 @@ def _attack_config(a: AttackEntry) -> dict[str, Any]:
 
 
 def _budget_label(attack, budget: float | None) -> str:
-    param = attacks.get(attack.name).factory.budget_param
-    return f"{param}={'unbounded' if budget is None else f'{budget:g}'}"
+    return budget_label(attacks.get(attack.name).factory.budget_param, budget, symbol=False)
 
 
 def _scoring_surfaces(suite: Suite, defense: str) -> list[str]:

@@ -55,6 +55,7 @@ from tabulate import tabulate
 
 from bench import views
 from bench.detection_report import DetectorSection, detector_sections, render_heatmap
+from bench.labels import BUDGET_SYMBOLS, budget_label
 from bench.metrics import wilson_interval
 
 __all__ = [
@@ -87,8 +88,6 @@ _OPTIONAL_COLUMNS = {
 }
 _THREAT_MODEL_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0", "corruption": "corruption"}
 _THREAT_MODEL_ORDER = list(_THREAT_MODEL_NAMES)
-_BUDGET_SYMBOLS = {"eps": "ε", "epsilon": "ε", "gamma": "γ", "alpha": "α", "kappa": "κ",
-                   "sigma": "σ", "delta": "δ", "lambda": "λ", "tau": "τ"}
 # For these budgets, budget 0 means "no attack", so clean accuracy is the curve's start.
 _ZERO_IS_CLEAN = {"eps", "epsilon"}
 
@@ -346,17 +345,8 @@ def _worst_case(rows_by_attack: dict[str, list[_Row]], attacks: tuple[str, ...])
 # --------------------------------------------------------------------------- labels
 
 
-def _budget_label(param: str, budget: float | None) -> str:
-    if budget is None:
-        return "unbounded"
-    value = f"{budget:g}"
-    if not param:
-        return value
-    return f"{_BUDGET_SYMBOLS.get(param, param)}={value}"
-
-
 def _axis_label(param: str) -> str:
-    symbol = _BUDGET_SYMBOLS.get(param)
+    symbol = BUDGET_SYMBOLS.get(param)
     if symbol:
         return f"{symbol} ({param})"
     return param or "budget"
@@ -480,8 +470,8 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[_Row],
     order = sorted(defenses, key=lambda d: (math.inf if math.isnan(scores[d]) else -scores[d], d))
 
     taken: set[str] = {"Defense", "Clean"}
-    labels = [_unique(f"{a} {_budget_label(*b)}", taken) for a, b in columns]
-    worst_labels = [_unique(f"Worst case {_budget_label(*b)}", taken) for b in worst_budgets]
+    labels = [_unique(f"{a} {budget_label(*b)}", taken) for a, b in columns]
+    worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in worst_budgets]
 
     values = pd.DataFrame(index=pd.Index(order, name="Defense"),
                           columns=["Clean", *labels, *worst_labels], dtype=float)
@@ -493,13 +483,13 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[_Row],
             values.loc[defense, label] = acc(defense, (attack, budget))
             cell = cells.get((defense, attack, budget))
             if cell:
-                details.append(_detail_row(setting, defense, attack, _budget_label(*budget), cell))
+                details.append(_detail_row(setting, defense, attack, budget_label(*budget), cell))
         for budget, label in zip(worst_budgets, worst_labels):
             cell = worst[(defense, budget)]
             values.loc[defense, label] = cell.acc if cell else math.nan
             if cell:
                 name = f"worst case ({', '.join(attacks_at[budget])})"
-                details.append(_detail_row(setting, defense, name, _budget_label(*budget), cell))
+                details.append(_detail_row(setting, defense, name, budget_label(*budget), cell))
 
     table = _table(f"{dataset} — {setting}", setting, values)
     plots = [_plot(dataset, group, setting, attack, order, cells, clean, taken_files)

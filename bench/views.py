@@ -20,8 +20,9 @@ import json
 import math
 from collections import defaultdict
 
-import numpy as np
 import pandas as pd
+
+from .labels import budget_label
 
 ENSEMBLE_COLUMNS = ("No attack single", "No attack ensemble", "Grad. 1 single", "Grad. 1 ensemble",
                     "Grad. 2 ensemble", "Deployed (adaptive)")
@@ -46,9 +47,7 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _attack_heading(name: str, budget_param: str, budget: float) -> str:
-    symbol = {"eps": "ε"}.get(budget_param, budget_param)
-    return f"{name} {symbol}={budget:g}" if not (budget is None or (isinstance(budget, float) and np.isnan(budget))) \
-        else f"{name} unbounded"
+    return f"{name} {budget_label(budget_param, budget)}"
 
 
 def _ensemble_defenses(frame: pd.DataFrame) -> list[str]:
