@@ -164,6 +164,7 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Undetected errors (%)": _pct(r["attack_success_rate"]),
                     "Clean acc. guarded (%)": _pct(r["clean_acc"]),
                     "Clean rejected (%)": _pct(r["clean_rejected"]),
+                    "Clean acc. model alone (%)": _pct(r["model_clean_acc"]),
                     "n": _num(r["n"], ".0f")})
             fitted_on = " / ".join(sorted(set(adaptive["train_attack"])))
             setting = ("detector-aware attacks: the detector folded in as an extra class, vs. the same attack "

@@ -266,8 +266,9 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
     if len(y_pool) > cfg["detector_images"]:
         from sklearn.model_selection import train_test_split
 
-        keep, _ = train_test_split(np.arange(len(y_pool)), train_size=cfg["detector_images"], random_state=seed % 2**32,
-                                   stratify=y_pool)
+        # Seeded by the suite seed, not the task: every attack of this detector meets the same fitted detector.
+        keep, _ = train_test_split(np.arange(len(y_pool)), train_size=cfg["detector_images"],
+                                   random_state=cfg["seed"], stratify=y_pool)
         x_pool, y_pool = x_pool[torch.from_numpy(np.sort(keep))], y_pool[np.sort(keep)]
     defense.fit_detector(x_pool, y_pool, seed=cfg["seed"])
     guarded = guarded_classifier(defense, features_from=x_pool, seed=cfg["seed"])  # x_pool: for a surrogate
@@ -310,6 +311,7 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
             clean_acc=float((pred_guarded_clean == y).float().mean()),
             clean_rejected=float((pred_guarded_clean == reject).float().mean()),
             model_robust_acc=float((pred_model == y).float().mean()),
+            model_clean_acc=float((pred_model_clean == y).float().mean()),
             robust_acc=float(defended.float().mean()), robust_ci_low=low, robust_ci_high=high,
             key=f"{task.key}:{evaluation}"))
     # An attacker who knows the detector keeps, per image, whichever of the two examples gets through.
