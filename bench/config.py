@@ -98,6 +98,9 @@ class DetectorEntry(_Strict):
     test_attacks: list[str] | None = Field(None, description="labels of detector_attacks; default train_attacks")
     baselines: list[BaselineEntry] = Field(default_factory=list)
     adaptive_attacks: list[AdaptiveAttackEntry] = Field(default_factory=list)
+    adaptive_threshold: Literal["fpr", "classifier"] = Field(
+        "fpr", description="the guarded classifier's operating point: flag a fraction `fpr` of clean held-out "
+                           "test images, or the binary classifier's own decision")
 
 
 class Suite(_Strict):

@@ -167,9 +167,12 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Clean acc. model alone (%)": _pct(r["model_clean_acc"]),
                     "n": _num(r["n"], ".0f")})
             fitted_on = " / ".join(sorted(set(adaptive["train_attack"])))
+            fprs = adaptive["target_fpr"].dropna()
+            operating = (f"threshold at {100 * fprs.iloc[0]:g}% false positives on clean held-out test images"
+                         if len(fprs) else "threshold: the binary classifier's own decision")
             setting = ("detector-aware attacks: the detector folded in as an extra class, vs. the same attack "
                        "on the guarded model alone (a rejected input counts as defended; detector fitted on "
-                       f"data pooled over {fitted_on.replace('+', ', ')})")
+                       f"data pooled over {fitted_on.replace('+', ', ')}; {operating})")
             tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 3))
         sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps))
     return sections

@@ -271,11 +271,12 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
                                    random_state=cfg["seed"], stratify=y_pool)
         x_pool, y_pool = x_pool[torch.from_numpy(np.sort(keep))], y_pool[np.sort(keep)]
     defense.fit_detector(x_pool, y_pool, seed=cfg["seed"])
-    guarded = guarded_classifier(defense, features_from=x_pool, seed=cfg["seed"])  # x_pool: for a surrogate
+    idx = _eval_indices(data, cfg["eval"])
+    threshold = _operating_threshold(defense, data, idx, cfg["threshold"], ctx)
+    guarded = guarded_classifier(defense, threshold, features_from=x_pool, seed=cfg["seed"])  # x_pool: surrogate
     model = defense.deployed()
     reject = guarded.reject_class
 
-    idx = _eval_indices(data, cfg["eval"])
     x, y = data.test_x[idx], data.test_y[idx]
     device = torch.device(ctx.device)
     pred_model_clean = predict(model, x, device=device, batch_size=ctx.batch_size)
@@ -313,6 +314,7 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
             model_robust_acc=float((pred_model == y).float().mean()),
             model_clean_acc=float((pred_model_clean == y).float().mean()),
             robust_acc=float(defended.float().mean()), robust_ci_low=low, robust_ci_high=high,
+            threshold=guarded.threshold, target_fpr=cfg["threshold"].get("fpr"),
             key=f"{task.key}:{evaluation}"))
     # An attacker who knows the detector keeps, per image, whichever of the two examples gets through.
     either = defended_by["non-adaptive"] & defended_by["adaptive"]
@@ -322,6 +324,24 @@ def _run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store:
                  "robust_acc": float(either.float().mean()), "robust_ci_low": low, "robust_ci_high": high})
     store.save_artifact(task.key, artifact)
     return rows
+
+
+def _operating_threshold(defense: Defense, data: DatasetSplits, eval_idx: torch.Tensor, rule: dict[str, Any],
+                         ctx: RunContext) -> float | None:
+    """The detector's threshold for the guarded classifier: None (the binary classifier's own decision)
+    or, for rule "fpr", the score that flags a fraction ``fpr`` of clean test images outside the attacked
+    subset (clean data only, never seen by the detector or attacked)."""
+    from .detection import clean_threshold, positive_scores
+
+    if rule["rule"] == "classifier":
+        return None
+    held_out = torch.ones(len(data.test_y), dtype=torch.bool)
+    held_out[eval_idx] = False
+    if int(held_out.sum()) < 20:
+        raise TaskFailed(f"adaptive_threshold: fpr needs clean test images outside the {len(eval_idx)} attacked ones; "
+                         f"the test split has {len(data.test_y)}: lower the dataset's eval_size")
+    scores = positive_scores(defense.detector(), defense.features(data.test_x[held_out], ctx.batch_size))
+    return clean_threshold(scores, rule["fpr"])
 
 
 def _sweep_detector_weights(attack, guarded, x: torch.Tensor, y: torch.Tensor, cfg: dict[str, Any],

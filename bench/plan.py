@@ -19,7 +19,7 @@ from .labels import budget_label
 from .registry import attacks, datasets, defenses
 
 # Bump when the harness's own part of a step changes its output.
-STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "1", "adaptive": "2"}
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "1", "adaptive": "3"}
 
 # detector-data: one attack's detector training data (Monteiro et al. Sec. III-A); detect: CV and the
 # cross-attack matrix of one detection method; adaptive: a detector-aware attack vs. the same attack
@@ -201,7 +201,9 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                     for budget in a.budgets:
                         weights = a.detector_weights if attacks.get(a.name).factory.ascends_attack_loss else []
                         cfg = {"attack": _attack_config(a), "budget": budget, "eval": eval_cfg, "seed": seed,
-                               "detector_images": d.images, "detector_weights": weights}
+                               "detector_images": d.images, "detector_weights": weights,
+                               "threshold": {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr"
+                               else {"rule": "classifier"}}
                         deps = [train_key, *dict.fromkeys(fit_keys)]
                         later.append(Task("adaptive", task_key("adaptive", cfg, deps),
                                           f"detector-aware {a.label} {_budget_label(a, budget)} on {d.label} {where}",

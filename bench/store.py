@@ -46,7 +46,8 @@ DETECTION_COLUMNS = [
     "evaluation", "train_attack", "test_attack", "attack_config", "budget", "n", "folds",
     "accuracy", "accuracy_std", "f1", "f1_std", "roc_auc", "roc_auc_std", "detection_rate",
     "detection_rate_std", "tpr_at_fpr", "tpr_at_fpr_std", "target_fpr", "clean_fpr",
-    "attack_success_rate", "mse_mean", "adversarial_fraction", "clean_acc", "clean_rejected", "model_clean_acc", "model_robust_acc", "robust_acc",
+    "attack_success_rate", "mse_mean", "adversarial_fraction", "clean_acc", "clean_rejected", "model_clean_acc",
+    "model_robust_acc", "robust_acc", "threshold",
     "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
 ]
 

@@ -68,6 +68,10 @@ def test_plan_shares_data_between_detector_and_baseline(write_suite):
     data_by_attack = {t.info["attack"]: t.key for t in plan.by_kind("detector-data")}
     # The detector under attack is fitted on the train attacks' data only.
     assert adaptive.deps[1:] == [data_by_attack["fgsm"], data_by_attack["igsm"]]
+    assert adaptive.config["threshold"] == {"rule": "fpr", "fpr": 0.05}
+    own = build_plan(load_suite(write_suite(DETECTOR_SUITE.replace("    folds: 3", "    folds: 3\n"
+                                                                   "    adaptive_threshold: classifier"))))
+    assert own.by_kind("adaptive")[0].config["threshold"] == {"rule": "classifier"}
     assert all(plan.keys.index(d) < plan.keys.index(t.key) for t in plan.tasks for d in t.deps)
 
 
@@ -131,6 +135,9 @@ def test_detector_suite_runs_and_stores_every_view(finished):
     # ... and the per-image worst case is at most either attack's robust accuracy.
     assert adaptive.loc["worst-case", "robust_acc"] <= adaptive.loc["adaptive", "robust_acc"]
     assert adaptive.loc["adaptive", "clean_rejected"] == adaptive.loc["non-adaptive", "clean_rejected"]
+    # The operating point: 5% false positives on clean held-out test images (binomial slack on 60 images).
+    assert (adaptive["target_fpr"] == 0.05).all() and adaptive["threshold"].notna().all()
+    assert adaptive.loc["non-adaptive", "clean_rejected"] <= 0.2
 
 
 def test_detector_leaderboard_has_tables_and_heatmaps(finished):
