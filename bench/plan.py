@@ -152,7 +152,10 @@ def build_plan(suite: Suite) -> Plan:
                                       "source": f"transfer:{source}" if a.transfer_from else "white-box",
                                       "evaluated_on": scored_on}))
     detection = _plan_detectors(suite, train)
-    return Plan(suite, [*train.values(), *craft.values(), *score.values(), *detection])
+    unique: dict[str, Task] = {}
+    for task in [*train.values(), *craft.values(), *score.values(), *detection]:
+        unique.setdefault(task.key, task)  # two labels for one config: one task
+    return Plan(suite, list(unique.values()))
 
 
 def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[Task]:
@@ -171,9 +174,9 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                 train_key = task_key("train", train_cfg, [])
                 where = f"({ds.label}, seed {seed})"
                 info = {"dataset": ds.label, "detector": d.label, "seed": seed}
-                train.setdefault((ds.label, f"detector:{d.label}", seed), Task(
+                train[(ds.label, f"detector:{d.label}", seed)] = Task(
                     "train", train_key, f"train detector {d.label} on {ds.label} (seed {seed})", train_cfg, [],
-                    info={**info, "defense": d.label}))
+                    info={**info, "defense": d.label})
                 train_attacks = d.train_attacks or list(by_label)
                 test_attacks = d.test_attacks or train_attacks
                 data_keys: dict[str, str] = {}
@@ -189,7 +192,10 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                 methods = [{"label": d.label, "baseline": None}]
                 methods += [{"label": b.label, "baseline": {"name": b.name, "params": b.params}} for b in d.baselines]
                 for method in methods:
-                    cfg = {"method": method["baseline"], "folds": d.folds, "fpr": d.fpr, "seed": seed,
+                    # The labels are in the config: two entries that differ only in their label (or in
+                    # their adaptive settings) each get their own rows.
+                    cfg = {"detector": d.label, "method": method["baseline"], "method_label": method["label"],
+                           "folds": d.folds, "fpr": d.fpr, "seed": seed,
                            "train_attacks": train_attacks, "test_attacks": test_attacks, "data": data_keys}
                     deps = [train_key, *dict.fromkeys(data_keys.values())]
                     later.append(Task("detect", task_key("detect", cfg, deps),
@@ -200,7 +206,8 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                 for a in d.adaptive_attacks:
                     for budget in a.budgets:
                         weights = a.detector_weights if attacks.get(a.name).factory.ascends_attack_loss else []
-                        cfg = {"attack": _attack_config(a), "budget": budget, "eval": eval_cfg, "seed": seed,
+                        cfg = {"detector": d.label, "attack_label": a.label, "attack": _attack_config(a),
+                               "budget": budget, "eval": eval_cfg, "seed": seed,
                                "detector_images": d.images, "detector_weights": weights,
                                "threshold": {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr"
                                else {"rule": "classifier"}}

@@ -102,3 +102,11 @@ def test_every_shipped_suite_validates_and_plans(suite_path):
     suite = load_suite(suite_path)
     plan = build_plan(suite)
     assert plan.tasks and len(set(plan.keys)) == len(plan.keys)
+
+
+def test_two_labels_for_one_defense_config_train_once(write_suite):
+    text = TINY_SUITE.replace("  - name: gaussian-augment\n    label: gauss\n    params: {std: 0.2, epochs: 4, batch_size: 64}",
+                              "  - name: undefended\n    label: same-again\n    params: {epochs: 4, batch_size: 64}")
+    assert "same-again" in text
+    plan = build_plan(load_suite(write_suite(text)))
+    assert len(set(plan.keys)) == len(plan.keys) and len(plan.by_kind("train")) == 1

@@ -170,3 +170,12 @@ def test_rerun_is_a_no_op_and_keeps_rows(finished, capsys):
         "SELECT COUNT(*) FROM detection_results").fetchone()[0]
     assert before == after > 0
     assert isinstance(Store(root / "s").detections(), pd.DataFrame)
+
+
+def test_two_entries_share_the_trained_pair_and_keep_their_own_rows(write_suite):
+    second = DETECTOR_SUITE.split("detectors:\n")[1].replace("label: bimodel", "label: bimodel-own-threshold") \
+        .replace("    folds: 3", "    folds: 3\n    adaptive_threshold: classifier")
+    plan = build_plan(load_suite(write_suite(DETECTOR_SUITE + second)))
+    assert len(set(plan.keys)) == len(plan.keys)
+    assert len(plan.by_kind("train")) == 1 and len(plan.by_kind("detector-data")) == 3  # shared
+    assert len(plan.by_kind("detect")) == 4 and len(plan.by_kind("adaptive")) == 2      # one set per entry
