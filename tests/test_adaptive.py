@@ -234,7 +234,8 @@ def test_adaptive_cw_misclassifies_undetected(guarded):
 
 
 def test_detector_weight_sweep_only_adds_successes(guarded, data, tmp_path):
-    from bench.execute import RunContext, _sweep_detector_weights
+    from bench.detector_steps import _sweep_detector_weights
+    from bench.execute import RunContext
 
     _, g, x, y, _ = guarded
     ctx = RunContext(store_dir=tmp_path, data=DataContext("data"), device="cpu", batch_size=64)
