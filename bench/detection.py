@@ -206,7 +206,8 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, classifier_factory,
                    seed: int = 0, fpr: float = 0.05) -> dict[str, float]:
     """Stratified k-fold CV of a binary detector: mean and std over folds of accuracy, F1, ROC AUC
     (Table III), the detection rate (TPR = recall of the attack class at the classifier's own
-    threshold, Table IV), and the TPR at a fixed false-positive rate ``fpr``.
+    threshold, Table IV) with the false-positive rate that threshold gives on clean images, and the
+    TPR at a fixed false-positive rate ``fpr``.
 
     The fixed-FPR threshold uses clean data only: in each fold the held-out clean examples are split
     in two (seeded); one half sets the threshold (``clean_threshold``), the other measures the FPR
@@ -223,8 +224,8 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, classifier_factory,
                          f"examples; got {np.bincount(labels, minlength=2).tolist()} (clean, adversarial)")
     make = _factory(classifier_factory)
     rng = np.random.default_rng(seed)
-    per_fold: dict[str, list[float]] = {k: [] for k in
-                                        ("accuracy", "f1", "roc_auc", "detection_rate", "tpr_at_fpr", "clean_fpr")}
+    per_fold: dict[str, list[float]] = {k: [] for k in ("accuracy", "f1", "roc_auc", "detection_rate",
+                                                         "false_positive_rate", "tpr_at_fpr", "clean_fpr")}
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in cv.split(features, labels):
         clf = make().fit(features[train], labels[train])
@@ -235,6 +236,7 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, classifier_factory,
         per_fold["f1"].append(f1_score(truth, predicted, zero_division=0.0))
         per_fold["roc_auc"].append(roc_auc_score(truth, scores))
         per_fold["detection_rate"].append(recall_score(truth, predicted, zero_division=0.0))
+        per_fold["false_positive_rate"].append(float(predicted[truth == 0].mean()))
         clean = rng.permutation(np.flatnonzero(truth == 0))
         half = len(clean) // 2
         at_fpr = tpr_at_fpr(scores[truth == 1], scores[clean[:half]], fpr)

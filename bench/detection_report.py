@@ -122,11 +122,13 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Accuracy": _mean_std(r["accuracy"], r["accuracy_std"]),
                     "F1": _mean_std(r["f1"], r["f1_std"]), "ROC AUC": _mean_std(r["roc_auc"], r["roc_auc_std"]),
                     "Detection rate": _mean_std(r["detection_rate"], r["detection_rate_std"]),
+                    "Its clean FPR": _mean_std(r["false_positive_rate"], r["false_positive_rate_std"]),
                     f"TPR @ FPR {fpr_text}": _mean_std(r["tpr_at_fpr"], r["tpr_at_fpr_std"]),
                     "Clean FPR (held out)": _num(r["clean_fpr"], ".3f"),
                     "n": _num(r["n"], ".0f"), "Folds": _num(r["folds"], ".0f")})
             setting = (f"detection, {int(cv['folds'].iloc[0])}-fold cross-validation: accuracy, F1, AUC "
-                       "(Table III), detection rate (Table IV), TPR at a threshold set on clean data only")
+                       "(Table III), detection rate (Table IV) and the false-positive rate of that decision, "
+                       "TPR at a threshold set on clean data only")
             tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 2))
 
         for (method, seed), m_rows in cross.groupby(["method", "seed"], sort=True):

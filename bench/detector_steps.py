@@ -108,7 +108,8 @@ def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
         rows.append(_detection_row(
             task, train, **common, evaluation="cv", train_attack=label, test_attack=label, n=cv["n"],
             folds=cv["folds"], target_fpr=cfg["fpr"], clean_fpr=cv["clean_fpr_mean"],
-            **{f"{m}{suffix}": cv[f"{m}_{stat}"] for m in ("accuracy", "f1", "roc_auc", "detection_rate", "tpr_at_fpr")
+            **{f"{m}{suffix}": cv[f"{m}_{stat}"]
+               for m in ("accuracy", "f1", "roc_auc", "detection_rate", "false_positive_rate", "tpr_at_fpr")
                for suffix, stat in (("", "mean"), ("_std", "std"))}))
     matrix = cross_attack_matrix({k: (features[k], labels[k]) for k in features}, make, seed=cfg["seed"],
                                  image_ids=image_ids, train_attacks=cfg["train_attacks"],

@@ -19,7 +19,7 @@ from .labels import budget_label
 from .registry import attacks, datasets, defenses
 
 # Bump when the harness's own part of a step changes its output.
-STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "1", "adaptive": "3"}
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "3"}
 
 # detector-data: one attack's detector training data (Monteiro et al. Sec. III-A); detect: CV and the
 # cross-attack matrix of one detection method; adaptive: a detector-aware attack vs. the same attack

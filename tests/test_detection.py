@@ -115,6 +115,11 @@ def test_fgsm_detector_cross_validation(bimodel, fgsm_data):
     assert result["accuracy_mean"] >= 0.7
     assert result["roc_auc_mean"] >= 0.75
     assert 0 <= result["detection_rate_mean"] <= 1 and result["f1_mean"] > 0.5
+    # accuracy = share_adv * TPR + share_clean * (1 - FPR); stratified folds keep the shares equal
+    share = fgsm_data.labels.mean()
+    expected = share * result["detection_rate_mean"] + (1 - share) * (1 - result["false_positive_rate_mean"])
+    assert result["accuracy_mean"] == pytest.approx(expected, abs=0.01)
+    assert 0 <= result["clean_fpr_mean"] <= 0.2 and 0 <= result["tpr_at_fpr_mean"] <= 1
 
 
 def test_tpr_at_fpr_threshold_is_set_on_clean_scores():
