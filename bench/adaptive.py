@@ -10,9 +10,10 @@ linear models, else a fitted MLP surrogate), and ``GuardedClassifier`` is the at
     x_adv = get_attack("pgd-linf", {"backend": "torch"}).run(guarded, x, y, 0.1)
     pred = guarded_predictions(guarded, x_adv)        # in [0, K]; K = rejected by the detector
 
-``attack_logits`` (K columns, "detected" merged into the true class) is the untargeted objective that
-the torch backends ascend (``bench.attacks.attack_loss``, the C&W margin): making its argmax differ from
-y means model_a errs *and* the detector stays silent.
+Success means model_a errs *and* the detector stays silent: the argmax of ``attack_logits`` (K columns,
+"detected" merged into the true class) differs from y. The torch C&W backend takes its margin on those
+logits; the torch FGSM/BIM/PGD backends ascend ``attack_loss`` (capped hinges on model_a's margin and,
+weighted by ``detector_weight``, on the detector's) and keep each image's first successful iterate.
 """
 
 from __future__ import annotations
