@@ -75,17 +75,17 @@ def run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, st
         adversarial_fraction=float(built.is_adv.mean()))])
 
 
-def _detection_features(task: Task, defense: Defense, x: torch.Tensor, ctx: RunContext):
-    """(features of x, classifier factory) of the task's detection method: the detector defense's own
+def _detection_method(task: Task, defense: Defense, ctx: RunContext):
+    """(featurize, classifier factory) of the task's detection method: the detector defense's own
     features and binary classifier, or a baseline's score thresholded on clean data."""
     from .detection import ThresholdClassifier
     from .registry import baseline_detectors
 
     method, seed = task.config["method"], task.config["seed"]
     if method is None:
-        return defense.features(x, ctx.batch_size), lambda: defense.make_classifier(seed)
+        return (lambda x: defense.features(x, ctx.batch_size)), (lambda: defense.make_classifier(seed))
     baseline = baseline_detectors.get(method["name"]).build(defense.deployed(), **method["params"])
-    return baseline.score(x, ctx.batch_size)[:, None], lambda: ThresholdClassifier(baseline.fpr)
+    return (lambda x: baseline.score(x, ctx.batch_size)[:, None]), (lambda: ThresholdClassifier(baseline.fpr))
 
 
 def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> DetectionRows:
@@ -95,9 +95,10 @@ def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     train = upstream[task.deps[0]]
     defense, _ = _trained(train, ctx)
     features, labels, image_ids = {}, {}, {}
+    featurize, make = _detection_method(task, defense, ctx)
     for label, key in cfg["data"].items():
         built = store.load_artifact(key)
-        features[label], make = _detection_features(task, defense, built["x"], ctx)
+        features[label] = featurize(built["x"])
         labels[label] = built["is_adv"].numpy().astype(int)
         image_ids[label] = built["indices"].numpy()
     common = {"method": task.info["method"]}

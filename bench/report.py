@@ -588,7 +588,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     rows = _dedupe(_normalize(results))
     produced = _produced(rows, total=len(results))
     if detectors:
-        produced += " " + _produced_detections(detections).replace("Produced by advbench (bench.report) from", "Also")
+        produced += " " + _produced_detections(detections, lead="Also")
 
     taken_files: set[str] = set()
     sections = []
@@ -625,10 +625,10 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     return Leaderboard(title=title, produced=produced, legend=_LEGEND, datasets=sections, detectors=detectors)
 
 
-def _produced_detections(detections: pd.DataFrame) -> str:
+def _produced_detections(detections: pd.DataFrame, lead: str = "Produced by advbench (bench.report) from") -> str:
     newest = detections.sort_values("created_at").iloc[-1]
     suites = sorted(s for s in detections["suite"].dropna().unique() if s)
-    return (f"Produced by advbench (bench.report) from {len(detections)} stored detection results of "
+    return (f"{lead} {len(detections)} stored detection results of "
             f"suite{'s' if len(suites) != 1 else ''} {', '.join(suites) or MISSING}; newest result "
             f"{newest['created_at'] or MISSING}, commit {newest['git_commit'] or MISSING}.")
 
