@@ -46,23 +46,24 @@ class DetectorSection:
     heatmaps: list[Heatmap]
 
 
+def _missing(value) -> bool:
+    """No number in the store: NULL (None) or NaN (how pandas reads a NULL in a float column)."""
+    return value is None or bool(pd.isna(value))
+
+
 def _mean_std(mean, std) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if _missing(mean):
         return MISSING
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f}" if _missing(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def _num(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    return format(value, fmt)
+    return MISSING if _missing(value) else format(value, fmt)
 
 
 def _pct(value) -> str:
-    """A fraction as a percentage with one decimal; "—" where the store has none (NULL / NaN)."""
-    return MISSING if value is None or pd.isna(value) else f"{100 * value:.1f}"
+    """A fraction as a percentage with one decimal; "—" where the store has none."""
+    return MISSING if _missing(value) else f"{100 * value:.1f}"
 
 
 def _order(labels, preferred: list[str]) -> list[str]:
