@@ -14,11 +14,21 @@ batched in one vmap call, forward and input gradient.
 Timings are the best of ``repeats`` runs after a warm-up, alternating harness
 and baseline, so a background hiccup does not decide a ratio. The model is the Strauss et al. Table 1 CNN
 trained briefly on the embedded MNIST.
+
+Each command prints its table and writes it as data (``write_results``): ``<out>/<name>.csv`` and
+``<out>/<name>.json`` (the rows plus where and how they were measured), by default beside the
+leaderboard in ``leaderboard/benchmarks/``, so the measurements behind each attack's default backend
+are a file, not only a comment.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,9 +39,27 @@ from tabulate import tabulate
 from torch import nn
 
 from .data import DataContext, load_dataset
+from .provenance import git_commit, package_versions
 from .models import build_architecture
 from .registry import attacks
 from .training import TrainConfig, predict, train_classifier
+
+
+def write_results(name: str, rows: list[dict], out_dir: str | Path, **context) -> list[Path]:
+    """``<out_dir>/<name>.csv`` (the table) and ``<name>.json`` (rows, context, versions, commit, time)."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), **context, "git_commit": git_commit(),
+              "versions": package_versions(), "rows": rows}
+    paths = [out / f"{name}.csv", out / f"{name}.json"]
+    pd.DataFrame(rows).to_csv(paths[0], index=False)
+    paths[1].write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
 
 
 def bare_pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
@@ -143,7 +171,7 @@ def trained_model(device: torch.device, seed: int = 0) -> tuple[nn.Module, torch
 
 
 def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | None = None,
-                         repeats: int = 5) -> list[dict]:
+                         repeats: int = 5, out_dir: str | Path | None = None) -> list[dict]:
     dev = torch.device(device)
     model, test_x, test_y = trained_model(dev)
     correct = predict(model, test_x, device=dev) == test_y
@@ -179,11 +207,14 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
         print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
+    if out_dir is not None:
+        write_results("attacks", rows, out_dir, device=device, n=len(x), repeats=repeats,
+                      model="strauss-mnist, 2 epochs on mnist5k")
     return rows
 
 
 def run_ensemble_benchmark(members: tuple[int, ...] | list[int] = (3, 10), n: int = 256, device: str = "cpu",
-                           repeats: int = 5) -> list[dict]:
+                           repeats: int = 5, out_dir: str | Path | None = None) -> list[dict]:
     """``advbench bench ensembles``: an ensemble's members in a Python loop vs batched (one vmap call).
 
     For each member count, a random-init ensemble of Strauss MNIST nets (``defenses/ensemble.py``), timed on
@@ -232,4 +263,7 @@ def run_ensemble_benchmark(members: tuple[int, ...] | list[int] = (3, 10), n: in
             print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
+    if out_dir is not None:
+        write_results("ensembles", rows, out_dir, device=device, n=len(x), repeats=repeats,
+                      model="random-init ensembles of strauss-mnist (untrained)")
     return rows

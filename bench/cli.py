@@ -2,7 +2,7 @@
 
     advbench run SUITE [--dry-run]     plan, run what is not stored yet, rebuild the leaderboard
     advbench validate SUITE            check a suite without running anything
-    advbench list defenses|attacks|datasets|architectures|baseline-detectors
+    advbench list defenses|attacks|datasets|architectures|baseline-detectors|executors|views
     advbench leaderboard               rebuild leaderboard/ from the store
     advbench bench attacks             throughput and strength of each attack vs a baseline
     advbench bench ensembles           ensemble members in a loop vs batched (vmap): forward and input gradient
@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import UserError
 
 # The keys of bench.registry.REGISTRIES (not imported here: `advbench --help` stays fast).
-REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors")
+REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors", "executors", "views")
 
 DEFAULT_STORE = "results"
 DEFAULT_LEADERBOARD = "leaderboard"
@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--store", default=DEFAULT_STORE, help="results directory (default: results)")
     run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, help="leaderboard directory (default: leaderboard)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides the suite's device")
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="local: in this process (default); ray: tasks on a Ray cluster (pip install 'advbench[ray]')")
+    run.add_argument("--executor", default="local",
+                     help="local: in this process (default); ray: tasks on a Ray cluster (pip install 'advbench[ray]'); "
+                          "or one a plugin registers (advbench list executors)")
     run.add_argument("--dry-run", action="store_true", help="print the planned tasks and how many are done")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_args(run)
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--attacks", nargs="*", help="subset of benchmark names")
     bench.add_argument("--members", nargs="+", type=int, default=[3, 10], help="ensembles: member counts")
+    bench.add_argument("--out", default=f"{DEFAULT_LEADERBOARD}/benchmarks",
+                       help="where the table is written as <what>.csv and <what>.json (default: leaderboard/benchmarks)")
     return parser
 
 
@@ -79,8 +82,8 @@ def cmd_validate(args) -> int:
 
     suite = load_suite(args.suite, data_ctx=_data_ctx(args))
     plan = build_plan(suite)
-    counts = {k: n for k in ("train", "craft", "score", "detector-data", "detect", "adaptive")
-              if (n := len(plan.by_kind(k))) or k in ("train", "craft", "score")}
+    kinds = dict.fromkeys(t.kind for t in plan.tasks)  # in plan order: train, craft, score, detector steps
+    counts = {k: len(plan.by_kind(k)) for k in kinds}
     detectors = f", {len(suite.detectors)} detector(s)" if suite.detectors else ""
     print(f"{args.suite}: ok — {len(suite.datasets)} dataset(s), {len(suite.defenses)} defense(s), "
           f"{len(suite.attacks)} attack(s){detectors}, {len(suite.seeds)} seed(s); "
@@ -129,8 +132,8 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_run(args) -> int:
     from .config import load_suite
-    from .execute import LocalExecutor, RunContext, resolve_device
     from .plan import build_plan
+    from .runner import RunContext, get_executor, resolve_device
     from .store import Store
 
     suite = load_suite(args.suite, data_ctx=_data_ctx(args))
@@ -148,16 +151,11 @@ def cmd_run(args) -> int:
               f"(device {device}; store {args.store})")
         return 0
 
+    executor = get_executor(args.executor)  # a bad name fails before anything is written
     store = Store(args.store)
     store.set_suite_plan(suite.name, plan.keys)
     ctx = RunContext(store_dir=Path(args.store), data=_data_ctx(args), device=device,
                      batch_size=suite.batch_size, progress=not args.quiet and sys.stderr.isatty(), suite=suite.name)
-    if args.executor == "ray":
-        from .ray_executor import RayExecutor
-
-        executor = RayExecutor()
-    else:
-        executor = LocalExecutor()
     print(f"{suite.name}: {len(plan.tasks)} tasks, {len(store.done_keys(plan.keys))} already stored; device {device}")
     try:
         summary = executor.run(plan, ctx, store)
@@ -180,9 +178,9 @@ def cmd_bench(args) -> int:
     from .benchmark import run_attack_benchmark, run_ensemble_benchmark
 
     if args.what == "ensembles":
-        run_ensemble_benchmark(members=args.members, n=args.n, device=args.device)
+        run_ensemble_benchmark(members=args.members, n=args.n, device=args.device, out_dir=args.out)
     else:
-        run_attack_benchmark(n=args.n, device=args.device, only=args.attacks)
+        run_attack_benchmark(n=args.n, device=args.device, only=args.attacks, out_dir=args.out)
     return 0
 
 

@@ -16,6 +16,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .defense import DetectorDefense
 from .errors import UserError
 from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
 
@@ -230,7 +231,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
     loss_surfaces: dict[str, set[str]] = {}
     for i, d in enumerate(suite.defenses):
         defense = _check_entry(defenses, d, f"defenses[{i}]", path, errors)
-        if defense is not None and getattr(defense, "is_detector", False):
+        if isinstance(defense, DetectorDefense):
             errors.append(f"{path}: defenses[{i}].name: {d.name!r} is a detector; list it under detectors "
                           "(with detector_attacks to build its data)")
         elif defense is not None:
@@ -273,6 +274,10 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
     return errors
 
 
+def _is_detector(factory) -> bool:
+    return isinstance(factory, type) and issubclass(factory, DetectorDefense)
+
+
 def _check_budgets(attack, budgets: list[float | None], key: str, path: str, errors: list[str]) -> None:
     for j, budget in enumerate(budgets):
         problem = type(attack).budget_error(budget)
@@ -290,8 +295,8 @@ def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
     known_attacks = [a.label for a in suite.detector_attacks]
     for i, d in enumerate(suite.detectors):
         key = f"detectors[{i}]"
-        if d.name in defenses and not getattr(defenses.get(d.name).factory, "is_detector", False):
-            detectors = [e.name for e in defenses.entries() if getattr(e.factory, "is_detector", False)]
+        if d.name in defenses and not _is_detector(defenses.get(d.name).factory):
+            detectors = [e.name for e in defenses.entries() if _is_detector(e.factory)]
             errors.append(f"{path}: {key}.name: {d.name!r} is a defense, not a detector "
                           f"(detectors: {', '.join(detectors)}); list it under defenses")
         else:

@@ -1,4 +1,4 @@
-"""The defense interface (DESIGN.md, "The defense interface").
+"""The defense interface: what every defense offers the harness (docs/architecture.md, "Defenses").
 
 Lifecycle as the harness drives it:
 
@@ -9,11 +9,17 @@ Lifecycle as the harness drives it:
 
 Randomness a defense uses at test time must not depend on ``module.training``:
 attack libraries put models into eval mode.
+
+Three kinds: ``ClassifierDefense`` (one trained classifier; subclasses change its training),
+``Defense`` (anything else: ensembles, ...), and ``DetectorDefense`` (models plus a binary
+adversarial-example detector on their features, which the detector task steps are typed against).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -141,3 +147,36 @@ class ClassifierDefense(Defense):
         train_classifier(self.model, data.train_x, data.train_y, self.train_config, seed=seed,
                          device=self.device, transform=self.augment, loss_fn=self.training_loss,
                          progress=progress, desc=type(self).__name__)
+
+
+class DetectorDefense(Defense):
+    """A detector of adversarial examples: trained models (the checkpoint) plus a binary classifier
+    on features of their outputs, fitted separately on detector data (clean = 0, attacked = 1).
+
+    What the detector task steps (``bench.runner.detector_steps``) and the detector-aware attack
+    (``bench.detection.adaptive``) use. The fitted binary classifier is not part of the checkpoint:
+    the harness refits it from stored detector data (seeded), so a checkpoint never holds a pickle.
+    Suites list a detector under ``detectors:``, never under ``defenses:``.
+    """
+
+    is_detector: ClassVar[bool] = True
+
+    def models(self) -> tuple[nn.Module, ...]:
+        """The trained models whose outputs the detector reads, in eval mode; the first is guarded."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The detector's input features of images ``x``: (N, F) float64."""
+        raise NotImplementedError
+
+    def make_classifier(self, seed: int | None = 0):
+        """A fresh, unfitted scikit-learn-style binary classifier (fit/predict) as configured."""
+        raise NotImplementedError
+
+    def fit_detector(self, x: torch.Tensor | np.ndarray, is_adv: np.ndarray, *, seed: int = 0) -> None:
+        """Fit the binary classifier on the features of ``x`` with labels ``is_adv`` (1 = attack)."""
+        raise NotImplementedError
+
+    def detector(self):
+        """The fitted binary classifier (after ``fit_detector``)."""
+        raise NotImplementedError

@@ -1,17 +1,91 @@
-"""Metrics of one (dataset, defense, attack, budget) cell.
+"""Metrics of one (dataset, defense, attack, budget) cell, and the one spec of every stored metric.
 
 Accuracies carry n and a 95% Wilson score interval; perturbation sizes are
 summarized over the examples the attack succeeded on, since a failed attack's
 output says nothing about the perturbation it needs.
+
+Every metric of a results row is declared once, as a :class:`MetricSpec` in
+:data:`RESULT_METRICS`. What is read from there: the fields of
+:class:`CellMetrics` (the specs computed by :func:`cell_metrics`), the metric
+columns of the results table (``bench.store.RESULT_COLUMNS``), and the
+leaderboard's defaults for older stores and its details columns (bench.report).
+A new metric is its spec plus its computation: in :func:`cell_metrics`, or in
+the task step that writes it (``in_cell_metrics=False``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, make_dataclass
+from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import norm
+
+# How rows of several seeds combine into one leaderboard cell:
+#   "counts"   a fraction of a count (``of``): pooled as total hits / total count, so each seed weighs
+#              as many examples as it has (an average of per-seed fractions would weigh them equally);
+#   "per-seed" not poolable (a median of per-seed medians is not the pooled median): listed per seed;
+#   "sum"      summed over seeds (example counts, wall time);
+#   "mean"     the mean over seeds;
+#   "none"     not pooled from stored values: recomputed from the pooled counts (intervals).
+Pooling = Literal["counts", "per-seed", "sum", "mean", "none"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of a results row: its column, how it is shown and how it pools over seeds."""
+
+    name: str  # column of the results table; key of CellMetrics.as_dict()
+    label: str  # its heading in leaderboard tables
+    fmt: str  # "pct" (a fraction, shown as a percentage with one decimal) or a format spec (".4g")
+    higher_is_better: bool | None  # seen from the defense; None: neither (a count, a description)
+    pooling: Pooling
+    of: str = "n"  # for "counts": the count it is a fraction of ("clean_acc": the examples correct when clean)
+    type: Any = float  # the field's type in CellMetrics (None where no example qualifies)
+    in_cell_metrics: bool = True  # computed by cell_metrics; otherwise by the code that writes the row
+    detail: bool = False  # a column of its own in the leaderboard's details table, pooled as above
+    attack_only: bool = False  # meaningless for a clean (no attack) row, shown as missing there
+    # Added to the results table after its first schema. SQLite appends an added column, so a
+    # store made earlier has it last: the store lists these after its provenance columns.
+    appended: bool = False
+
+
+RESULT_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("n", "n", "d", None, "sum", type=int),
+    MetricSpec("clean_acc", "Clean (%)", "pct", True, "counts"),
+    MetricSpec("robust_acc", "Accuracy (%)", "pct", True, "counts"),
+    MetricSpec("robust_ci_low", "95% CI low (%)", "pct", True, "none"),
+    MetricSpec("robust_ci_high", "95% CI high (%)", "pct", True, "none"),
+    MetricSpec("attack_success_rate", "ASR (%)", "pct", False, "counts", of="clean_acc", type=float | None,
+               detail=True, attack_only=True),
+    MetricSpec("l2_mean", "L2 mean", ".4g", True, "per-seed", type=float | None),
+    MetricSpec("l2_median", "L2 median", ".4g", True, "per-seed", type=float | None, detail=True),
+    MetricSpec("linf_mean", "L∞ mean", ".4g", True, "per-seed", type=float | None),
+    MetricSpec("linf_median", "L∞ median", ".4g", True, "per-seed", type=float | None, detail=True),
+    MetricSpec("mse_mean", "MSE mean", ".2e", True, "per-seed", type=float | None),
+    MetricSpec("mse_median", "MSE median", ".2e", True, "per-seed", type=float | None),
+    # Stamped by bench.runner.tasks.run_task (the task's own time plus its craft task's).
+    MetricSpec("wall_time_s", "Wall time (s)", ".1f", False, "sum", in_cell_metrics=False, detail=True),
+    # The ensemble members' interrater agreement (bench.diversity), written by the score step.
+    MetricSpec("diversity_kappa", "κ", ".3f", None, "mean", type=float | None, in_cell_metrics=False,
+               appended=True),
+)
+METRICS: dict[str, MetricSpec] = {m.name: m for m in RESULT_METRICS}
+
+
+def _check(specs: tuple[MetricSpec, ...]) -> None:
+    names = [m.name for m in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metric names repeat: {names}")
+    for m in specs:
+        if m.pooling == "counts" and m.of != "n" and m.of not in names:
+            raise ValueError(f"metric {m.name!r} counts over unknown metric {m.of!r}")
+        if m.detail and m.pooling == "none":
+            raise ValueError(f"metric {m.name!r}: a details column needs a pooling")
+
+
+_check(RESULT_METRICS)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -29,23 +103,17 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (low, high)
 
 
-@dataclass
-class CellMetrics:
-    n: int
-    clean_acc: float
-    robust_acc: float
-    robust_ci_low: float
-    robust_ci_high: float
-    attack_success_rate: float | None  # over examples the defense got right when clean
-    l2_mean: float | None
-    l2_median: float | None
-    linf_mean: float | None
-    linf_median: float | None
-    mse_mean: float | None
-    mse_median: float | None
+def _as_dict(self) -> dict:
+    return asdict(self)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+
+# One field per spec computed here, in the specs' order (attack_success_rate: over the examples the
+# defense got right when clean; distortions: over the examples the attack succeeded on).
+CellMetrics = make_dataclass(
+    "CellMetrics", [(m.name, m.type) for m in RESULT_METRICS if m.in_cell_metrics],
+    namespace={"as_dict": _as_dict, "__doc__": "The metrics cell_metrics computes; fields from RESULT_METRICS."},
+)
+CellMetrics.__module__ = __name__
 
 
 def _summary(values: np.ndarray) -> tuple[float | None, float | None]:

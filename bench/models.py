@@ -2,7 +2,7 @@
 
 Every factory takes the dataset's ``InputSpec`` (channels, size, classes,
 per-channel mean/std) and returns an ``nn.Module`` mapping images in [0, 1]
-(NCHW) to logits. Normalization lives inside the model (DESIGN.md).
+(NCHW) to logits. Normalization lives inside the model, so attacks work in [0, 1] pixel space.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Planning: a validated Suite -> a task graph of train, craft and score tasks.
+"""Planning: a validated Suite -> a task graph of train, craft and score tasks (and the detector
+track's detector-data, detect and adaptive tasks).
 
 Each task's key hashes everything that determines its output: its config, the
 keys of the tasks it consumes, and the version of the code it uses (the
-registry entry's ``version`` plus the harness's own step versions below). Work
+registry entry's ``version`` plus the version its task kind's step is registered with). Work
 that cells share is planned once: a defense is trained once per dataset and
 seed, and examples crafted on a transfer source are scored on every defense.
 """
@@ -12,30 +13,25 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from .config import AttackEntry, DatasetEntry, DefenseEntry, DetectorEntry, Suite
+from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite
 from .labels import budget_label
-from .registry import attacks, datasets, defenses
-
-# Bump when the harness's own part of a step changes its output.
-STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "3"}
-
-# detector-data: one attack's detector training data (Monteiro et al. Sec. III-A); detect: CV and the
-# cross-attack matrix of one detection method; adaptive: a detector-aware attack vs. the same attack
-# on the guarded model alone.
-TaskKind = Literal["train", "craft", "score", "detector-data", "detect", "adaptive"]
+from .registry import attacks, datasets, defenses, task_steps
 
 
 def task_key(kind: str, config: dict[str, Any], deps: list[str]) -> str:
-    blob = json.dumps({"kind": kind, "step": STEP_VERSIONS[kind], "config": config, "deps": deps},
+    """The hash of everything that determines a task's output. ``step``: the version its task kind's
+    step is registered with (``bench.registry.task_steps``), bumped when the harness's own part of
+    that step changes its output."""
+    blob = json.dumps({"kind": kind, "step": task_steps.get(kind).version, "config": config, "deps": deps},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 @dataclass
 class Task:
-    kind: TaskKind
+    kind: str                       # a registered task kind (bench.registry.task_steps): train, craft, ...
     key: str
     label: str                      # for humans: progress lines, failure summaries
     config: dict[str, Any]          # what determines the output (hashed into the key)
@@ -52,7 +48,7 @@ class Plan:
     def keys(self) -> list[str]:
         return [t.key for t in self.tasks]
 
-    def by_kind(self, kind: TaskKind) -> list[Task]:
+    def by_kind(self, kind: str) -> list[Task]:
         return [t for t in self.tasks if t.kind == kind]
 
 

@@ -9,7 +9,8 @@ Modelled on timm's ``register_model`` and lm-evaluation-harness's registry:
 * an unknown name fails with close-match suggestions;
 * third-party packages register through entry-point groups
   (``advbench.datasets``, ``advbench.architectures``, ``advbench.defenses``,
-  ``advbench.attacks``) without editing this repository. An entry point may
+  ``advbench.attacks``, ``advbench.baseline_detectors``, ``advbench.views``,
+  ``advbench.executors``, ``advbench.task_steps``) without editing this repository. An entry point may
   name a module (importing it registers its entries) or a factory (registered
   under the entry point's name).
 """
@@ -193,7 +194,13 @@ architectures = Registry("architecture", "advbench.architectures", ("bench.model
 defenses = Registry("defense", "advbench.defenses", ("defenses",))
 attacks = Registry("attack", "advbench.attacks", ("bench.attacks",))
 # Detectors compared with a detector defense on its own detector data; built as factory(model, **params).
-baseline_detectors = Registry("baseline detector", "advbench.baseline_detectors", ("bench.detection",))
+baseline_detectors = Registry("baseline detector", "advbench.baseline_detectors", ("bench.detection.baselines",))
+# The harness's own parts, pluggable the same way (docs/architecture.md):
+# what a task of each kind does (meta: the store table its rows go to; version: part of its task keys),
+task_steps = Registry("task kind", "advbench.task_steps", ("bench.runner.steps", "bench.runner.detector_steps"))
+# and what runs a plan's tasks (``advbench run --executor NAME``).
+executors = Registry("executor", "advbench.executors", ("bench.runner.local", "bench.runner.ray_executor"))
+views = Registry("view", "advbench.views", ("bench.report.views",))
 
 REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks,
-              "baseline-detectors": baseline_detectors}
+              "baseline-detectors": baseline_detectors, "executors": executors, "views": views}

@@ -27,12 +27,21 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-RESULT_COLUMNS = [
+from .metrics import RESULT_METRICS
+
+# The results table: what a row is about, its metrics (one per spec of bench.metrics.RESULT_METRICS),
+# where it came from. SQLite appends a column added after the first schema (ALTER TABLE ... ADD COLUMN),
+# so a store made earlier has those last, in the order they were added; a fresh store is created with
+# the same order. A new metric is a spec with ``appended=True``; a new non-metric column goes last.
+_RESULT_IDENTITY = [
     "key", "suite", "dataset", "defense", "defense_name", "defense_config", "attack", "attack_config",
-    "threat_model", "surface", "source", "budget_param", "budget", "seed", "n", "clean_acc", "robust_acc",
-    "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
-    "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
-    "evaluated_on", "diversity_kappa",
+    "threat_model", "surface", "source", "budget_param", "budget", "seed",
+]
+_RESULT_PROVENANCE = ["versions", "git_commit", "created_at"]
+_RESULT_ADDED = ["correct", "evaluated_on"]  # per-example flags; which part of a defense was scored
+RESULT_COLUMNS = [
+    *_RESULT_IDENTITY, *(m.name for m in RESULT_METRICS if not m.appended), *_RESULT_PROVENANCE,
+    *_RESULT_ADDED, *(m.name for m in RESULT_METRICS if m.appended),
 ]
 
 # Detector experiments: one row per (detection task, method, evaluation, train attack, test attack).
@@ -51,6 +60,9 @@ DETECTION_COLUMNS = [
     "model_robust_acc", "robust_acc", "threshold",
     "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
 ]
+
+# The tables task steps write rows to (a step's registered ``table``), and their columns.
+TABLES = {"results": RESULT_COLUMNS, "detection_results": DETECTION_COLUMNS}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -131,10 +143,10 @@ class Store:
         row = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
-    def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any],
-                  result: dict[str, Any] | None = None,
-                  detections: list[dict[str, Any]] | None = None) -> None:
-        """Record a finished task (and its result row or detection rows) in one transaction."""
+    def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any], table: str | None = None,
+                  rows: list[dict[str, Any]] = ()) -> None:
+        """Record a finished task and its rows (for ``table``, one of ``TABLES``) in one transaction."""
+        columns = TABLES[table] if table is not None else []
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', ?, NULL, ?, ?, ?, ?, ?)",
@@ -142,19 +154,15 @@ class Store:
                  provenance["suite"], json.dumps(provenance["versions"], sort_keys=True),
                  provenance["git_commit"], now()),
             )
-            if result is not None:
-                row = {c: result.get(c) for c in RESULT_COLUMNS}
-                if row["correct"] is not None:
-                    row["correct"] = np.packbits(np.asarray(row["correct"], dtype=bool)).tobytes()
-                db.execute(f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS)}) VALUES "
-                           f"({', '.join('?' * len(RESULT_COLUMNS))})", [row[c] for c in RESULT_COLUMNS])
-            for detection in detections or []:
-                unknown = set(detection) - set(DETECTION_COLUMNS)
+            for row in rows:
+                unknown = set(row) - set(columns)
                 if unknown:
-                    raise ValueError(f"unknown detection columns {sorted(unknown)}")
-                db.execute(f"INSERT OR REPLACE INTO detection_results ({', '.join(DETECTION_COLUMNS)}) VALUES "
-                           f"({', '.join('?' * len(DETECTION_COLUMNS))})",
-                           [detection.get(c) for c in DETECTION_COLUMNS])
+                    raise ValueError(f"unknown {table} columns {sorted(unknown)}")
+                values = {c: row.get(c) for c in columns}
+                if values.get("correct") is not None:  # per-example flags, bit-packed
+                    values["correct"] = np.packbits(np.asarray(values["correct"], dtype=bool)).tobytes()
+                db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES "
+                           f"({', '.join('?' * len(columns))})", [values[c] for c in columns])
 
     def mark_failed(self, task, error: str, *, wall_time_s: float, provenance: dict[str, Any]) -> None:
         with self._transaction() as db:

@@ -11,9 +11,9 @@ The model being guarded is ``model_a``: it is ``deployed()``. White-box attack s
 ``deployed`` (= ``model_a``), ``model_a`` and ``model_b``.
 
 The binary detector is trained separately, on detector data built by
-``bench.detection.build_detector_data`` (clean and attacked images, attacked on one randomly chosen
-model each): ``fit_detector(x, is_adv)``, then ``detector()``; ``bench.detection.MismatchDetector``
-wraps both as an ART ``EvasionDetector``; ``bench.adaptive.guarded_classifier`` folds the detector
+``bench.detection.data.build_detector_data`` (clean and attacked images, attacked on one randomly chosen
+model each): ``fit_detector(x, is_adv)``, then ``detector()``; ``bench.detection.baselines.MismatchDetector``
+wraps both as an ART ``EvasionDetector``; ``bench.detection.adaptive.guarded_classifier`` folds the detector
 into model_a as an extra "rejected" class. The fitted scikit-learn detector is not part of the torch
 checkpoint: the harness's detect and adaptive tasks refit it from the stored detector data (seeded,
 seconds), so a checkpoint never holds a pickle.
@@ -29,16 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import DatasetSplits
-from bench.defense import ClassifierDefense, Defense
+from bench.defense import ClassifierDefense, DetectorDefense
 from bench.models import InputSpec
 from bench.registry import UnknownName, defenses
 
 
 @defenses.register("bimodel-mismatch", version="1")
-class BiModelMismatch(Defense):
+class BiModelMismatch(DetectorDefense):
     """Detector: a binary classifier on the concatenated softmax outputs of two different models."""
 
-    is_detector = True
     forward_passes = 2  # both models score every input
 
     def __init__(self, *, model_a: str = "monteiro-cnn", model_b: str = "monteiro-mlp",
@@ -121,7 +120,7 @@ class BiModelMismatch(Defense):
 
     def make_classifier(self, seed: int | None = 0):
         """A fresh, unfitted binary classifier as configured (``classifier``, ``classifier_params``)."""
-        from bench.detection import make_classifier  # imports ART: only when a detector is wanted
+        from bench.detection.classifiers import make_classifier  # scikit-learn: only when a detector is wanted
 
         return make_classifier(self.classifier_name, self.classifier_params, seed=seed)
 

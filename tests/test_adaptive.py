@@ -1,4 +1,4 @@
-"""Detector-aware attacks (bench.adaptive) and the plain PyTorch C&W backend, on 8x8 digits."""
+"""Detector-aware attacks (bench.detection.adaptive) and the plain PyTorch C&W backend, on 8x8 digits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 from torch import nn
 
-from bench.adaptive import (GuardedClassifier, differentiable_detector, guarded_classifier, guarded_predictions)
+from bench.detection.adaptive import (GuardedClassifier, differentiable_detector, guarded_classifier, guarded_predictions)
 from bench.attacks import attack_loss, get_attack
 from bench.data import DataContext
 from bench.detection import build_detector_data, positive_scores
@@ -234,8 +234,8 @@ def test_adaptive_cw_misclassifies_undetected(guarded):
 
 
 def test_detector_weight_sweep_only_adds_successes(guarded, data, tmp_path):
-    from bench.detector_steps import _sweep_detector_weights
-    from bench.execute import RunContext
+    from bench.runner import RunContext
+    from bench.runner.detector_steps import _sweep_detector_weights
 
     _, g, x, y, _ = guarded
     ctx = RunContext(store_dir=tmp_path, data=DataContext("data"), device="cpu", batch_size=64)

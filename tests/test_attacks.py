@@ -11,13 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attacks import THREAT_MODELS, Attack, get_attack
+from bench.attacks import BUDGET_KINDS, THREAT_MODELS, Attack, get_attack
 from bench.registry import attacks
 
 N_ATTACK = 32  # correctly classified test images each attack runs on
-
-ALL_NAMES = ["fgsm", "fgsm-targeted", "bim", "pgd-linf", "pgd-l2", "deepfool", "cw-l2", "ead", "jsma",
-             "gaussian-blur", "gaussian-noise", "salt-and-pepper"]
+N_SMOKE = 8  # images of the smoke test that runs every registered attack
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +97,23 @@ def _expand(cases):
     return out
 
 
+def assert_well_behaved(model, flags, x, x_before, adv, cls, budget) -> None:
+    """What every attack run keeps: output shape/dtype/range, input untouched, the model left as it was
+    (eval mode, no gradients on parameters, requires_grad flags restored), and a distance budget."""
+    assert adv.shape == x.shape and adv.dtype == torch.float32 and adv.device.type == "cpu"
+    assert torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(x, x_before), "the attack modified its input"
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    if budget is not None and BUDGET_KINDS[cls.budget_param].distance_bound:
+        delta = (adv - x).flatten(1)
+        if cls.threat_model == "linf":
+            assert delta.abs().max() <= budget + 1e-5
+        else:
+            assert delta.norm(dim=1).max() <= budget + 1e-4
+
+
 @pytest.mark.parametrize("name,params,budget,max_acc", _expand(CASES))
 def test_attack_lowers_accuracy_within_budget(mnist, name, params, budget, max_acc):
     model, x, y = mnist
@@ -112,20 +127,8 @@ def test_attack_lowers_accuracy_within_budget(mnist, name, params, budget, max_a
         warnings.simplefilter("ignore")
         adv = attack.run(model, x, y, budget, batch_size=16, seed=1)
 
-    assert adv.shape == x.shape and adv.dtype == torch.float32 and adv.device.type == "cpu"
-    assert torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
-    assert torch.equal(x, x_before), "the attack modified its input"
-    # the model is left as it was: eval mode, no gradients on parameters, flags restored
-    assert not model.training
-    assert all(p.grad is None for p in model.parameters())
-    assert [p.requires_grad for p in model.parameters()] == flags
-
+    assert_well_behaved(model, flags, x, x_before, adv, type(attack), budget)
     delta = (adv - x).flatten(1)
-    if budget is not None and attack.budget_param == "eps":
-        if attack.threat_model == "linf":
-            assert delta.abs().max() <= budget + 1e-5
-        else:
-            assert delta.norm(dim=1).max() <= budget + 1e-4
     if name == "jsma":  # L0: at most gamma of the features, plus the pair ART may add past it
         assert ((delta != 0).sum(1) <= budget * x[0].numel() + 2).all()
 
@@ -133,22 +136,89 @@ def test_attack_lowers_accuracy_within_budget(mnist, name, params, budget, max_a
     assert after <= max_acc, f"{name} ({params}) left accuracy at {after:.3f} > {max_acc}"
 
 
-def test_every_attack_registered_with_consistent_metadata():
-    assert set(ALL_NAMES) <= set(attacks.names())
-    for name in ALL_NAMES:
-        entry = attacks.get(name)
-        cls = entry.factory
-        assert issubclass(cls, Attack)
-        assert entry.description and entry.description == (cls.__doc__ or "").strip().split("\n")[0]
-        assert cls.threat_model in THREAT_MODELS
-        assert cls.budget_param in ("eps", "c", "gamma")
-        assert cls.backends
-        backend = next(p for p in entry.params if p.name == "backend")
-        assert backend.default is None
-        allowed = [a for a in typing.get_args(backend.annotation) if a is not type(None)]
-        assert set(typing.get_args(allowed[0])) == set(cls.backends)
-        attack = entry.build()
-        assert attack.backend == cls.backends[0]
+# The smoke test's budget per budget kind (eps: per threat model). An eps attack that may run unbounded
+# runs with None; JSMA's gamma = None would change every feature it needs to, which takes long.
+SMOKE_BUDGETS = {("eps", "linf"): 0.2, ("eps", "l2"): 2.0, ("eps", "corruption"): 15.0, "c": 1.0, "gamma": 0.1}
+
+
+def _smoke_budget(cls) -> float | None:
+    kind = BUDGET_KINDS[cls.budget_param]
+    if kind.distance_bound and cls.unbounded_ok:
+        return None
+    key = (cls.budget_param, str(cls.threat_model)) if kind.distance_bound else cls.budget_param
+    assert key in SMOKE_BUDGETS, f"no smoke-test budget for {key}: add one to SMOKE_BUDGETS"
+    return SMOKE_BUDGETS[key]
+
+
+@pytest.mark.parametrize("name", attacks.names())
+def test_every_registered_attack_runs(mnist, name):
+    """Each registered attack's default backend, with its own ``quick_params``, at a default budget."""
+    model, x, y = mnist
+    x, y = x[:N_SMOKE], y[:N_SMOKE]
+    cls = attacks.get(name).factory
+    budget = _smoke_budget(cls)
+    assert cls.budget_error(budget) is None
+    attack = get_attack(name, dict(cls.quick_params))
+    assert attack.backend == cls.backends[0]
+    flags = [p.requires_grad for p in model.parameters()]
+    x_before = x.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adv = attack.run(model, x, y, budget, batch_size=4, seed=0)
+
+    assert_well_behaved(model, flags, x, x_before, adv, cls, budget)
+    after = accuracy(model, adv, y)
+    assert after < 1.0, f"{name} ({attack}) at budget {budget} fooled none of {len(x)} images"
+
+
+@pytest.mark.parametrize("name", attacks.names())
+def test_every_attack_registered_with_consistent_metadata(name):
+    entry = attacks.get(name)
+    cls = entry.factory
+    assert issubclass(cls, Attack)
+    assert entry.description and entry.description == (cls.__doc__ or "").strip().split("\n")[0]
+    assert cls.threat_model in THREAT_MODELS
+    assert cls.budget_param in BUDGET_KINDS
+    assert cls.backends
+    backend = next(p for p in entry.params if p.name == "backend")
+    assert backend.default is None
+    allowed = [a for a in typing.get_args(backend.annotation) if a is not type(None)]
+    assert set(typing.get_args(allowed[0])) == set(cls.backends)
+    attack = entry.build()
+    assert attack.backend == cls.backends[0]
+
+
+def test_backend_annotation_is_derived_from_backends():
+    """A subclass's ``backend`` parameter lists exactly its ``backends``, with or without an ``__init__``."""
+    from bench.attacks import PGDLinf
+    from bench.registry import Entry
+
+    class TorchOnlyPGD(PGDLinf):  # no __init__: gets one that passes its parameters on
+        backends = ("torch",)
+
+    class Noisy(Attack):
+        threat_model = PGDLinf.threat_model
+        backends = ("torch", "art")
+
+        def __init__(self, *, backend: str | None = None, scale: float = 1.0):
+            super().__init__(backend=backend)
+            self.scale = scale
+
+    params = {p.name: p for p in Entry("attack", "torch-only-pgd", TorchOnlyPGD).params}
+    assert params["backend"].annotation == typing.Optional[typing.Literal["torch"]]
+    assert {"steps", "rel_stepsize", "random_start"} <= set(params)
+    attack = Entry("attack", "torch-only-pgd", TorchOnlyPGD).build(steps=3)
+    assert attack.backend == "torch" and attack.steps == 3
+    with pytest.raises(pydantic.ValidationError):
+        Entry("attack", "torch-only-pgd", TorchOnlyPGD).validate({"backend": "foolbox"})
+    assert [p.name for p in Entry("attack", "noisy", Noisy).params] == ["backend", "scale"]
+    assert typing.get_type_hints(Noisy.__init__)["backend"] == typing.Optional[typing.Literal["torch", "art"]]
+    # the parent's annotation is its own
+    assert typing.get_type_hints(PGDLinf.__init__)["backend"] == typing.Optional[
+        typing.Literal["torch", "foolbox", "art"]]
+
+
+def test_targeted_flags():
     assert attacks.get("fgsm-targeted").factory.targeted and attacks.get("jsma").factory.targeted
     assert not attacks.get("fgsm").factory.targeted
 
@@ -171,12 +241,15 @@ def test_validate_rejects_unknown_backend_and_params():
         get_attack("deepfool", {"candidates": 1})
 
 
+@pytest.mark.parametrize("name", attacks.names())
+def test_budget_error_common_rules(name):
+    cls = attacks.get(name).factory
+    assert cls.budget_error(-0.1) is not None
+    assert cls.budget_error(float("nan")) is not None
+    assert (cls.budget_error(None) is None) == cls.unbounded_ok
+
+
 def test_budget_error():
-    for name in ALL_NAMES:
-        cls = attacks.get(name).factory
-        assert cls.budget_error(-0.1) is not None
-        assert cls.budget_error(float("nan")) is not None
-        assert (cls.budget_error(None) is None) == cls.unbounded_ok
     for name in ("fgsm", "fgsm-targeted", "bim", "pgd-linf"):
         cls = attacks.get(name).factory
         assert cls.budget_error(1.5) is not None

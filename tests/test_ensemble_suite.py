@@ -94,7 +94,7 @@ def test_leaderboard_has_the_papers_table_layouts(write_suite, tmp_path):
     assert main(["run", str(suite), "--store", str(tmp_path / "s"), "--leaderboard", str(tmp_path / "lb"),
                  "--quiet"]) == 0
     from bench.store import Store
-    from bench.views import defense_comparison_view, ensemble_view
+    from bench.report.views import defense_comparison_view, ensemble_view
 
     results = Store(tmp_path / "s").results()
     table2 = ensemble_view(results)

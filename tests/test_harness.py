@@ -6,9 +6,9 @@ import sqlite3
 import pytest
 import torch
 
-import bench.execute as execute
 from bench.cli import main
 from bench.errors import TaskFailed
+from bench.registry import task_steps
 from bench.store import Store
 from bench.training import TrainConfig, train_classifier
 
@@ -28,8 +28,9 @@ def count_steps(monkeypatch):
             return step(*args, **kwargs)
         return counted
 
-    for kind, step in list(execute.STEPS.items()):
-        monkeypatch.setitem(execute.STEPS, kind, wrap(kind, step))
+    for kind in task_steps.names():
+        entry = task_steps.get(kind)
+        monkeypatch.setattr(entry, "factory", wrap(kind, entry.factory))
     return calls, interrupt_at
 
 

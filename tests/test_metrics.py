@@ -64,3 +64,40 @@ def test_no_successful_example_gives_no_perturbation_summary():
     x = np.zeros((2, 1, 1, 1), dtype=np.float32)
     m = cell_metrics(x, x, np.array([0, 1]), np.array([0, 1]), np.array([0, 1]))
     assert m.attack_success_rate == 0.0 and m.l2_median is None and m.robust_acc == 1.0
+
+
+# The results table's columns as every existing store was created with them (and in this order).
+STORE_RESULT_COLUMNS = [
+    "key", "suite", "dataset", "defense", "defense_name", "defense_config", "attack", "attack_config",
+    "threat_model", "surface", "source", "budget_param", "budget", "seed", "n", "clean_acc", "robust_acc",
+    "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
+    "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
+    "evaluated_on", "diversity_kappa",
+]
+
+
+def test_store_columns_derived_from_the_specs_keep_their_order(tmp_path):
+    from bench.metrics import RESULT_METRICS
+    from bench.store import RESULT_COLUMNS, Store
+
+    assert RESULT_COLUMNS == STORE_RESULT_COLUMNS
+    assert {m.name for m in RESULT_METRICS} <= set(RESULT_COLUMNS)
+    store = Store(tmp_path)
+    try:
+        created = [row[1] for row in store._db.execute("PRAGMA table_info(results)")]
+    finally:
+        store.close()
+    assert created == STORE_RESULT_COLUMNS
+
+
+def test_cell_metrics_fields_are_the_specs_it_computes():
+    from dataclasses import fields
+
+    from bench.metrics import RESULT_METRICS, CellMetrics
+
+    names = [f.name for f in fields(CellMetrics)]
+    assert names == [m.name for m in RESULT_METRICS if m.in_cell_metrics]
+    x = np.zeros((2, 1, 1, 1), dtype=np.float32)
+    keys = list(cell_metrics(x, x, np.array([0, 1]), np.array([0, 1]), np.array([0, 1])).as_dict())
+    assert keys == ["n", "clean_acc", "robust_acc", "robust_ci_low", "robust_ci_high", "attack_success_rate",
+                    "l2_mean", "l2_median", "linf_mean", "linf_median", "mse_mean", "mse_median"]

@@ -277,3 +277,33 @@ def test_detector_section_from_rows(tmp_path):
     # escaping: the label is data, never markup
     assert "<b>fgsm</b>" not in html and "&lt;b&gt;fgsm&lt;/b&gt;" in html
     assert [p.name for p in paths if p.suffix == ".png"] == ["digits__detector__bimodel__cross__bimodel.png"]
+
+
+def test_details_columns_come_from_the_metric_specs():
+    from bench.metrics import RESULT_METRICS
+
+    header = list(dict(leaderboard_tables(_frame()))["toy — details"].columns)
+    assert header == ["Setting", "Defense", "Attack", "Budget", "Seeds", "n", "Accuracy (%)", "95% CI (%)",
+                      "ASR (%)", "L2 median", "L∞ median", "Wall time (s)", "Keys"]
+    assert header[8:-1] == [m.label for m in RESULT_METRICS if m.detail]
+
+
+def test_views_come_from_the_registry_in_order(monkeypatch):
+    from bench.registry import REGISTRIES, Entry, views
+    from bench.report.views import registered_views
+
+    assert REGISTRIES["views"] is views
+    assert [e.name for e in registered_views()] == ["strauss-table-2", "strauss-table-4"]
+
+    def count_view(dataset, results):
+        from bench.report import Table
+
+        frame = pd.DataFrame({"Defense": ["all"], "Rows": [str(len(results))]})
+        return Table(f"{dataset} — rows", "rows", frame, ("left", "right"))
+
+    # A view registered without an order (as a plugin's would be) comes after the built-in ones.
+    monkeypatch.setitem(views._entries, "row-count", Entry("view", "row-count", count_view))
+    assert [e.name for e in registered_views()] == ["strauss-table-2", "strauss-table-4", "row-count"]
+    tables = dict(leaderboard_tables(_frame()))
+    assert list(tables) == ["toy — L∞, white-box", "toy — rows", "toy — details"]
+    assert tables["toy — rows"].iloc[0].tolist() == ["all", "10"]

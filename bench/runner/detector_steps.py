@@ -1,61 +1,52 @@
-"""The detector track's task steps (``bench.plan``'s detector-data, detect and adaptive tasks).
+"""The detector track's task steps: detector-data, detect and adaptive (Monteiro et al. 2019).
 
-Each returns ``DetectionRows`` for the store's detection_results table; ``bench.execute.run_task``
-stamps and records them. The trained detector defense (its two models) comes from the train task's
-checkpoint; the binary classifier is refitted from the stored detector data where it is needed
-(seeded, seconds), so no checkpoint holds a pickle.
+Registered like the robustness steps (``bench.runner.steps``); their rows go to the store's
+``detection_results`` table. The trained detector (a ``bench.defense.DetectorDefense``: its models)
+comes from the train task's checkpoint; its binary classifier is refitted from the stored detector
+data where it is needed (seeded, seconds), so no checkpoint holds a pickle.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import TaskFailed
-from .registry import attacks
-from .training import predict
-
-if TYPE_CHECKING:
-    from .data import DatasetSplits
-    from .defense import Defense
-    from .execute import RunContext
-    from .plan import Task
-    from .store import Store
+from ..data import DatasetSplits
+from ..defense import DetectorDefense
+from ..errors import TaskFailed
+from ..plan import Task
+from ..registry import attacks, baseline_detectors, task_steps
+from ..store import Store
+from ..training import predict
+from .context import RunContext, eval_indices, task_seed, trained_defense
 
 
-def _trained(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]:
-    from .execute import trained_defense  # bench.execute imports this module: import at call time
-
-    return trained_defense(train, ctx)
-
-
-def _eval_subset(data: DatasetSplits, eval_cfg: dict[str, Any]) -> torch.Tensor:
-    from .execute import eval_indices
-
-    return eval_indices(data, eval_cfg)
-
-
-class DetectionRows(list):
-    """What a detector step returns: rows for the store's detection_results table."""
+def _trained_detector(train: Task, ctx: RunContext) -> tuple[DetectorDefense, DatasetSplits]:
+    defense, data = trained_defense(train, ctx)
+    if not isinstance(defense, DetectorDefense):
+        raise TaskFailed(f"{train.config['defense']['name']!r} is not a detector (bench.defense.DetectorDefense)")
+    return defense, data
 
 
 def _detection_row(task: Task, train: Task, **fields: Any) -> dict[str, Any]:
     info = task.info
-    return {"dataset": info["dataset"], "detector": info["detector"], "seed": info["seed"],
+    return {"task_key": task.key, "dataset": info["dataset"], "detector": info["detector"], "seed": info["seed"],
             "detector_name": train.config["defense"]["name"],
             "detector_config": json.dumps(train.config["defense"], sort_keys=True), **fields}
 
 
-def run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> DetectionRows:
-    from .detection import build_detector_data
+@task_steps.register("detector-data", version="2", table="detection_results")
+def run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
+    """One attack's detector data (Sec. III-A) on a trained detector's two models; its Table II row."""
+    from ..detection.data import build_detector_data
 
     cfg = task.config
     train = upstream[task.deps[0]]
-    defense, data = _trained(train, ctx)
-    seed = int(task.key[:8], 16)  # an independent random subset per attack (the paper's protocol)
+    defense, data = _trained_detector(train, ctx)
+    seed = task_seed(task)  # an independent random subset per attack (the paper's protocol)
     if cfg["images"] > len(data.train_y):
         raise TaskFailed(f"detector {task.info['detector']}: images: {cfg['images']} requested, but the training "
                          f"split of {task.info['dataset']} has {len(data.train_y)}; lower images")
@@ -68,18 +59,17 @@ def run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, st
         "x": built.x, "indices": indices, "is_adv": torch.from_numpy(built.is_adv),
         "attacked_model_index": torch.from_numpy(built.attacked_model_index),
         "budget_used": torch.from_numpy(built.budget_used), "mse": torch.from_numpy(built.mse)})
-    return DetectionRows([_detection_row(
+    return [_detection_row(
         task, train, method="", evaluation="attack-data", train_attack=task.info["attack"],
         test_attack=task.info["attack"], attack_config=json.dumps(cfg["attack"], sort_keys=True),
         n=built.attempted, attack_success_rate=built.success_rate, mse_mean=built.mse_mean,
-        adversarial_fraction=float(built.is_adv.mean()))])
+        adversarial_fraction=float(built.is_adv.mean()))]
 
 
-def _detection_method(task: Task, defense: Defense, ctx: RunContext):
+def _detection_method(task: Task, defense: DetectorDefense, ctx: RunContext):
     """(featurize, classifier factory) of the task's detection method: the detector defense's own
     features and binary classifier, or a baseline's score thresholded on clean data."""
-    from .detection import ThresholdClassifier
-    from .registry import baseline_detectors
+    from ..detection.evaluation import ThresholdClassifier
 
     method, seed = task.config["method"], task.config["seed"]
     if method is None:
@@ -88,12 +78,14 @@ def _detection_method(task: Task, defense: Defense, ctx: RunContext):
     return (lambda x: baseline.score(x, ctx.batch_size)[:, None]), (lambda: ThresholdClassifier(baseline.fpr))
 
 
-def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> DetectionRows:
-    from .detection import cross_attack_matrix, cross_validate
+@task_steps.register("detect", version="2", table="detection_results")
+def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
+    """CV and the cross-attack matrix of one detection method (the detector or a baseline) on its data."""
+    from ..detection.evaluation import cross_attack_matrix, cross_validate
 
     cfg = task.config
     train = upstream[task.deps[0]]
-    defense, _ = _trained(train, ctx)
+    defense, _ = _trained_detector(train, ctx)
     features, labels, image_ids = {}, {}, {}
     featurize, make = _detection_method(task, defense, ctx)
     for label, key in cfg["data"].items():
@@ -102,7 +94,7 @@ def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
         labels[label] = built["is_adv"].numpy().astype(int)
         image_ids[label] = built["indices"].numpy()
     common = {"method": task.info["method"]}
-    rows = DetectionRows()
+    rows: list[dict[str, Any]] = []
     for label in features:
         cv = cross_validate(features[label], labels[label], make, folds=cfg["folds"], seed=cfg["seed"],
                             fpr=cfg["fpr"])
@@ -124,7 +116,8 @@ def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     return rows
 
 
-def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> DetectionRows:
+@task_steps.register("adaptive", version="3", table="detection_results")
+def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """The detector-aware attack next to the same attack on the guarded model alone.
 
     The detector is fitted on a stratified draw of ``detector_images`` examples pooled over the train
@@ -133,13 +126,13 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     rejected input counts as defended), of the model alone, and the detection rate (the fraction of
     the examples that fool the model alone that the detector flags).
     """
-    from .adaptive import guarded_classifier, guarded_predictions
-    from .metrics import wilson_interval
+    from ..detection.adaptive import guarded_classifier, guarded_predictions
+    from ..metrics import wilson_interval
 
     cfg = task.config
     train = upstream[task.deps[0]]
-    defense, data = _trained(train, ctx)
-    seed = int(task.key[:8], 16)
+    defense, data = _trained_detector(train, ctx)
+    seed = task_seed(task)
     pooled = [store.load_artifact(key) for key in task.deps[1:]]
     x_pool = torch.cat([p["x"] for p in pooled])
     y_pool = np.concatenate([p["is_adv"].numpy() for p in pooled]).astype(int)
@@ -151,7 +144,7 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
                                    random_state=cfg["seed"], stratify=y_pool)
         x_pool, y_pool = x_pool[torch.from_numpy(np.sort(keep))], y_pool[np.sort(keep)]
     defense.fit_detector(x_pool, y_pool, seed=cfg["seed"])
-    idx = _eval_subset(data, cfg["eval"])
+    idx = eval_indices(data, cfg["eval"])
     threshold = _operating_threshold(defense, data, idx, cfg["threshold"], ctx)
     guarded = guarded_classifier(defense, threshold, features_from=x_pool, seed=cfg["seed"])  # x_pool: surrogate
     model = defense.deployed()
@@ -162,7 +155,8 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     pred_model_clean = predict(model, x, device=device, batch_size=ctx.batch_size)
     pred_guarded_clean = guarded_predictions(guarded, x, batch_size=ctx.batch_size, device=device)
     attack_cfg = cfg["attack"]
-    artifact, rows = {"indices": idx}, DetectionRows()
+    artifact: dict[str, torch.Tensor] = {"indices": idx}
+    rows: list[dict[str, Any]] = []
     defended_by: dict[str, torch.Tensor] = {}
     for evaluation in ("non-adaptive", "adaptive"):
         params = dict(attack_cfg["params"])
@@ -206,12 +200,13 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     return rows
 
 
-def _operating_threshold(defense: Defense, data: DatasetSplits, eval_idx: torch.Tensor, rule: dict[str, Any],
+def _operating_threshold(defense: DetectorDefense, data: DatasetSplits, eval_idx: torch.Tensor, rule: dict[str, Any],
                          ctx: RunContext) -> float | None:
     """The detector's threshold for the guarded classifier: None (the binary classifier's own decision)
     or, for rule "fpr", the score that flags a fraction ``fpr`` of clean test images outside the attacked
     subset (clean data only, never seen by the detector or attacked)."""
-    from .detection import clean_threshold, positive_scores
+    from ..detection.classifiers import positive_scores
+    from ..detection.evaluation import clean_threshold
 
     if rule["rule"] == "classifier":
         return None
@@ -228,7 +223,7 @@ def _sweep_detector_weights(attack, guarded, x: torch.Tensor, y: torch.Tensor, c
                             ctx: RunContext, seed: int) -> torch.Tensor:
     """The detector-aware attack at each detector weight in turn (one run if the attack ignores them);
     each image keeps its first example that is misclassified and not detected, else the last one."""
-    from .adaptive import guarded_predictions
+    from ..detection.adaptive import guarded_predictions
 
     x_adv, through = None, torch.zeros(len(y), dtype=torch.bool)
     for weight in cfg["detector_weights"] or [guarded.detector_weight]:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import _eval_mode, _model_device
-from .detection import positive_scores
+from ..attacks import eval_mode, model_device
+from .classifiers import positive_scores
 
 _KERNELS = ("rbf", "linear", "poly", "sigmoid")
 
@@ -227,7 +227,7 @@ class GuardedClassifier(nn.Module):
 def guarded_predictions(module: nn.Module, x: torch.Tensor, batch_size: int = 256,
                         device: str | torch.device = "cpu") -> torch.Tensor:
     """argmax of ``module``'s K+1 logits per image, on the CPU: a class in [0, K), or K = rejected."""
-    with _eval_mode(module):
+    with eval_mode(module):
         out = [module(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
@@ -245,4 +245,4 @@ def guarded_classifier(defense, threshold: float | None = None, *, features_from
     features = None if features_from is None else defense.features(features_from)
     score = differentiable_detector(classifier, features, seed=seed)
     threshold = default_threshold(classifier) if threshold is None else threshold
-    return GuardedClassifier(model_a, model_b, score.to(_model_device(model_a)), threshold).eval()
+    return GuardedClassifier(model_a, model_b, score.to(model_device(model_a)), threshold).eval()

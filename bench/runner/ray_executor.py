@@ -11,10 +11,13 @@ each when the run's device is CUDA.
 
 from __future__ import annotations
 
-from .errors import UserError
-from .execute import RunContext, RunSummary, run_task
-from .plan import Plan, Task
-from .store import Store
+from ..errors import UserError
+from ..plan import Plan, Task
+from ..registry import executors
+from ..store import Store
+from .context import RunContext
+from .executor import RunSummary
+from .tasks import run_task
 
 
 def _remote_task(task: Task, upstream: dict[str, Task], ctx: RunContext,
@@ -25,7 +28,10 @@ def _remote_task(task: Task, upstream: dict[str, Task], ctx: RunContext,
     return run_task(task, upstream, ctx)
 
 
+@executors.register("ray")
 class RayExecutor:
+    """Each task a Ray remote call, ordered by its upstream results (pip install 'advbench[ray]')."""
+
     def __init__(self, address: str | None = None):
         try:
             import ray

@@ -14,56 +14,18 @@ a suite has more than one.
 
 from __future__ import annotations
 
-import io
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from .labels import budget_label
-
-MISSING = "—"
-
-
-@dataclass(frozen=True)
-class Heatmap:
-    """A train x test accuracy matrix drawn as a PNG (values in [0, 1], NaN where not measured)."""
-
-    filename: str
-    caption: str
-    matrix: pd.DataFrame
-
-    @property
-    def path(self) -> str:
-        return f"plots/{self.filename}"
-
-
-@dataclass(frozen=True)
-class DetectorSection:
-    name: str                       # "<dataset> — detector <label>"
-    tables: list                    # bench.report.Table
-    heatmaps: list[Heatmap]
-
-
-def _missing(value) -> bool:
-    """No number in the store: NULL (None) or NaN (how pandas reads a NULL in a float column)."""
-    return value is None or bool(pd.isna(value))
+from ..labels import budget_label
+from .format import MISSING, is_missing, num, pct, sanitize
+from .model import DetectorSection, Heatmap, frame_table
 
 
 def _mean_std(mean, std) -> str:
-    if _missing(mean):
+    if is_missing(mean):
         return MISSING
-    return f"{mean:.3f}" if _missing(std) else f"{mean:.3f} ± {std:.3f}"
-
-
-def _num(value, fmt: str) -> str:
-    return MISSING if _missing(value) else format(value, fmt)
-
-
-def _pct(value) -> str:
-    """A fraction as a percentage with one decimal; "—" where the store has none."""
-    return MISSING if _missing(value) else f"{100 * value:.1f}"
+    return f"{mean:.3f}" if is_missing(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def _order(labels, preferred: list[str]) -> list[str]:
@@ -72,10 +34,8 @@ def _order(labels, preferred: list[str]) -> list[str]:
     return [p for p in preferred if p in labels] + sorted(x for x in labels if x not in preferred)
 
 
-def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> list[DetectorSection]:
-    """Sections for every (dataset, detector) in the rows. ``make_table(heading, setting, frame,
-    left_columns=1)``
-    builds a ``bench.report.Table`` from a display frame; ``sanitize`` makes a file-name part."""
+def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
+    """Sections for every (dataset, detector) in the rows."""
     if detections is None or detections.empty:
         return []
     rows = detections.sort_values("created_at", kind="stable").drop_duplicates("key", keep="last")
@@ -101,12 +61,12 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     {a: i for i, a in enumerate(_order(data_rows["train_attack"], attack_order))})
             ).sort_values(["_o", "seed"]).iterrows():
                 seed_col(records, r, {"Attack": r["train_attack"],
-                                      "Success rate (%)": _pct(r["attack_success_rate"]),
-                                      "Mean MSE": _num(r["mse_mean"], ".2e"),
-                                      "Attacked images": _num(r["n"], ".0f"),
-                                      "Adversarial share (%)": _pct(r["adversarial_fraction"])})
+                                      "Success rate (%)": pct(r["attack_success_rate"]),
+                                      "Mean MSE": num(r["mse_mean"], ".2e"),
+                                      "Attacked images": num(r["n"], ".0f"),
+                                      "Adversarial share (%)": pct(r["adversarial_fraction"])})
             setting = "detector data: attack success rate and mean MSE (Monteiro et al. Table II)"
-            tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records)))
+            tables.append(frame_table(f"{heading} — {setting}", setting, pd.DataFrame(records)))
 
         cv = group[group["evaluation"] == "cv"]
         if not cv.empty:
@@ -125,12 +85,12 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Detection rate": _mean_std(r["detection_rate"], r["detection_rate_std"]),
                     "Its clean FPR": _mean_std(r["false_positive_rate"], r["false_positive_rate_std"]),
                     f"TPR @ FPR {fpr_text}": _mean_std(r["tpr_at_fpr"], r["tpr_at_fpr_std"]),
-                    "Clean FPR (held out)": _num(r["clean_fpr"], ".3f"),
-                    "n": _num(r["n"], ".0f"), "Folds": _num(r["folds"], ".0f")})
+                    "Clean FPR (held out)": num(r["clean_fpr"], ".3f"),
+                    "n": num(r["n"], ".0f"), "Folds": num(r["folds"], ".0f")})
             setting = (f"detection, {int(cv['folds'].iloc[0])}-fold cross-validation: accuracy, F1, AUC "
                        "(Table III), detection rate (Table IV) and the false-positive rate of that decision, "
                        "TPR at a threshold set on clean data only")
-            tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 2))
+            tables.append(frame_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 2))
 
         for (method, seed), m_rows in cross.groupby(["method", "seed"], sort=True):
             matrix = m_rows.pivot_table(index="train_attack", columns="test_attack", values="accuracy",
@@ -140,9 +100,9 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
             matrix = matrix.reindex(index=rows_order, columns=cols_order).astype(float)
             suffix = f" (seed {seed})" if multi_seed else ""
             setting = f"cross-attack accuracy of {method}{suffix}: trained on row, tested on column (Figs. 5-6)"
-            frame = matrix.map(lambda v: _num(v, ".3f"))
+            frame = matrix.map(lambda v: num(v, ".3f"))
             frame.index.name, frame.columns.name = "train \\ test", None
-            tables.append(make_table(f"{heading} — {setting}", setting, frame.reset_index()))
+            tables.append(frame_table(f"{heading} — {setting}", setting, frame.reset_index()))
             stem = "__".join(sanitize(p) for p in (dataset, "detector", detector, "cross", method)) + \
                 (f"__seed{seed}" if multi_seed else "")
             heatmaps.append(Heatmap(f"{stem}.png", f"{dataset} — {method}: cross-attack detection accuracy{suffix}",
@@ -160,15 +120,15 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
                     "Attack": r["test_attack"],
                     "Budget": budget_label(None, r["budget"]),
                     "Attacker": attackers[r["evaluation"]],
-                    "Detection rate": _num(r["detection_rate"], ".3f"),
-                    "Guarded robust acc. (%)": f"{_pct(r['robust_acc'])} "
-                                               f"[{_pct(r['robust_ci_low'])}, {_pct(r['robust_ci_high'])}]",
-                    "Model alone robust acc. (%)": _pct(r["model_robust_acc"]),
-                    "Undetected errors (%)": _pct(r["attack_success_rate"]),
-                    "Clean acc. guarded (%)": _pct(r["clean_acc"]),
-                    "Clean rejected (%)": _pct(r["clean_rejected"]),
-                    "Clean acc. model alone (%)": _pct(r["model_clean_acc"]),
-                    "n": _num(r["n"], ".0f")})
+                    "Detection rate": num(r["detection_rate"], ".3f"),
+                    "Guarded robust acc. (%)": f"{pct(r['robust_acc'])} "
+                                               f"[{pct(r['robust_ci_low'])}, {pct(r['robust_ci_high'])}]",
+                    "Model alone robust acc. (%)": pct(r["model_robust_acc"]),
+                    "Undetected errors (%)": pct(r["attack_success_rate"]),
+                    "Clean acc. guarded (%)": pct(r["clean_acc"]),
+                    "Clean rejected (%)": pct(r["clean_rejected"]),
+                    "Clean acc. model alone (%)": pct(r["model_clean_acc"]),
+                    "n": num(r["n"], ".0f")})
             fitted_on = " / ".join(sorted(set(adaptive["train_attack"])))
             fprs = adaptive["target_fpr"].dropna()
             operating = (f"threshold at {100 * fprs.iloc[0]:g}% false positives on clean held-out test images"
@@ -176,36 +136,15 @@ def detector_sections(detections: pd.DataFrame | None, make_table, sanitize) -> 
             setting = ("detector-aware attacks: the detector folded in as an extra class, vs. the same attack "
                        "on the guarded model alone (a rejected input counts as defended; detector fitted on "
                        f"data pooled over {fitted_on.replace('+', ', ')}; {operating})")
-            tables.append(make_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 3))
+            tables.append(frame_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 3))
         sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps))
     return sections
 
 
-def render_heatmap(heatmap: Heatmap, text) -> bytes:
-    """PNG of the matrix, each cell annotated; ``text`` escapes strings for matplotlib."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    matrix = heatmap.matrix
-    size = max(4.0, 0.9 * len(matrix.columns) + 2.5)
-    fig = Figure(figsize=(size, max(3.5, 0.7 * len(matrix.index) + 2.0)), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    values = matrix.to_numpy(dtype=float)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.5, vmax=1.0)
-    ax.set_xticks(range(len(matrix.columns)), [text(c) for c in matrix.columns], rotation=40, ha="right")
-    ax.set_yticks(range(len(matrix.index)), [text(r) for r in matrix.index])
-    ax.set_xlabel("tested on")
-    ax.set_ylabel("trained on")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            if not math.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize="small",
-                        color="black" if values[i, j] > 0.8 else "white")
-    fig.colorbar(image, ax=ax, label="detection accuracy")
-    ax.set_title(text(heatmap.caption), fontsize="medium")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    fig.clear()
-    return buffer.getvalue()
+def produced_line(detections: pd.DataFrame, lead: str = "Produced by advbench (bench.report) from") -> str:
+    """The "how this was produced" sentence of the detection rows; the newest row's commit."""
+    newest = detections.sort_values("created_at").iloc[-1]
+    suites = sorted(s for s in detections["suite"].dropna().unique() if s)
+    return (f"{lead} {len(detections)} stored detection results of "
+            f"suite{'s' if len(suites) != 1 else ''} {', '.join(suites) or MISSING}; newest result "
+            f"{newest['created_at'] or MISSING}, commit {newest['git_commit'] or MISSING}.")

@@ -1,0 +1,387 @@
+"""The ``Attack`` base class and what every attack shares: budget kinds, the run contract, contexts, helpers.
+
+The contract an attack keeps is in ``bench/attacks/__init__.py``; where to add one, in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..registry import attacks
+from ..threat_models import ThreatModel
+
+# The order in which a backend annotation lists the backends (then any others, as the class lists them); it
+# is the order pydantic's messages name them in ("Input should be 'foolbox', 'art' or 'torch'").
+BACKEND_ORDER = ("foolbox", "art", "torch")
+
+
+# --------------------------------------------------------------------------- budget kinds
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An inclusive upper bound on a budget number and the message when a budget exceeds it."""
+
+    limit: float
+    message: str  # str.format'ed with ``budget`` (the float)
+
+
+ANY_THREAT_MODEL = "*"  # a key of ``BudgetKind.upper``: the bound holds whatever the threat model
+
+
+@dataclass(frozen=True)
+class BudgetKind:
+    """What a budget number means for the attacks whose ``budget_param`` names this kind, as data.
+
+    ``Attack.budget_error`` checks every kind the same way (given, a number, finite, not negative), then
+    ``zero`` and ``upper`` from here; a new kind of budget is a new entry of ``BUDGET_KINDS``.
+    """
+
+    name: str
+    # How messages name the budget; ``{distance}`` is the attack's threat model, as ``distance_words`` names it.
+    words: str
+    # The message when a budget of 0 is refused (str.format'ed with ``budget``); None: 0 is allowed.
+    zero: str | None = None
+    # Upper bounds by threat model value (``ANY_THREAT_MODEL``: for all of them).
+    upper: Mapping[str, Bound] = field(default_factory=dict)
+    # Whether the budget bounds a distance (the threat model's norm): then a result is projected onto the
+    # budget ball, and a budget of 0 returns the images unchanged without running the attack.
+    distance_bound: bool = False
+    # How ``{distance}`` in ``words`` names a threat model; others by their value.
+    distance_words: Mapping[str, str] = field(default_factory=dict)
+
+    def words_for(self, threat_model: str) -> str:
+        tm = str(threat_model)
+        return self.words.format(distance=self.distance_words.get(tm, tm))
+
+    def upper_for(self, threat_model: str) -> Bound | None:
+        return self.upper.get(str(threat_model), self.upper.get(ANY_THREAT_MODEL))
+
+
+_GAMMA_RANGE = "gamma is a fraction of the features and must be in (0, 1], got {budget}"
+
+BUDGET_KINDS: dict[str, BudgetKind] = {
+    "eps": BudgetKind(
+        "eps", "{distance} eps", distance_bound=True,
+        distance_words={ThreatModel.CORRUPTION.value: "L2"},  # a corruption's eps bounds its L2 change
+        upper={ThreatModel.LINF.value: Bound(1.0, "L-infinity eps {budget} exceeds 1, the whole [0, 1] pixel "
+                                                  "range (images are in [0, 1]; did you mean eps/255?)")}),
+    "c": BudgetKind(
+        "c", "the constant c",
+        zero="the constant c must be > 0 (the search over c scales it by 10 from its start)"),
+    "gamma": BudgetKind(
+        "gamma", "gamma", zero=_GAMMA_RANGE, upper={ANY_THREAT_MODEL: Bound(1.0, _GAMMA_RANGE)}),
+}
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class Attack:
+    """Base class: subclasses set the class variables and implement ``_run_<backend>``."""
+
+    threat_model: ClassVar[ThreatModel]
+    budget_param: ClassVar[str] = "eps"  # a key of BUDGET_KINDS
+    unbounded_ok: ClassVar[bool] = False
+    # The first is the default. A subclass's ``__init__`` takes ``backend: str | None = None`` (or the class
+    # defines none and gets one); __init_subclass__ annotates it Optional[Literal[<these backends>]], which the
+    # registry validates suite parameters with.
+    backends: ClassVar[tuple[str, ...]]
+    # Whether the torch backend ascends the surface's ``attack_loss`` (FGSM/BIM/PGD) rather than a margin
+    # of its own on the logits (C&W): only then do a surface's loss settings change the result.
+    ascends_attack_loss: ClassVar[bool] = False
+    targeted: ClassVar[bool] = False
+    # Parameters that make a run short, for tests and smoke checks (tests/test_attacks.py runs every
+    # registered attack's default backend with them); not used by the harness.
+    quick_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *, backend: str | None = None):
+        if backend is None:
+            backend = self.backends[0]
+        if backend not in self.backends:
+            raise ValueError(f"backend {backend!r} is not available for this attack; "
+                             f"choose one of {', '.join(self.backends)}")
+        self.backend = backend
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backends" not in vars(cls) and "__init__" not in vars(cls):
+            return  # nothing of its own to annotate (a shared intermediate class, or a plain subclass)
+        if "__init__" not in vars(cls):
+            _add_forwarding_init(cls)
+        init = vars(cls)["__init__"]
+        if "backend" not in inspect.signature(init).parameters:
+            if "backends" in vars(cls):
+                raise TypeError(f"{cls.__name__}.__init__ must take the keyword-only parameter "
+                                "`backend: str | None = None` (or be left out)")
+            return
+        if hasattr(cls, "backends"):
+            init.__annotations__["backend"] = backend_annotation(cls.backends)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    # -- budgets
+
+    @classmethod
+    def budget_kind(cls) -> BudgetKind:
+        """The entry of ``BUDGET_KINDS`` this class names; a name without one gets the common checks only."""
+        kind = BUDGET_KINDS.get(cls.budget_param)
+        return kind if kind is not None else BudgetKind(cls.budget_param, cls.budget_param)
+
+    @classmethod
+    def budget_error(cls, budget: float | None) -> str | None:
+        """A message if ``budget`` is impossible for this attack, else None."""
+        kind = cls.budget_kind()
+        words = kind.words_for(cls.threat_model)
+        if budget is None:
+            if cls.unbounded_ok:
+                return None
+            return f"{words} is required: this attack cannot run unbounded (null)"
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+            return f"{words} must be a number, got {budget!r}"
+        budget = float(budget)
+        if not math.isfinite(budget):
+            hint = "; use null for no bound" if cls.unbounded_ok else ""
+            return f"{words} must be finite, got {budget}{hint}"
+        if budget < 0:
+            return f"{words} must not be negative, got {budget}"
+        if budget == 0 and kind.zero is not None:
+            return kind.zero.format(budget=budget)
+        bound = kind.upper_for(cls.threat_model)
+        if bound is not None and budget > bound.limit:
+            return bound.message.format(budget=budget)
+        return None
+
+    # -- targets
+
+    def make_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     seed: int) -> torch.Tensor | None:
+        """Target classes for a targeted attack (CPU int64, never equal to ``y``); None if untargeted."""
+        return None
+
+    # -- running
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: float | None, *,
+            targets: torch.Tensor | None = None, batch_size: int = 256,
+            device: str | torch.device = "cpu", seed: int = 0) -> torch.Tensor:
+        """Adversarial examples for ``x`` (labels ``y``) within ``budget``; same shape, CPU, in [0, 1]."""
+        problem = self.budget_error(budget)
+        if problem:
+            raise ValueError(problem)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x = check_images(x)
+        y = torch.as_tensor(y).detach().to("cpu", torch.long).reshape(-1)
+        if len(y) != len(x):
+            raise ValueError(f"got {len(x)} images but {len(y)} labels")
+        if len(x) == 0:
+            return x.clone()
+        budget = None if budget is None else float(budget)
+        device = torch.device(device)
+        if self.targeted and targets is None:
+            targets = self.make_targets(model, x, y, seed=seed)
+        if targets is not None:
+            targets = torch.as_tensor(targets).detach().to("cpu", torch.long).reshape(-1)
+            if len(targets) != len(x):
+                raise ValueError(f"got {len(x)} images but {len(targets)} targets")
+        if self.budget_kind().distance_bound and budget == 0:
+            return x.clone()  # nothing may change; libraries reject or mishandle eps = 0
+        custom = hasattr(model, "attack_loss") or hasattr(model, "attack_logits")
+        if custom and self.backend != "torch":
+            raise ValueError(f"this attack surface defines its own loss, which only the plain PyTorch backend "
+                             f"uses; {type(self).__name__} runs on {self.backend}"
+                             + ("; set backend: torch" if "torch" in self.backends else ""))
+        if hasattr(model, "attack_logits") and targets is not None and not getattr(self, "_targets_on_forward", False):
+            # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
+            raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
+                             "cannot run targeted on it")
+        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed)
+        with attack_context(model, seed):
+            out = getattr(self, f"_run_{self.backend}")(job)
+        return self._finalize(x, out, budget)
+
+    def _finalize(self, x: torch.Tensor, out: torch.Tensor, budget: float | None) -> torch.Tensor:
+        out = out.detach().to("cpu", torch.float32).reshape(x.shape)
+        bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+        if bad.any():  # a library diverged on some examples: hand them back unperturbed
+            out[bad] = x[bad]
+        if self.budget_kind().distance_bound and budget is not None:
+            norm = "linf" if self.threat_model == "linf" else "l2"
+            out = project(out, x, budget, norm)
+        return out.clamp_(0.0, 1.0).contiguous()
+
+
+def backend_annotation(backends: tuple[str, ...]) -> Any:
+    """``Optional[Literal[...]]`` of ``backends``, listed in ``BACKEND_ORDER`` (then the others)."""
+    ordered = [b for b in BACKEND_ORDER if b in backends] + [b for b in backends if b not in BACKEND_ORDER]
+    return Optional[Literal[tuple(ordered)]]
+
+
+def _add_forwarding_init(cls: type) -> None:
+    """Give ``cls`` an ``__init__(self, *, backend=None, **params)`` passing everything on to its parent's."""
+
+    def __init__(self, *, backend: str | None = None, **params: Any) -> None:
+        super(cls, self).__init__(backend=backend, **params)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__annotations__ = {"backend": "str | None", "params": Any, "return": None}
+    cls.__init__ = __init__
+
+
+def get_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
+    """Build a registered attack, validating ``params`` (pydantic types, then ranges)."""
+    return attacks.get(name).build(**(params or {}))
+
+
+# --------------------------------------------------------------------------- the job of one run
+
+
+@dataclass
+class AttackJob:
+    """One call of ``Attack.run``: inputs on the CPU, batches moved to ``device``."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    targets: torch.Tensor | None
+    budget: float | None
+    batch_size: int
+    device: torch.device
+    seed: int
+    _num_classes: int | None = field(default=None, repr=False)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        for i in range(0, len(self.x), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            t = None if self.targets is None else self.targets[sl].to(self.device)
+            yield self.x[sl].to(self.device), self.y[sl].to(self.device), t
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = _num_classes(self.model, self.x, self.device)
+        return self._num_classes
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def check_images(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a float32 CPU batch in [0, 1]; ValueError if it is not a batch or out of range."""
+    x = torch.as_tensor(x).detach().to("cpu", torch.float32)
+    if x.ndim < 2:
+        raise ValueError(f"expected a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
+        raise ValueError(f"images must be in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
+    return x.clamp(0.0, 1.0)  # absorbs rounding; the libraries assert the bounds exactly
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """ValueError unless ``value`` is finite and > 0 (``allow_zero``: >= 0); for ``__init__`` range checks."""
+    if not (value > 0 or (allow_zero and value == 0)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU if it has none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
+    return int(model(x[:1].to(device)).shape[-1])
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def per_example(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-example vector reshaped to broadcast over a batch with ``ndim`` dimensions."""
+    return v.reshape(-1, *([1] * (ndim - 1)))
+
+
+def project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x0``, per example."""
+    delta = x_adv - x0
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1)
+        factor = torch.where(norms > eps, eps / norms.clamp_min(1e-12), torch.ones_like(norms))
+        delta = delta * per_example(factor, delta.ndim)
+    return x0 + delta
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own train/eval flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def attack_context(model: nn.Module, seed: int) -> Iterator[None]:
+    """Seed the global torch/numpy generators in a fork; freeze and eval the model; restore all after."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    np_state = np.random.get_state()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda_devices), eval_mode(model):
+        try:
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            for p, _ in grads:
+                p.requires_grad_(False)  # gradients flow to the input only; nothing accumulates in .grad
+            yield
+        finally:
+            for p, flag in grads:
+                p.requires_grad_(flag)
+            np.random.set_state(np_state)
+
+
+def random_targets(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """Uniformly random classes different from ``y`` (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    offset = torch.randint(1, num_classes, (len(y),), generator=g)
+    return (y + offset) % num_classes
+
+
+def make_targets(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    """Target classes by ``mode``: ``random`` (seeded), ``next`` ((y + 1) mod classes) or ``least-likely``."""
+    x = check_images(x)
+    y = torch.as_tensor(y).to("cpu", torch.long).reshape(-1)
+    device = model_device(model)
+    if mode == "least-likely":
+        with eval_mode(model):
+            logits = _predict(model, x, device)
+        logits[torch.arange(len(y)), y] = math.inf  # never the true class
+        return logits.argmin(dim=1)
+    num_classes = _num_classes(model, x, device)
+    if num_classes < 2:
+        raise ValueError("a targeted attack needs a model with at least 2 classes")
+    if mode == "next":
+        return (y + 1) % num_classes
+    return random_targets(y, num_classes, seed)

@@ -1,0 +1,46 @@
+"""How the leaderboard writes values: the one missing-value marker, percentages, numbers, file names.
+
+Nothing here knows a table; every other module of bench.report formats through these.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+MISSING = "—"  # cell text where no number exists (not run, or not computable)
+PLOTS_DIR = "plots"  # PNGs, relative to the leaderboard directory (and so in README/HTML links)
+PCT = "pct"  # a MetricSpec.fmt: a fraction written as a percentage
+
+
+def is_missing(value) -> bool:
+    """No value: None, or NaN/NaT (how pandas reads a NULL); arrays and other containers are not missing."""
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def pct(value, of=None) -> str:
+    """A fraction as a percentage with one decimal (``value`` out of ``of`` when given); MISSING if none."""
+    if is_missing(value):
+        return MISSING
+    return f"{100 * value:.1f}" if of is None else f"{100 * value / of:.1f}"
+
+
+def num(value, fmt: str) -> str:
+    """A number in a format spec (".3f", ".2e"); MISSING if none."""
+    return MISSING if is_missing(value) else format(value, fmt)
+
+
+def metric_text(value, fmt: str) -> str:
+    """A value in a MetricSpec's ``fmt``: PCT or a format spec."""
+    return pct(value) if fmt == PCT else num(value, fmt)
+
+
+def sanitize(name: str) -> str:
+    """A file-name part: runs of anything but letters, digits, ``._-`` become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"

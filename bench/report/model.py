@@ -1,0 +1,103 @@
+"""The leaderboard as data: display-ready tables, plot series and heatmaps, grouped into sections.
+
+Computed once (bench.report.compute) and laid out by every renderer (bench.report.render), so the
+README and the HTML page can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .format import PLOTS_DIR, pct
+
+CLEAN_ATTACK = "none"  # the `attack` value of a defense's clean-accuracy row
+
+
+@dataclass(frozen=True)
+class Table:
+    """One display-ready table: string cells, plus the numbers behind them."""
+
+    heading: str  # full heading, dataset included
+    setting: str  # heading within its dataset's section
+    frame: pd.DataFrame  # display strings; first column is the row label
+    align: tuple[str, ...]  # "left"/"right" per column, shared by both renderers
+    values: pd.DataFrame | None = None  # percentages (NaN where "—"), same labels
+
+
+def frame_table(heading: str, setting: str, frame: pd.DataFrame, left_columns: int = 1) -> Table:
+    """A display frame as it is: the first ``left_columns`` columns (labels) left-aligned, the rest right."""
+    frame = frame.astype(str)
+    left = min(left_columns, frame.shape[1])
+    return Table(heading=heading, setting=setting, frame=frame,
+                 align=("left",) * left + ("right",) * (frame.shape[1] - left))
+
+
+def values_table(heading: str, setting: str, values: pd.DataFrame) -> Table:
+    """A table of fractions (NaN where none) indexed by row label, shown as percentages."""
+    frame = values.map(pct).reset_index()
+    return Table(heading=heading, setting=setting, frame=frame,
+                 align=("left",) + ("right",) * (frame.shape[1] - 1),
+                 values=values * 100)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """Series for one PNG: robust accuracy vs budget of one attack, one line per defense."""
+
+    filename: str  # relative to the plots directory
+    caption: str
+    xlabel: str
+    log_x: bool
+    # (defense label, budgets, accuracy %, interval low %, interval high %)
+    series: tuple[tuple[str, tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]], ...]
+
+    @property
+    def path(self) -> str:
+        return f"{PLOTS_DIR}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A train x test accuracy matrix drawn as a PNG (values in [0, 1], NaN where not measured)."""
+
+    filename: str  # relative to the plots directory
+    caption: str
+    matrix: pd.DataFrame
+
+    @property
+    def path(self) -> str:
+        return f"{PLOTS_DIR}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    """The robustness part of one dataset: its tables (views included), details table and plots."""
+
+    name: str
+    tables: list[Table]
+    details: Table
+    plots: list[Plot]
+
+
+@dataclass(frozen=True)
+class DetectorSection:
+    """One (dataset, detector) of the detection part."""
+
+    name: str  # "<dataset> — detector <label>"
+    tables: list[Table]
+    heatmaps: list[Heatmap]
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    title: str
+    produced: str  # the "how this was produced" line; empty when there are no results
+    legend: str
+    datasets: list[DatasetSection] = field(default_factory=list)
+    detectors: list[DetectorSection] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.datasets and not self.detectors

@@ -1,0 +1,219 @@
+"""The Leaderboard model laid out: README.md (markdown), index.html (jinja2), plots/*.png (matplotlib).
+
+Renderers only lay the model out; every number and label was decided in bench.report.compute.
+:func:`build_leaderboard` computes and writes everything, each file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+from .compute import DEFAULT_TITLE, compute_leaderboard
+from .format import PLOTS_DIR
+from .model import Heatmap, Leaderboard, Plot, Table
+
+TEMPLATE = "leaderboard.html.j2"  # in bench/report/templates/
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md(text: str) -> str:
+    """Escape data for a markdown table cell or heading.
+
+    `|` would split a cell, a newline would end the row, and raw `<...>` is
+    HTML to most markdown renderers.
+    """
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+            .replace(">", "&gt;").replace("\r", " ").replace("\n", " "))
+
+
+def _md_alt(text: str) -> str:
+    """Escape an image's alt text (brackets would end it)."""
+    return _md(text).replace("[", "\\[").replace("]", "\\]")
+
+
+def _md_table(table: Table) -> str:
+    rows = [[_md(v) for v in row] for row in table.frame.itertuples(index=False)]
+    # disable_numparse: tabulate would otherwise reformat "71.0" as "71".
+    return tabulate(rows, headers=[_md(c) for c in table.frame.columns], tablefmt="github",
+                    colalign=table.align, disable_numparse=True)
+
+
+def render_markdown(board: Leaderboard) -> str:
+    lines = [f"# {_md(board.title)}", ""]
+    if board.empty:
+        lines += ["No results yet: run a suite (`advbench run suites/<name>.yaml`) to fill this leaderboard.", ""]
+        return "\n".join(lines)
+    lines += [_md(board.produced), "", _md(board.legend), ""]
+    for section in board.datasets:
+        lines += [f"## {_md(section.name)}", ""]
+        for table in section.tables:
+            lines += [f"### {_md(table.setting)}", "", _md_table(table), ""]
+        lines += [f"### Details: {_md(section.name)}", "", _md_table(section.details), ""]
+        if section.plots:
+            lines += [f"### Plots: {_md(section.name)}", ""]
+            for plot in section.plots:
+                lines += [f"![{_md_alt(plot.caption)}]({plot.path})", ""]
+    for section in board.detectors:
+        lines += [f"## {_md(section.name)}", ""]
+        for table in section.tables:
+            lines += [f"### {_md(table.setting)}", "", _md_table(table), ""]
+        for heatmap in section.heatmaps:
+            lines += [f"![{_md_alt(heatmap.caption)}]({heatmap.path})", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _template() -> jinja2.Template:
+    source = resources.files("bench.report").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    # autoescape=True explicitly: select_autoescape() keys on the file extension,
+    # and ".html.j2" would not match, silently leaving data unescaped.
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(source)
+
+
+def render_html(board: Leaderboard) -> str:
+    return _template().render(board=board)
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def _mpl_text(text: str, *, legend: bool = False) -> str:
+    text = str(text).replace("$", r"\$")  # "$" would start mathtext (and may fail to parse)
+    if legend and text.startswith("_"):
+        text = "\u200b" + text  # matplotlib hides legend labels that start with "_"
+    return text
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    # Figure + FigureCanvasAgg rather than pyplot: no global backend switch and no
+    # figure registry, so nothing leaks into (or breaks) other pyplot users.
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" tag: the committed PNGs should not change with the matplotlib version.
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    fig.clear()  # no pyplot registry holds the figure; clearing frees its artists now
+    return buffer.getvalue()
+
+
+def render_plot_png(plot: Plot) -> bytes:
+    """Robust accuracy vs budget, one line (with its 95% interval) per defense."""
+    fig = _figure((6.4, 4.0))
+    ax = fig.add_subplot()
+    linestyles = ("-", "--", ":", "-.")
+    for i, (label, xs, ys, lows, highs) in enumerate(plot.series):
+        y = np.asarray(ys)
+        # Clip: at 0% or 100% the interval's float end can sit a hair inside the point.
+        yerr = np.clip(np.vstack([y - np.asarray(lows), np.asarray(highs) - y]), 0.0, None)
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=4, capsize=3,
+                    linestyle=linestyles[(i // 10) % len(linestyles)], label=_mpl_text(label, legend=True))
+    ax.set_xlabel(_mpl_text(plot.xlabel))
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    if plot.log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(_mpl_text(plot.caption), fontsize="medium")
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_heatmap_png(heatmap: Heatmap) -> bytes:
+    """The train x test matrix, each measured cell annotated."""
+    matrix: pd.DataFrame = heatmap.matrix
+    size = max(4.0, 0.9 * len(matrix.columns) + 2.5)
+    fig = _figure((size, max(3.5, 0.7 * len(matrix.index) + 2.0)))
+    ax = fig.add_subplot()
+    values = matrix.to_numpy(dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.5, vmax=1.0)
+    ax.set_xticks(range(len(matrix.columns)), [_mpl_text(c) for c in matrix.columns], rotation=40, ha="right")
+    ax.set_yticks(range(len(matrix.index)), [_mpl_text(r) for r in matrix.index])
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not math.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize="small",
+                        color="black" if values[i, j] > 0.8 else "white")
+    fig.colorbar(image, ax=ax, label="detection accuracy")
+    ax.set_title(_mpl_text(heatmap.caption), fontsize="medium")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory + os.replace: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the leaderboard is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
+                      detections: pd.DataFrame | None = None) -> list[Path]:
+    """Write README.md, index.html and plots/*.png into `out_dir`; return the written paths.
+
+    Plots are written first and README.md last, each atomically, so an
+    interrupted build leaves the previous README intact. PNGs in
+    ``out_dir/plots`` that this build did not produce are removed afterwards.
+    """
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / PLOTS_DIR
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    board = compute_leaderboard(results, title=title, detections=detections)
+
+    written: list[Path] = []
+    for section in board.datasets:
+        for plot in section.plots:
+            path = plots_dir / plot.filename
+            _write_atomic(path, render_plot_png(plot))
+            written.append(path)
+    for detector in board.detectors:
+        for heatmap in detector.heatmaps:
+            path = plots_dir / heatmap.filename
+            _write_atomic(path, render_heatmap_png(heatmap))
+            written.append(path)
+    html_path, readme_path = out_dir / "index.html", out_dir / "README.md"
+    _write_atomic(html_path, render_html(board).encode("utf-8"))
+    _write_atomic(readme_path, render_markdown(board).encode("utf-8"))
+
+    produced = {p.name for p in written}
+    for stale in plots_dir.glob("*.png"):
+        if stale.is_file() and stale.name not in produced:
+            stale.unlink()
+    return [readme_path, html_path, *written]

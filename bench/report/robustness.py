@@ -1,0 +1,496 @@
+"""The robustness part of the leaderboard: stored result rows -> one section per dataset.
+
+How numbers are counted
+-----------------------
+* A *cell* is one (dataset, defense, attack, budget) within a table; a table is
+  one (dataset, threat model, source, attack surface). Rows of several seeds
+  are pooled: accuracy = total correct / total n, and the 95% Wilson interval
+  is recomputed on the pooled counts (an average of per-seed accuracies would
+  weight a small seed like a large one). The other metrics pool as their
+  ``MetricSpec`` says (bench.metrics).
+* "Worst case" is counted per example: at every budget that two or more attacks
+  of a table share, an example counts as robust only if it survived every one
+  of them (AND of the per-example ``correct`` arrays of the same
+  dataset/defense/seed/surface/source). Taking the minimum of the attacks'
+  accuracies instead would overstate robustness whenever attacks break
+  different examples. Without per-example arrays the cell shows "—".
+* Rows are sorted by the mean of their attack cells (not Clean, not Worst
+  case), most robust first.
+* If the store holds several rows for the same (dataset, defense, surface,
+  source, attack, budget, seed) -- a rerun after a code change -- the newest
+  (``created_at``) wins; the produced-by line says how many were superseded.
+
+Every number can be traced: the per-dataset details table lists, for every
+cell, its seeds, n, interval, the metrics marked ``detail`` in their specs
+(attack success rate, distortion medians, wall time) and the store keys of the
+rows it pools.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..labels import BUDGET_SYMBOLS, budget_label
+from ..metrics import METRICS, RESULT_METRICS, MetricSpec, wilson_interval
+from ..threat_models import ThreatModel
+from .format import MISSING, PCT, is_missing, metric_text, pct, sanitize
+from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
+
+_REQUIRED_COLUMNS = ("dataset", "defense", "attack", "seed", "n", "robust_acc")
+# Older store rows may lack later columns; these defaults keep them usable (every metric: NaN).
+_OPTIONAL_COLUMNS = {
+    "suite": "", "threat_model": "", "surface": "deployed", "source": "white-box", "evaluated_on": "deployed",
+    "budget_param": "", "budget": math.nan,
+    **{m.name: math.nan for m in RESULT_METRICS if m.name not in _REQUIRED_COLUMNS},
+    "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None,
+}
+# The metrics with a details column of their own, and the metrics a row reads for them.
+_DETAIL_METRICS = tuple(m for m in RESULT_METRICS if m.detail)
+_ROW_METRICS = tuple(dict.fromkeys(
+    [m.name for m in _DETAIL_METRICS] + [m.of for m in _DETAIL_METRICS if m.pooling == "counts" and m.of != "n"]))
+# For these budgets, budget 0 means "no attack", so clean accuracy is the curve's start.
+_ZERO_IS_CLEAN = {"eps", "epsilon"}
+
+LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds. "
+          "Worst case: an example counts as robust only if it survives every attack at that budget. "
+          "Rows: most robust (mean over attack columns) first. "
+          f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """One store row, normalized; `hits` = examples still correct after the attack."""
+
+    suite: str
+    dataset: str
+    defense: str
+    attack: str
+    threat_model: str
+    surface: str
+    source: str
+    budget_param: str
+    budget: float | None  # None = unbounded / no budget
+    seed: int
+    n: int
+    hits: int
+    metrics: dict[str, float | None]  # the stored values of _ROW_METRICS (None where missing)
+    key: str
+    created_at: str
+    created: pd.Timestamp
+    versions: str
+    git_commit: str
+    correct: np.ndarray | None
+
+    @property
+    def is_clean(self) -> bool:
+        return self.attack == CLEAN_ATTACK
+
+    @property
+    def identity(self) -> tuple:
+        # Clean rows are one per dataset/defense/seed whatever surface they name.
+        if self.is_clean:
+            return (self.dataset, self.defense, CLEAN_ATTACK, self.seed)
+        return (self.dataset, self.defense, self.surface, self.source, self.attack,
+                self.budget_param, self.budget, self.seed)
+
+    def count(self, of: str) -> int | None:
+        """The examples a "counts" metric is a fraction of: all n, or the count another fraction stands for."""
+        if of == "n":
+            return self.n
+        fraction = self.metrics[of]
+        return None if fraction is None else round(fraction * self.n)
+
+
+def _text(value, default: str = "") -> str:
+    return default if is_missing(value) else str(value)
+
+
+def _number(value) -> float | None:
+    if is_missing(value):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _bool_array(value) -> np.ndarray | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return np.asarray(value).astype(bool).ravel()
+
+
+def normalize(results: pd.DataFrame) -> list[Row]:
+    missing = [c for c in _REQUIRED_COLUMNS if c not in results.columns]
+    if missing:
+        raise ValueError(f"results frame lacks column(s) {', '.join(missing)}")
+    frame = results.copy()
+    for column, default in _OPTIONAL_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = [default] * len(frame)
+    # Parsed once, as UTC, so "Z" and "+00:00" spellings (and naive stamps) order correctly.
+    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+
+    rows = []
+    for record, stamp in zip(frame.to_dict("records"), created):
+        n = int(record["n"])
+        is_clean = _text(record["attack"]) == CLEAN_ATTACK
+        correct = _bool_array(record["correct"])
+        if correct is not None and correct.size != n:
+            correct = None  # misaligned: unusable for per-example worst cases
+        acc = _number(record["robust_acc"])
+        if acc is None and is_clean:
+            acc = _number(record["clean_acc"])
+        hits = int(correct.sum()) if correct is not None else round((acc or 0.0) * n)
+        rows.append(Row(
+            suite=_text(record["suite"]),
+            dataset=_text(record["dataset"]),
+            defense=_defense_label(record),
+            attack=_text(record["attack"]),
+            threat_model=_text(record["threat_model"]),
+            surface=_text(record["surface"], "deployed"),
+            source=_text(record["source"], "white-box"),
+            budget_param=_text(record["budget_param"]),
+            budget=_number(record["budget"]),
+            seed=int(record["seed"]),
+            n=n,
+            hits=hits,
+            metrics={name: _number(record[name]) for name in _ROW_METRICS},
+            key=_text(record["key"]),
+            created_at=_text(record["created_at"]),
+            created=stamp,
+            versions=_text(record["versions"]),
+            git_commit=_text(record["git_commit"]),
+            correct=correct,
+        ))
+    return rows
+
+
+def _defense_label(record: dict) -> str:
+    """Examples scored on a part of a defense (one ensemble member) form a row of their own."""
+    evaluated_on = _text(record.get("evaluated_on"), "deployed")
+    defense = _text(record["defense"])
+    return defense if evaluated_on == "deployed" else f"{defense} [{evaluated_on}]"
+
+
+def _recency(row: Row) -> tuple:
+    # An unparseable stamp (NaT) sorts as oldest.
+    parsed = not pd.isna(row.created)
+    return (parsed, row.created.value if parsed else 0, row.created_at)
+
+
+def dedupe(rows: list[Row]) -> list[Row]:
+    """Keep the newest row of each identity (a rerun supersedes the older result)."""
+    newest: dict[tuple, Row] = {}
+    for row in rows:
+        kept = newest.get(row.identity)
+        if kept is None or _recency(row) > _recency(kept):
+            newest[row.identity] = row
+    return list(newest.values())
+
+
+def produced_line(rows: list[Row], total: int) -> str:
+    """The "how this was produced" line; versions and commit are the newest row's."""
+    suites = sorted({r.suite for r in rows if r.suite})
+    newest = max(rows, key=_recency)
+    try:
+        versions = json.loads(newest.versions) if newest.versions else {}
+    except json.JSONDecodeError:
+        versions = newest.versions  # shown as stored rather than dropped
+    if isinstance(versions, dict):
+        versions = ", ".join(f"{k} {v}" for k, v in versions.items())
+    text = (f"Produced by advbench (bench.report) from {total} stored result{'s' if total != 1 else ''}"
+            f" of suite{'s' if len(suites) != 1 else ''} {', '.join(suites) or MISSING}")
+    superseded = total - len(rows)
+    if superseded:
+        text += f" ({superseded} superseded by newer reruns, not shown)"
+    text += f"; newest result {newest.created_at or MISSING}, commit {newest.git_commit or MISSING}"
+    if versions:
+        text += f", versions: {versions}"
+    return text + "."
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """Pooled counts of one cell and the store rows behind them."""
+
+    hits: int
+    n: int
+    rows: tuple[Row, ...]
+    worst_case: bool = False
+
+    @property
+    def acc(self) -> float:
+        return self.hits / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.n)
+
+
+def _pool(rows: Iterable[Row]) -> _Cell:
+    rows = tuple(sorted(rows, key=lambda r: r.seed))
+    return _Cell(hits=sum(r.hits for r in rows), n=sum(r.n for r in rows), rows=rows)
+
+
+def _worst_case(rows_by_attack: dict[str, list[Row]], attacks: tuple[str, ...]) -> _Cell | None:
+    """Per-example worst case over `attacks`, pooled over seeds; None if not computable.
+
+    Every seed must have every attack with a per-example array of one length:
+    a worst case over a subset of the attacks (or of the seeds) would be a
+    different, more optimistic number under the same heading.
+    """
+    by_seed: dict[int, dict[str, Row]] = defaultdict(dict)
+    for attack in attacks:
+        for row in rows_by_attack.get(attack, []):
+            by_seed[row.seed][attack] = row
+    if not by_seed:
+        return None
+    hits = n = 0
+    used: list[Row] = []
+    for seed in sorted(by_seed):
+        per_attack = by_seed[seed]
+        if len(per_attack) != len(attacks):
+            return None
+        arrays = [per_attack[a].correct for a in attacks]
+        if any(a is None for a in arrays) or len({a.size for a in arrays}) != 1:
+            return None
+        survived = np.logical_and.reduce(arrays)
+        hits += int(survived.sum())
+        n += int(survived.size)
+        used.extend(per_attack[a] for a in attacks)
+    return _Cell(hits=hits, n=n, rows=tuple(used), worst_case=True)
+
+
+def _pooled_text(spec: MetricSpec, rows: tuple[Row, ...]) -> str:
+    """One metric of a cell's rows, pooled over seeds as its spec says."""
+    values = [r.metrics[spec.name] for r in rows]
+    if spec.pooling == "counts":
+        if spec.attack_only and rows[0].is_clean:
+            return MISSING
+        counts = [r.count(spec.of) for r in rows]
+        if any(v is None or not c for v, c in zip(values, counts)):
+            return MISSING
+        hits, total = sum(round(v * c) for v, c in zip(values, counts)), sum(counts)
+        return pct(hits, of=total) if spec.fmt == PCT else metric_text(hits / total, spec.fmt)
+    if spec.pooling == "per-seed":
+        return " / ".join(metric_text(v, spec.fmt) for v in values)
+    if spec.pooling in ("sum", "mean"):
+        if any(v is None for v in values):
+            return MISSING
+        total = sum(values)
+        return metric_text(total if spec.pooling == "sum" else total / len(values), spec.fmt)
+    raise ValueError(f"metric {spec.name!r}: pooling {spec.pooling!r} has no details column")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _axis_label(param: str) -> str:
+    symbol = BUDGET_SYMBOLS.get(param)
+    if symbol:
+        return f"{symbol} ({param})"
+    return param or "budget"
+
+
+def _setting(threat_model: str, source: str, surface: str) -> str:
+    parts = [ThreatModel.label_of(threat_model)]
+    if source.startswith("transfer:"):
+        parts.append(f"transfer from {source.split(':', 1)[1]}")
+    else:
+        parts.append(source)
+    if surface and surface != "deployed":
+        parts.append(f"surface {surface}")
+    return ", ".join(parts)
+
+
+def _group_order(group: tuple[str, str, str]) -> tuple:
+    threat_model, source, surface = group
+    return (ThreatModel.rank_of(threat_model), threat_model, source != "white-box", source,
+            surface != "deployed", surface)
+
+
+def _budget_order(budget: tuple[str, float | None]) -> tuple:
+    param, value = budget
+    return (param, value is None, value if value is not None else 0.0)
+
+
+def _unique(label: str, taken: set[str]) -> str:
+    candidate, i = label, 2
+    while candidate in taken:
+        candidate, i = f"{label} ({i})", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+# --------------------------------------------------------------------------- tables
+
+
+_DETAIL_COLUMNS = ("Setting", "Defense", "Attack", "Budget", "Seeds", METRICS["n"].label,
+                   METRICS["robust_acc"].label, "95% CI (%)", *(m.label for m in _DETAIL_METRICS), "Keys")
+_DETAIL_ALIGN = ("left",) * 5 + ("right",) * (3 + len(_DETAIL_METRICS)) + ("left",)
+
+
+def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: _Cell) -> list[str]:
+    low, high = cell.interval
+    rows = cell.rows
+    if cell.worst_case:
+        # Success rate and distortion belong to one attack; a worst case has none of its own.
+        metrics = [MISSING] * len(_DETAIL_METRICS)
+    else:
+        metrics = [_pooled_text(spec, rows) for spec in _DETAIL_METRICS]
+    seeds = ", ".join(str(s) for s in dict.fromkeys(r.seed for r in rows))
+    keys = ", ".join(dict.fromkeys(r.key or MISSING for r in rows))
+    return [setting, defense, attack, budget, seeds, str(cell.n), pct(cell.acc),
+            f"{pct(low)}–{pct(high)}", *metrics, keys]
+
+
+def _score(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
+                 clean: dict[str, _Cell], taken_files: set[str]) -> tuple[Table, list[list[str]], list[Plot]]:
+    threat_model, source, surface = group
+    setting = _setting(threat_model, source, surface)
+
+    cells_rows: dict[tuple[str, str, tuple], list[Row]] = defaultdict(list)
+    for row in rows:
+        cells_rows[(row.defense, row.attack, (row.budget_param, row.budget))].append(row)
+    columns = sorted({(a, b) for _, a, b in cells_rows}, key=lambda c: (c[0], _budget_order(c[1])))
+    cells = {k: _pool(v) for k, v in cells_rows.items()}
+
+    attacks_at: dict[tuple, list[str]] = defaultdict(list)
+    for attack, budget in columns:
+        attacks_at[budget].append(attack)
+    worst_budgets = sorted((b for b, a in attacks_at.items() if len(a) >= 2), key=_budget_order)
+
+    defenses = sorted({d for d, _, _ in cells_rows})
+    worst: dict[tuple[str, tuple], _Cell | None] = {}
+    for defense in defenses:
+        for budget in worst_budgets:
+            attacks = tuple(attacks_at[budget])
+            by_attack = {a: cells_rows.get((defense, a, budget), []) for a in attacks}
+            worst[(defense, budget)] = _worst_case(by_attack, attacks)
+
+    def acc(defense: str, column: tuple) -> float:
+        cell = cells.get((defense, *column))
+        return cell.acc if cell else math.nan
+
+    scores = {d: _score([acc(d, c) for c in columns]) for d in defenses}
+    # Most robust first; defenses without a single number go last.
+    order = sorted(defenses, key=lambda d: (math.inf if math.isnan(scores[d]) else -scores[d], d))
+
+    taken: set[str] = {"Defense", "Clean"}
+    labels = [_unique(f"{a} {budget_label(*b)}", taken) for a, b in columns]
+    worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in worst_budgets]
+
+    values = pd.DataFrame(index=pd.Index(order, name="Defense"),
+                          columns=["Clean", *labels, *worst_labels], dtype=float)
+    details: list[list[str]] = []
+    for defense in order:
+        clean_cell = clean.get(defense)
+        values.loc[defense, "Clean"] = clean_cell.acc if clean_cell else math.nan
+        for (attack, budget), label in zip(columns, labels):
+            values.loc[defense, label] = acc(defense, (attack, budget))
+            cell = cells.get((defense, attack, budget))
+            if cell:
+                details.append(_detail_row(setting, defense, attack, budget_label(*budget), cell))
+        for budget, label in zip(worst_budgets, worst_labels):
+            cell = worst[(defense, budget)]
+            values.loc[defense, label] = cell.acc if cell else math.nan
+            if cell:
+                name = f"worst case ({', '.join(attacks_at[budget])})"
+                details.append(_detail_row(setting, defense, name, budget_label(*budget), cell))
+
+    table = values_table(f"{dataset} — {setting}", setting, values)
+    plots = [_plot(dataset, group, setting, attack, order, cells, clean, taken_files)
+             for attack in dict.fromkeys(a for a, _ in columns)]
+    return table, details, [p for p in plots if p is not None]
+
+
+def _plot(dataset: str, group: tuple[str, str, str], setting: str, attack: str, defenses: list[str],
+          cells: dict[tuple, _Cell], clean: dict[str, _Cell], taken_files: set[str]) -> Plot | None:
+    threat_model, source, surface = group
+    mine = {(d, b): c for (d, a, b), c in cells.items() if a == attack and b[1] is not None}
+    if not mine:  # an unbounded-only attack has no x position to plot at
+        return None
+    params = list(dict.fromkeys(param for _, (param, _) in mine))
+    zero_is_clean = set(params) <= _ZERO_IS_CLEAN
+    series = []
+    for defense in defenses:
+        points = {budget: cell for (d, (_, budget)), cell in mine.items() if d == defense}
+        if points and zero_is_clean and 0.0 not in points and defense in clean:
+            points[0.0] = clean[defense]
+        if not points:
+            continue
+        xs = sorted(points)
+        intervals = [points[x].interval for x in xs]
+        series.append((defense, tuple(xs), tuple(100 * points[x].acc for x in xs),
+                       tuple(100 * lo for lo, _ in intervals), tuple(100 * hi for _, hi in intervals)))
+
+    parts = [dataset, threat_model, attack]
+    # Transfer and non-deployed surfaces would otherwise collide with the white-box plot.
+    if source != "white-box":
+        parts.append(source.replace(":", "-"))
+    if surface and surface != "deployed":
+        parts.append(surface)
+    stem = "__".join(sanitize(p) for p in parts)
+    filename, i = f"{stem}.png", 2
+    while filename in taken_files:
+        filename, i = f"{stem}-{i}.png", i + 1
+    taken_files.add(filename)
+
+    xs = [x for s in series for x in s[1]]
+    # Constants such as C&W's c span orders of magnitude; a log axis keeps them apart.
+    log_x = min(xs) > 0 and max(xs) / min(xs) >= 100
+    return Plot(filename=filename, caption=f"{dataset} — {setting} — {attack}",
+                xlabel=" / ".join(_axis_label(p) for p in params), log_x=log_x, series=tuple(series))
+
+
+def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
+                    views: Iterable[Table] = ()) -> DatasetSection:
+    """One dataset's tables (one per threat model/source/surface, then ``views``), details and plots.
+
+    ``rows`` are the dataset's deduplicated rows; ``taken_files`` the plot file names used so far
+    (names stay unique across datasets).
+    """
+    clean_rows: dict[str, list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        if row.is_clean:
+            clean_rows[row.defense].append(row)
+        else:
+            groups[(row.threat_model, row.source, row.surface)].append(row)
+    clean = {d: _pool(rs) for d, rs in clean_rows.items()}
+
+    tables: list[Table] = []
+    details = [_detail_row("clean", d, CLEAN_ATTACK, MISSING, clean[d]) for d in sorted(clean)]
+    plots: list[Plot] = []
+    for group in sorted(groups, key=_group_order):
+        table, group_details, group_plots = _build_group(dataset, group, groups[group], clean, taken_files)
+        tables.append(table)
+        details.extend(group_details)
+        plots.extend(group_plots)
+    tables.extend(views)
+    if not tables:  # only clean rows so far: still show them
+        values = pd.DataFrame({"Clean": [clean[d].acc for d in sorted(clean)]},
+                              index=pd.Index(sorted(clean), name="Defense"))
+        values = values.sort_values("Clean", ascending=False, kind="stable")
+        tables.append(values_table(f"{dataset} — clean accuracy", "clean accuracy", values))
+    detail_frame = pd.DataFrame(details, columns=list(_DETAIL_COLUMNS))
+    details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame,
+                          align=_DETAIL_ALIGN)
+    return DatasetSection(name=dataset, tables=tables, details=details_table, plots=plots)

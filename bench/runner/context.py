@@ -1,0 +1,85 @@
+"""What every task step gets: the run context, the task's data, and the trained defense it builds on.
+
+A trained defense is restored from its train task's checkpoint once and cached (per process), since
+many craft and score tasks use the same one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DataContext, DatasetSplits, load_dataset
+from ..defense import Defense
+from ..errors import UserError
+from ..plan import Task
+from ..provenance import git_commit, package_versions
+from ..registry import defenses
+from ..store import load_artifact
+
+
+@dataclass(frozen=True)
+class RunContext:
+    store_dir: Path
+    data: DataContext
+    device: str
+    batch_size: int = 256
+    progress: bool = True
+    suite: str = ""
+
+    def provenance(self) -> dict[str, Any]:
+        return {"suite": self.suite, "versions": package_versions(), "git_commit": git_commit()}
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to PyTorch on this machine")
+    return requested
+
+
+def task_seed(task: Task) -> int:
+    """A seed from the task's key: reproducible, and different for every task."""
+    return int(task.key[:8], 16)
+
+
+def load_task_dataset(cfg: dict[str, Any], ctx: RunContext) -> DatasetSplits:
+    """The dataset of a task config's ``dataset`` entry, with its subsets."""
+    return load_dataset(cfg["name"], cfg["params"], ctx.data, train_size=cfg["train_size"],
+                        test_size=cfg["test_size"], seed=cfg["subset_seed"])
+
+
+def eval_indices(data: DatasetSplits, eval_cfg: dict[str, Any]) -> torch.Tensor:
+    """The attacked test examples: the same seeded subset for every attack, so per-example
+    worst cases over attacks line up."""
+    generator = torch.Generator().manual_seed(eval_cfg["dataset"]["subset_seed"])
+    order = torch.randperm(len(data.test_y), generator=generator)
+    return order[: eval_cfg["eval_size"]].sort().values
+
+
+def build_defense(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]:
+    """The (untrained) defense of a train task, set up for its dataset, and that dataset."""
+    cfg = train.config
+    data = load_task_dataset(cfg["dataset"], ctx)
+    defense = defenses.get(cfg["defense"]["name"]).build(**cfg["defense"]["params"])
+    defense.setup(data.input_spec(), seed=cfg["seed"], device=torch.device(ctx.device))
+    return defense, data
+
+
+@lru_cache(maxsize=8)
+def _trained_defense(train_key: str, train_json: str, ctx: RunContext) -> tuple[Defense, DatasetSplits]:
+    train = Task("train", train_key, "", json.loads(train_json), [])
+    defense, data = build_defense(train, ctx)
+    defense.load_state_dict(load_artifact(ctx.store_dir, train_key))
+    return defense, data
+
+
+def trained_defense(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]:
+    """A trained defense restored from its checkpoint (cached), and its dataset."""
+    return _trained_defense(train.key, json.dumps(train.config, sort_keys=True), ctx)

@@ -1,0 +1,45 @@
+"""The default executor: the plan's tasks one after another, in this process."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..plan import Plan
+from ..registry import executors
+from ..store import Store
+from .context import RunContext
+from .executor import RunSummary
+from .tasks import run_task
+
+
+@executors.register("local")
+class LocalExecutor:
+    """Runs the tasks one after another in this process (the default)."""
+
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.echo = echo
+
+    def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
+        by_key = {t.key: t for t in plan.tasks}
+        done = store.done_keys(plan.keys)
+        todo = [t for t in plan.tasks if t.key not in done]
+        summary = RunSummary(planned=len(plan.tasks), already_done=len(plan.tasks) - len(todo))
+        broken: set[str] = set()
+        for i, task in enumerate(todo, 1):
+            prefix = f"[{i}/{len(todo)}] {task.label}"
+            if any(dep in broken for dep in task.deps):
+                broken.add(task.key)
+                summary.skipped.append(task.label)
+                self.echo(f"{prefix}: skipped, an upstream task failed")
+                continue
+            start = time.perf_counter()
+            status, error = run_task(task, {k: by_key[k] for k in task.deps}, ctx)
+            summary.ran += 1
+            if status == "failed":
+                broken.add(task.key)
+                summary.failed.append((task.label, error or ""))
+                self.echo(f"{prefix}: FAILED ({error})")
+            else:
+                self.echo(f"{prefix}: {time.perf_counter() - start:.1f}s")
+        return summary

@@ -1,0 +1,99 @@
+"""The robustness task steps: train a defense, craft adversarial examples, score a defense on them.
+
+A step is a function ``step(task, upstream, ctx, store) -> rows`` registered under its task kind in
+``bench.registry.task_steps`` with its ``version`` (part of the kind's task keys: bump it when the
+step's output changes) and the store ``table`` its rows go to (None: the step only writes an
+artifact). ``bench.runner.tasks.run_task`` stamps the rows with the task's key, wall time and
+provenance and records them. A row's ``upstream_wall_time_s`` (popped) is time spent upstream that
+its number includes (a score row's crafting time).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from ..errors import TaskFailed
+from ..metrics import cell_metrics
+from ..plan import Task
+from ..registry import attacks, task_steps
+from ..store import Store
+from ..training import predict
+from .context import RunContext, build_defense, eval_indices, task_seed, trained_defense
+
+
+@task_steps.register("train", version="1", table=None)
+def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
+    """Train a defense (dataset, defense config, seed) and store its checkpoint."""
+    defense, data = build_defense(task, ctx)
+    defense.fit(data, seed=task.config["seed"], progress=ctx.progress)
+    store.save_artifact(task.key, defense.state_dict())
+    return []
+
+
+@task_steps.register("craft", version="1", table=None)
+def run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
+    """Craft adversarial examples of one attack and budget on a trained defense's surface."""
+    cfg = task.config
+    defense, data = trained_defense(upstream[task.deps[0]], ctx)
+    idx = eval_indices(data, cfg["eval"])
+    x, y = data.test_x[idx], data.test_y[idx]
+    attack = attacks.get(cfg["attack"]["name"]).build(**cfg["attack"]["params"])
+    model = defense.surface(cfg["surface"])
+    seed = task_seed(task)
+    targets = attack.make_targets(model, x, y, seed=seed)
+    x_adv = attack.run(model, x, y, cfg["budget"], targets=targets, batch_size=ctx.batch_size,
+                       device=ctx.device, seed=seed).detach().cpu().float()
+    if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
+        raise TaskFailed(f"attack returned {tuple(x_adv.shape)} for inputs {tuple(x.shape)} or non-finite values")
+    artifact = {"x_adv": x_adv, "indices": idx}
+    if targets is not None:
+        artifact["targets"] = targets.cpu()
+    store.save_artifact(task.key, artifact)
+    return []
+
+
+@task_steps.register("score", version="1", table="results")
+def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
+    """One result row: a defense (or one of its surfaces) on the clean test split or on crafted examples."""
+    train = upstream[task.deps[0]]
+    defense, data = trained_defense(train, ctx)
+    info = task.info
+    evaluated_on = info.get("evaluated_on", "deployed")
+    scorer = defense.surface(evaluated_on)
+    device = torch.device(ctx.device)
+    row: dict[str, Any] = {
+        "dataset": info["dataset"], "defense": info["defense"], "defense_name": train.config["defense"]["name"],
+        "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
+        "evaluated_on": evaluated_on,
+    }
+    if len(task.deps) == 1:  # clean accuracy on the whole test split
+        x, y = data.test_x, data.test_y
+        x_adv, targets, craft_time = x, None, 0.0
+        row.update(attack="none", attack_config="{}", threat_model="none", surface="", source="",
+                   budget_param="", budget=None)
+    else:
+        craft = upstream[task.deps[1]]
+        crafted = store.load_artifact(craft.key)
+        x, y = data.test_x[crafted["indices"]], data.test_y[crafted["indices"]]
+        x_adv, targets = crafted["x_adv"], crafted.get("targets")
+        craft_time = (store.task(craft.key) or {}).get("wall_time_s") or 0.0
+        attack_cls = attacks.get(craft.config["attack"]["name"]).factory
+        row.update(attack=info["attack"], attack_config=json.dumps(craft.config["attack"], sort_keys=True),
+                   threat_model=str(attack_cls.threat_model), surface=info["surface"], source=info["source"],
+                   budget_param=attack_cls.budget_param, budget=craft.config["budget"])
+    pred_clean = predict(scorer, x, device=device, batch_size=ctx.batch_size)
+    pred_adv = pred_clean if x_adv is x else predict(scorer, x_adv, device=device, batch_size=ctx.batch_size)
+    metrics = cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
+                           None if targets is None else targets.numpy())
+    row.update(metrics.as_dict())
+    row["correct"] = (pred_adv == y).numpy()
+    members = defense.member_models() if evaluated_on == "deployed" else []
+    if len(members) >= 2:  # diversity of the members' votes on the scored inputs
+        from ..diversity import member_agreement
+
+        row["diversity_kappa"] = member_agreement(members, x_adv, y, device)
+    row["upstream_wall_time_s"] = craft_time
+    return [row]

@@ -1,0 +1,53 @@
+"""The runner's registries: task steps by kind (version, table) and executors by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.benchmark import write_results
+from bench.cli import main
+from bench.errors import UserError
+from bench.registry import executors, task_steps
+from bench.runner import get_executor
+from bench.runner.local import LocalExecutor
+from bench.store import TABLES
+
+# The step versions are part of every stored task key: changing one re-runs every task of that kind.
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "3"}
+
+
+def test_every_task_kind_is_registered_with_its_version_and_a_known_table():
+    assert {k: task_steps.get(k).version for k in task_steps.names()} == STEP_VERSIONS
+    for kind in task_steps.names():
+        table = task_steps.get(kind).meta["table"]
+        assert table is None or table in TABLES, (kind, table)
+    assert task_steps.get("score").meta["table"] == "results"
+    assert task_steps.get("adaptive").meta["table"] == "detection_results"
+
+
+def test_executors_come_from_the_registry():
+    assert {"local", "ray"} <= set(executors.names())
+    assert isinstance(get_executor("local"), LocalExecutor)
+    with pytest.raises(UserError, match=r"--executor: unknown executor 'lcoal'; did you mean 'local'\?"):
+        get_executor("lcoal")
+
+
+def test_unknown_executor_fails_before_anything_is_written(write_suite, tmp_path, capsys):
+    store = tmp_path / "store"
+    code = main(["run", str(write_suite()), "--store", str(store), "--leaderboard", str(tmp_path / "board"),
+                 "--executor", "lcoal", "--quiet"])
+    assert code == 2
+    assert "did you mean 'local'" in capsys.readouterr().err
+    assert not store.exists() and not (tmp_path / "board").exists()
+
+
+def test_benchmark_tables_are_written_as_data(tmp_path):
+    rows = [{"attack": "fgsm", "harness ex/s": 2244.0, "ratio": 0.97}, {"attack": "bim", "harness ex/s": 284.0,
+                                                                         "ratio": 1.01}]
+    csv_path, json_path = write_results("attacks", rows, tmp_path / "benchmarks", device="cpu", n=256)
+    assert csv_path.read_text().splitlines() == ["attack,harness ex/s,ratio", "fgsm,2244.0,0.97", "bim,284.0,1.01"]
+    record = json.loads(json_path.read_text())
+    assert record["benchmark"] == "attacks" and record["rows"] == rows
+    assert record["device"] == "cpu" and record["n"] == 256 and "torch" in record["versions"]
