@@ -114,6 +114,10 @@ def _rebuild_leaderboard(store, out: Path) -> list[Path]:
     from .report import build_leaderboard
 
     results, detections = store.results(), store.detections()
+    if results.empty and detections.empty and (out / "README.md").exists():
+        # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
+        print(f"leaderboard: the store has no results yet; {out} left as it was")
+        return []
     paths = build_leaderboard(results, out, detections=detections)
     extra = f" and {len(detections)} detection results" if len(detections) else ""
     print(f"leaderboard: {len(results)} results{extra} -> {', '.join(str(p) for p in paths[:2])}")

@@ -143,3 +143,56 @@ def test_train_classifier_raises_on_non_finite_loss():
     with pytest.raises(TaskFailed, match="non-finite loss"):
         train_classifier(model, x, y, TrainConfig(epochs=1), seed=0, device=torch.device("cpu"),
                          loss_fn=lambda m, xb, yb: torch.tensor(float("nan")), progress=False)
+
+
+ONE_MODEL_SUITE = """\
+name: {name}
+seeds: [0]
+device: cpu
+batch_size: 128
+datasets:
+  - name: digits
+    eval_size: 60
+defenses:
+  - name: undefended
+    params: {{epochs: {epochs}, batch_size: 64}}
+attacks:
+  - name: fgsm
+    budgets: [0.1, 0.3]
+"""
+
+
+def test_two_suites_with_one_label_are_two_leaderboard_rows(write_suite, tmp_path):
+    """Two models labelled `undefended` (1 and 3 epochs) in one store: two rows, never one mixed row."""
+    first = write_suite(ONE_MODEL_SUITE.format(name="short", epochs=1), "short.yaml")
+    second = write_suite(ONE_MODEL_SUITE.format(name="long", epochs=3), "long.yaml")
+    assert run(first, tmp_path) == 0 and run(second, tmp_path) == 0
+    readme = (tmp_path / "board" / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| undefended")]
+    # the L-infinity table and the clean-only details: each model its own rows, told apart by suite
+    assert any(line.startswith("| undefended (short)") for line in table)
+    assert any(line.startswith("| undefended (long)") for line in table)
+    assert not any(line.split("|")[1].strip() == "undefended" for line in table)
+    with sqlite3.connect(tmp_path / "store" / "advbench.sqlite") as db:
+        stored = dict(db.execute("SELECT suite, robust_acc FROM results WHERE attack = 'fgsm' AND budget = 0.3"))
+    assert set(stored) == {"short", "long"}
+    header = next(line for line in readme.splitlines() if line.startswith("| Defense") and "fgsm ε=0.3" in line)
+    col = [c.strip() for c in header.split("|")].index("fgsm ε=0.3")
+    for suite, acc in stored.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| undefended ({suite})"))
+        assert [c.strip() for c in row.split("|")][col] == f"{100 * acc:.1f}"
+
+
+def test_a_run_that_stores_nothing_leaves_the_leaderboard(write_suite, tmp_path, monkeypatch):
+    from defenses.baseline import Undefended
+
+    assert run(write_suite(ONE_MODEL_SUITE.format(name="good", epochs=1)), tmp_path) == 0
+    readme = tmp_path / "board" / "README.md"
+    before = readme.read_text()
+    assert "undefended" in before
+    monkeypatch.setattr(Undefended, "training_loss", lambda self, m, x, y: torch.tensor(float("nan"), requires_grad=True))
+    fresh = tmp_path / "other"
+    code = main(["run", str(write_suite(ONE_MODEL_SUITE.format(name="bad", epochs=1), "bad.yaml")), "--store",
+                 str(fresh / "store"), "--leaderboard", str(tmp_path / "board"), "--quiet"])
+    assert code == 1
+    assert readme.read_text() == before

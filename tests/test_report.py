@@ -307,3 +307,29 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
     tables = dict(leaderboard_tables(_frame()))
     assert list(tables) == ["toy — L∞, white-box", "toy — rows", "toy — details"]
     assert tables["toy — rows"].iloc[0].tolist() == ["all", "10"]
+
+
+def test_two_configs_under_one_label_are_two_rows():
+    """One suite, two configs both labelled Zeta: told apart by a config hash; worst cases stay per model."""
+    import hashlib
+
+    frame = _frame()
+    other = frame[frame["defense"] == "Zeta"].copy()
+    other["defense_config"] = json.dumps({"name": "Zeta", "params": {"epochs": 1}})
+    other["key"] = other["key"] + "-other"
+    # the second Zeta breaks every example: a worst case mixing the two would show it
+    other["correct"] = [np.zeros_like(c) for c in other["correct"]]
+    other["robust_acc"] = 0.0
+    tables = dict(leaderboard_tables(pd.concat([frame, other], ignore_index=True)))
+    main = next(t for heading, t in tables.items() if heading.startswith("toy — L∞"))
+    labels = list(main["Defense"])
+    tag = "#" + hashlib.sha256(json.dumps({"name": "Zeta"}).encode()).hexdigest()[:6]
+    assert f"Zeta {tag}" in labels and len([x for x in labels if x.startswith("Zeta #")]) == 2
+    row = main[main["Defense"] == f"Zeta {tag}"].iloc[0]
+    assert row["Worst case ε=0.1"] == "60.0" and row["Worst case ε=0.3"] == "20.0"
+
+
+def test_one_config_per_label_keeps_the_label():
+    tables = dict(leaderboard_tables(_frame()))
+    main = next(t for heading, t in tables.items() if heading.startswith("toy — L∞"))
+    assert set(main["Defense"]) == {"Zeta", "Alpha"}

@@ -18,6 +18,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
         return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors)
+    results = robustness.separate_models(results)  # one row per trained model, also in the views
     rows = robustness.dedupe(robustness.normalize(results))
     produced = robustness.produced_line(rows, total=len(results))
     if detectors:

@@ -16,6 +16,12 @@ How numbers are counted
   different examples. Without per-example arrays the cell shows "—".
 * Rows are sorted by the mean of their attack cells (not Clean, not Worst
   case), most robust first.
+* A leaderboard row is one trained model configuration: (dataset, defense
+  config with defaults filled in, scoring surface). Two configurations that
+  share a label (two suites in one store, each with its own ``undefended``) are
+  two rows, told apart by their suite's name where that separates them, else by
+  a short hash of the config (``separate_models``); cells and worst cases never
+  combine results of two models.
 * If the store holds several rows for the same (dataset, defense, surface,
   source, attack, budget, seed) -- a rerun after a code change -- the newest
   (``created_at``) wins; the produced-by line says how many were superseded.
@@ -28,6 +34,7 @@ rows it pools.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -126,6 +133,37 @@ def _bool_array(value) -> np.ndarray | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return np.asarray(value).astype(bool).ravel()
+
+
+def separate_models(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with the ``defense`` label made unique per trained model configuration.
+
+    Where one (dataset, label) holds rows of two or more ``defense_config`` values, each config's rows
+    are relabelled ``label (suite)`` if every config comes from one suite and no two share it, else
+    ``label #<6 hex of the config's SHA-256>``. Rows without a config (older stores) keep their label.
+    Unchanged (the same frame) where every label is one model.
+    """
+    if "defense_config" not in results.columns or results.empty:
+        return results
+    configs = results["defense_config"].map(lambda c: "" if is_missing(c) else str(c))
+    suites = results["suite"].map(lambda s: "" if is_missing(s) else str(s)) if "suite" in results.columns \
+        else pd.Series("", index=results.index)
+    labels = results["defense"].copy()
+    for (_, label), group in results.groupby(["dataset", "defense"], sort=False):
+        known = configs[group.index]
+        distinct = sorted(set(known) - {""})
+        if len(distinct) < 2:
+            continue
+        suites_of = {c: set(suites[known.index[known == c]]) for c in distinct}
+        by_suite = all(len(v) == 1 and "" not in v for v in suites_of.values()) and \
+            len({next(iter(v)) for v in suites_of.values()}) == len(distinct)
+        for config in distinct:
+            tag = next(iter(suites_of[config])) if by_suite else \
+                "#" + hashlib.sha256(config.encode()).hexdigest()[:6]
+            labels[known.index[known == config]] = f"{label} ({tag})" if by_suite else f"{label} {tag}"
+    if labels.equals(results["defense"]):
+        return results
+    return results.assign(defense=labels)
 
 
 def normalize(results: pd.DataFrame) -> list[Row]:
