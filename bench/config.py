@@ -9,6 +9,8 @@ attack surfaces, transfer sources, and whether each dataset is on disk.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,14 +127,39 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError) -> list[str]:
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The schema class that holds the last key of ``loc`` (walking fields, list items and Optionals)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = [a for a in typing.get_args(field.annotation) or (field.annotation,)]
+        inner = [b for a in inner for b in (typing.get_args(a) or (a,))]  # list[X] | None -> X
+        models = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError, *,
+                     schema: type[BaseModel] | None = None, known: list[str] | None = None) -> list[str]:
+    """One message per problem. An unknown key gets close matches among the keys that are allowed there:
+    ``known`` (a registry entry's parameters) or the fields of ``schema`` at that place."""
     msgs = []
     for e in err.errors():
-        key = _loc(tuple(p for p in e["loc"] if p != "__root__"))
+        loc = tuple(p for p in e["loc"] if p != "__root__")
+        key = _loc(loc)
         full = ".".join(k for k in (prefix, key) if k).replace(".[", "[")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            model = _model_at(schema, loc) if schema is not None else None
+            allowed = known if known is not None else (list(model.model_fields) if model else [])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=3, cutoff=0.6) if loc else []
+            msg = "unknown key" + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                                   f" (allowed: {', '.join(allowed)})" if allowed else "")
         msgs.append(f"{path}: {full}: {msg}" if full else f"{path}: {msg}")
     return msgs
 
@@ -162,16 +189,17 @@ def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
     try:
         suite = Suite(**raw)
     except pydantic.ValidationError as e:
-        _raise_first(_pydantic_errors(shown, "", e))
+        _raise_all(_pydantic_errors(shown, "", e, schema=Suite), shown)
     suite.path = shown
-    _raise_first(_check_semantics(suite, shown, data_ctx))
+    _raise_all(_check_semantics(suite, shown, data_ctx), shown)
     return suite
 
 
-def _raise_first(errors: list[str]) -> None:
+def _raise_all(errors: list[str], path: str) -> None:
+    """Every problem found, on one line: the first with the file's name, the others after it."""
     if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise UserError(errors[0] + more)
+        rest = [e.removeprefix(f"{path}: ") for e in dict.fromkeys(errors[1:])]
+        raise UserError("; ".join([errors[0], *rest]))
 
 
 def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
@@ -187,7 +215,7 @@ def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
     try:
         validated = reg_entry.validate(params)
     except pydantic.ValidationError as e:
-        errors.extend(_pydantic_errors(path, f"{key}.params", e))
+        errors.extend(_pydantic_errors(path, f"{key}.params", e, known=[p.name for p in reg_entry.params]))
         return None
     entry.params = validated
     if registry is datasets or registry is baseline_detectors:

@@ -39,6 +39,9 @@ def bad_suite_error(write_suite, capsys, tmp_path, text):
     (("params: {steps: 5,", "params: {steps: five,"), "attacks[1].params.steps", "integer"),
     (("params: {steps: 5,", "params: {stepz: 5,"), "attacks[1].params.stepz", "unknown key"),
     (("seeds: [0]", "seeds: [0]\nworkers: 3"), "workers", "unknown key"),
+    (("params: {steps: 5,", "params: {stepz: 5,"), "attacks[1].params.stepz", "did you mean 'steps'"),
+    (("seeds: [0]", "seed: [0]"), "seed", "unknown key; did you mean 'seeds'"),
+    (("    eval_size: 60", "    eval_sise: 60"), "datasets[0].eval_sise", "did you mean 'eval_size'"),
     (("std: 0.2", "std: -0.2"), "defenses[1].params", "std must be >= 0"),
     (("eval_size: 60", "eval_size: -1"), "datasets[0].eval_size", "greater than 0"),
     (("transfer_from: undefended", "transfer_from: undefend"), "attacks[2].transfer_from", "did you mean 'undefended'"),
@@ -51,6 +54,15 @@ def test_bad_suite_names_file_and_key(write_suite, capsys, tmp_path, edit, key, 
     assert old in TINY_SUITE
     err = bad_suite_error(write_suite, capsys, tmp_path, TINY_SUITE.replace(old, new, 1))
     assert f": {key}:" in err and message in err
+
+
+def test_every_problem_is_listed_on_one_line(write_suite, capsys, tmp_path):
+    text = TINY_SUITE.replace("params: {steps: 5,", "params: {steps: five,").replace("budgets: [0.1, 0.3]\n  - name: pgd",
+                                                                                    "budgets: [0.1, -0.3]\n  - name: pgd")
+    text = text.replace("name: gaussian-augment", "name: gausian-augment")
+    err = bad_suite_error(write_suite, capsys, tmp_path, text)
+    assert "attacks[1].params.steps" in err and "attacks[0].budgets[1]" in err and "defenses[1].name" in err
+    assert "more)" not in err
 
 
 def test_malformed_yaml_names_line(write_suite, capsys, tmp_path):
