@@ -360,3 +360,26 @@ def test_model_training_mode_is_restored(mnist):
         assert model.training
     finally:
         model.eval()
+
+
+def test_the_readme_attack_example_registers_and_runs(mnist):
+    """The README's "Adding an attack" code, as written, is a working attack."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Adding an attack", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        model, x, y = mnist
+        x, y = x[:16], y[:16]
+        attack = get_attack("uniform-noise", {"draws": 30})
+        adv = attack.run(model, x, y, 0.6, seed=0)
+        assert (adv - x).abs().max() <= 0.6 + 1e-6
+        assert torch.equal(adv, attack.run(model, x, y, 0.6, seed=0))
+        changed = (adv != x).flatten(1).any(1)
+        with torch.no_grad():  # an image is perturbed exactly where the noise fooled the model
+            assert torch.equal(changed, model(adv).argmax(1) != y) and changed.any()
+    finally:
+        attacks._entries.pop("uniform-noise", None)
