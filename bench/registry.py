@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ class UnknownName(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
+
+
+class BrokenPlugin(UnknownName):
+    """A name whose entry point failed to import: the message names the entry point and its error."""
+
+    def __init__(self, kind: str, name: str, where: str, error: str):
+        KeyError.__init__(self, f"{kind} {name!r} comes from the entry point {where}, which failed to import: "
+                                f"{error}")
+        self.kind, self.name, self.known = kind, name, []
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class Registry:
         self.group = group
         self._builtin_modules = builtin_modules
         self._entries: dict[str, Entry] = {}
+        self._broken: dict[str, tuple[str, str]] = {}  # entry-point name -> (where, error)
         self._loaded = False
 
     def register(
@@ -158,6 +169,8 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._broken:
+                raise BrokenPlugin(self.kind, name, *self._broken[name]) from None
             raise UnknownName(self.kind, name, self.names()) from None
 
     def __contains__(self, name: str) -> bool:
@@ -180,9 +193,21 @@ class Registry:
         self.load_plugins()
 
     def load_plugins(self) -> None:
-        """Import every entry point of this registry's group (safe to call again)."""
+        """Import every entry point of this registry's group (safe to call again).
+
+        An entry point that fails to import is skipped with one warning line naming it and its error
+        (suites that do not use it still validate and run); asking for its name later says why it is
+        missing.
+        """
         for ep in entry_points(group=self.group):
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken plugin must not take the built-in entries down with it
+                if ep.name not in self._broken:
+                    where, error = f"{ep.name} = {ep.value} (group {self.group})", f"{type(e).__name__}: {e}"
+                    self._broken[ep.name] = (where, error)
+                    print(f"advbench: warning: skipped the entry point {where}: {error}", file=sys.stderr)
+                continue
             if isinstance(obj, types.ModuleType):
                 continue  # importing the module registered its entries
             if ep.name not in self._entries:

@@ -98,3 +98,39 @@ def test_third_party_package_registers_through_entry_points(tmp_path, monkeypatc
         attacks: []
     """))
     assert suite.defenses[0].params["scale"] == 0.5
+
+
+def test_a_plugin_that_fails_to_import_is_one_line_and_isolated(tmp_path, monkeypatch, write_suite, capsys):
+    (tmp_path / "advbench_broken_demo.py").write_text("import a_module_that_is_not_installed\n")
+    dist = tmp_path / "advbench_broken_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: advbench-broken-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[advbench.defenses]\nbroken-defense = advbench_broken_demo:Broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(defenses, "_broken", {})
+    defenses.load_plugins()
+    defenses.load_plugins()  # again: still one warning
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken-defense = advbench_broken_demo:Broken" in err[0]
+    assert "ModuleNotFoundError" in err[0] and "a_module_that_is_not_installed" in err[0]
+    assert "undefended" in defenses.names() and "broken-defense" not in defenses.names()
+
+    from bench.config import load_suite
+    from bench.errors import UserError
+
+    good = load_suite(write_suite("""\
+        name: fine
+        datasets: [{name: digits}]
+        defenses: [{name: undefended, params: {epochs: 1}}]
+        attacks: []
+    """))
+    assert good.defenses[0].name == "undefended"
+    with pytest.raises(UserError, match=r"defenses\[0\]\.name: defense 'broken-defense' comes from the entry point "
+                                        r"broken-defense = advbench_broken_demo:Broken .*which failed to import: "
+                                        r"ModuleNotFoundError"):
+        load_suite(write_suite("""\
+            name: uses-it
+            datasets: [{name: digits}]
+            defenses: [{name: broken-defense}]
+            attacks: []
+        """, "uses.yaml"))
