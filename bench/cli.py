@@ -151,7 +151,12 @@ def cmd_run(args) -> int:
         for task in plan.tasks:
             state = "done" if task.key in done else ("failed, will retry" if task.key in failed else "to run")
             print(f"{task.kind:13}  {task.key}  {state:17}  {task.label}")
-        print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(plan.tasks) - len(done)} to run "
+        from .runner.progress import RunEstimate, duration
+
+        todo = [t for t in plan.tasks if t.key not in done]
+        estimate = RunEstimate(existing.mean_wall_times() if existing else {}).remaining(todo) if todo else 0.0
+        guess = f", about {duration(estimate)} from the store's timings" if estimate is not None and todo else ""
+        print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(todo)} to run{guess} "
               f"(device {device}; store {args.store})")
         return 0
 

@@ -40,6 +40,7 @@ class Defense:
     has_reject_class: ClassVar[bool] = False  # the deployed model has an extra "reject" output
     is_detector: ClassVar[bool] = False
     forward_passes: ClassVar[int] = 1         # forward passes per prediction
+    label: str | None = None                  # the suite's label for it (progress bars), set by the runner
 
     spec: InputSpec
     device: torch.device
@@ -146,7 +147,7 @@ class ClassifierDefense(Defense):
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
         train_classifier(self.model, data.train_x, data.train_y, self.train_config, seed=seed,
                          device=self.device, transform=self.augment, loss_fn=self.training_loss,
-                         progress=progress, desc=type(self).__name__)
+                         progress=progress, desc=self.label or type(self).__name__)
 
 
 class DetectorDefense(Defense):

@@ -173,6 +173,12 @@ class Store:
                  provenance["git_commit"], now()),
             )
 
+    def mean_wall_times(self) -> dict[str, float]:
+        """Mean wall time (s) of the done tasks of each kind: the prior for progress estimates."""
+        rows = self._db.execute("SELECT kind, AVG(wall_time_s) FROM tasks WHERE status = 'done' "
+                                "AND wall_time_s IS NOT NULL GROUP BY kind").fetchall()
+        return {kind: float(mean) for kind, mean in rows}
+
     def set_suite_plan(self, suite: str, keys: list[str]) -> None:
         """Remember which results make up a suite now, so edited suites do not show stale rows."""
         with self._transaction() as db:

@@ -200,7 +200,7 @@ class Ensemble(Defense):
 
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
         self.bootstrap_indices = []
-        bar = tqdm(total=self.members, desc=f"ensemble ({self.method})", disable=not progress)
+        bar = tqdm(total=self.members, desc=f"{self.label or 'ensemble'} ({self.method})", disable=not progress)
         for i, (member, (member_seed, bootstrap_seed)) in enumerate(
                 zip(self.member_defenses, self._member_seeds(seed, self.members))):
             bar.set_description(f"member {i + 1}/{self.members}")

@@ -51,3 +51,28 @@ def test_benchmark_tables_are_written_as_data(tmp_path):
     record = json.loads(json_path.read_text())
     assert record["benchmark"] == "attacks" and record["rows"] == rows
     assert record["device"] == "cpu" and record["n"] == 256 and "torch" in record["versions"]
+
+
+def test_run_estimate_learns_per_kind_and_falls_back_to_stored_timings():
+    from bench.plan import Task
+    from bench.runner.progress import RunEstimate, duration
+
+    tasks = [Task(kind, f"k{i}", "", {}, []) for i, kind in enumerate(["train", "craft", "craft", "score"])]
+    assert RunEstimate().remaining(tasks) is None  # nothing known yet
+    estimate = RunEstimate({"train": 10.0, "craft": 2.0})
+    assert estimate.remaining(tasks) == 10 + 2 + 2 + (10 + 2) / 2  # score: the mean over known kinds
+    estimate.record("craft", 4.0)
+    estimate.record("craft", 6.0)
+    assert estimate.per_task("craft") == 5.0 and estimate.per_task("train") == 10.0
+    assert [duration(s) for s in (None, 42.4, 185, 3720)] == ["?", "42s", "3m05s", "1h02m"]
+
+
+def test_progress_lines_and_dry_run_give_time_estimates(write_suite, tmp_path, capsys):
+    args = ["--store", str(tmp_path / "store"), "--leaderboard", str(tmp_path / "board"), "--quiet"]
+    suite = write_suite()
+    assert main(["run", str(suite), *args]) == 0
+    out = capsys.readouterr().out
+    assert "left" in out.splitlines()[1] and "[21/21]" in out and "left" not in out.split("[21/21]")[1].splitlines()[0]
+    edited = write_suite(suite.read_text().replace("budgets: [0.1, 0.3]", "budgets: [0.1, 0.2, 0.3]", 1), "more.yaml")
+    assert main(["run", str(edited), "--dry-run", *args[:2]]) == 0
+    assert "to run, about " in capsys.readouterr().out

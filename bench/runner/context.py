@@ -68,6 +68,7 @@ def build_defense(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]
     cfg = train.config
     data = load_task_dataset(cfg["dataset"], ctx)
     defense = defenses.get(cfg["defense"]["name"]).build(**cfg["defense"]["params"])
+    defense.label = train.info.get("defense")
     defense.setup(data.input_spec(), seed=cfg["seed"], device=torch.device(ctx.device))
     return defense, data
 

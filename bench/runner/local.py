@@ -10,6 +10,7 @@ from ..registry import executors
 from ..store import Store
 from .context import RunContext
 from .executor import RunSummary
+from .progress import RunEstimate, duration
 from .tasks import run_task
 
 
@@ -26,6 +27,7 @@ class LocalExecutor:
         todo = [t for t in plan.tasks if t.key not in done]
         summary = RunSummary(planned=len(plan.tasks), already_done=len(plan.tasks) - len(todo))
         broken: set[str] = set()
+        estimate = RunEstimate(store.mean_wall_times())
         for i, task in enumerate(todo, 1):
             prefix = f"[{i}/{len(todo)}] {task.label}"
             if any(dep in broken for dep in task.deps):
@@ -35,11 +37,15 @@ class LocalExecutor:
                 continue
             start = time.perf_counter()
             status, error = run_task(task, {k: by_key[k] for k in task.deps}, ctx)
+            elapsed = time.perf_counter() - start
             summary.ran += 1
             if status == "failed":
                 broken.add(task.key)
                 summary.failed.append((task.label, error or ""))
                 self.echo(f"{prefix}: FAILED ({error})")
             else:
-                self.echo(f"{prefix}: {time.perf_counter() - start:.1f}s")
+                estimate.record(task.kind, elapsed)
+                left = todo[i:]
+                eta = f", about {duration(estimate.remaining(left))} left" if left else ""
+                self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
         return summary
