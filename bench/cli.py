@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from the store")
     lb.add_argument("--store", default=DEFAULT_STORE)
     lb.add_argument("--out", default=DEFAULT_LEADERBOARD)
+    lb.add_argument("--suite", help="only this suite's results (default: every suite, each its own sections)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["attacks", "ensembles"])
@@ -109,11 +110,20 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _rebuild_leaderboard(store, out: Path) -> list[Path]:
-    """The leaderboard from every result in some suite's latest plan; returns the written paths."""
+def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Path]:
+    """The leaderboard from every result in some suite's latest plan (or in ``suite``'s only), each suite
+    its own sections; returns the written paths."""
+    from .registry import UnknownName
     from .report import build_leaderboard
 
     results, detections = store.results(), store.detections()
+    if suite is not None:
+        known = store.suites()
+        if suite not in known:
+            raise UserError(f"--suite: {UnknownName('suite in this store', suite, known)}")
+        keys = store.plan_keys(suite)
+        results = results[results["key"].isin(keys)].assign(plan_suites=[[suite]] * int(results["key"].isin(keys).sum()))
+        detections = detections[detections["task_key"].isin(keys)]
     if results.empty and detections.empty and (out / "README.md").exists():
         # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
         print(f"leaderboard: the store has no results yet; {out} left as it was")
@@ -130,7 +140,7 @@ def cmd_leaderboard(args) -> int:
     store = Store.open_existing(args.store)
     if store is None:
         raise UserError(f"--store {args.store}: no results store there; run a suite first (advbench run SUITE)")
-    _rebuild_leaderboard(store, Path(args.out))
+    _rebuild_leaderboard(store, Path(args.out), args.suite)
     return 0
 
 

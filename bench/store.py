@@ -173,6 +173,14 @@ class Store:
                  provenance["git_commit"], now()),
             )
 
+    def suites(self) -> list[str]:
+        """The suites that have a plan in this store."""
+        return [s for (s,) in self._db.execute("SELECT DISTINCT suite FROM suite_plans ORDER BY suite")]
+
+    def plan_keys(self, suite: str) -> set[str]:
+        """The task keys of ``suite``'s latest plan."""
+        return {k for (k,) in self._db.execute("SELECT key FROM suite_plans WHERE suite = ?", (suite,))}
+
     def mean_wall_times(self) -> dict[str, float]:
         """Mean wall time (s) of the done tasks of each kind: the prior for progress estimates."""
         rows = self._db.execute("SELECT kind, AVG(wall_time_s) FROM tasks WHERE status = 'done' "
@@ -209,10 +217,13 @@ class Store:
         """All result rows as a DataFrame; by default only rows in some suite's latest plan."""
         import pandas as pd
 
-        query = "SELECT * FROM results"
+        # plan_suites: the suites whose latest plan holds the row (a cell two suites share is stored once).
+        query = ("SELECT r.*, (SELECT group_concat(p.suite, char(10)) FROM suite_plans p WHERE p.key = r.key) "
+                 "AS plan_suites FROM results r")
         if current_only:
-            query += " WHERE key IN (SELECT key FROM suite_plans)"
+            query += " WHERE r.key IN (SELECT key FROM suite_plans)"
         frame = pd.read_sql_query(query, self._db)
+        frame["plan_suites"] = [sorted(s.split("\n")) if isinstance(s, str) else [] for s in frame["plan_suites"]]
         frame["correct"] = [
             None if blob is None else np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=int(n)).astype(bool)
             for blob, n in zip(frame["correct"], frame["n"])

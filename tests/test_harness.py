@@ -162,25 +162,30 @@ attacks:
 """
 
 
-def test_two_suites_with_one_label_are_two_leaderboard_rows(write_suite, tmp_path):
-    """Two models labelled `undefended` (1 and 3 epochs) in one store: two rows, never one mixed row."""
+def test_two_suites_with_one_label_are_two_leaderboard_rows(write_suite, tmp_path, capsys):
+    """Two models labelled `undefended` (1 and 3 epochs) in one store: each suite its own section with its
+    own row, never one row mixing the two models."""
     first = write_suite(ONE_MODEL_SUITE.format(name="short", epochs=1), "short.yaml")
     second = write_suite(ONE_MODEL_SUITE.format(name="long", epochs=3), "long.yaml")
     assert run(first, tmp_path) == 0 and run(second, tmp_path) == 0
     readme = (tmp_path / "board" / "README.md").read_text()
-    table = [line for line in readme.splitlines() if line.startswith("| undefended")]
-    # the L-infinity table and the clean-only details: each model its own rows, told apart by suite
-    assert any(line.startswith("| undefended (short)") for line in table)
-    assert any(line.startswith("| undefended (long)") for line in table)
-    assert not any(line.split("|")[1].strip() == "undefended" for line in table)
     with sqlite3.connect(tmp_path / "store" / "advbench.sqlite") as db:
         stored = dict(db.execute("SELECT suite, robust_acc FROM results WHERE attack = 'fgsm' AND budget = 0.3"))
-    assert set(stored) == {"short", "long"}
-    header = next(line for line in readme.splitlines() if line.startswith("| Defense") and "fgsm ε=0.3" in line)
-    col = [c.strip() for c in header.split("|")].index("fgsm ε=0.3")
+    assert set(stored) == {"short", "long"} and stored["short"] != stored["long"]
     for suite, acc in stored.items():
-        row = next(line for line in readme.splitlines() if line.startswith(f"| undefended ({suite})"))
-        assert [c.strip() for c in row.split("|")][col] == f"{100 * acc:.1f}"
+        section = readme.split(f"## {suite} — digits\n", 1)[1].split("\n## ", 1)[0]
+        header = next(line for line in section.splitlines() if line.startswith("| Defense"))
+        col = [c.strip() for c in header.split("|")].index("fgsm ε=0.3")
+        rows = [line for line in section.splitlines() if line.startswith("| undefended")]
+        assert len(rows) == 1 and [c.strip() for c in rows[0].split("|")][col] == f"{100 * acc:.1f}"
+    # one suite alone, by name; an unknown name is one line with suggestions
+    assert main(["leaderboard", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "short-only"),
+                 "--suite", "short"]) == 0
+    only = (tmp_path / "short-only" / "README.md").read_text()
+    assert "## digits\n" in only and "## long" not in only and "of suite short;" in only
+    assert main(["leaderboard", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "x"),
+                 "--suite", "shrt"]) == 2
+    assert "did you mean 'short'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_run_that_stores_nothing_leaves_the_leaderboard(write_suite, tmp_path, monkeypatch):

@@ -88,12 +88,19 @@ def test_readme_table_numbers_worst_case_and_sort_order(board_dir):
     out, paths = board_dir
     readme = (out / "README.md").read_text(encoding="utf-8")
     header, rows = _md_table(readme, "L∞, white-box")
-    assert header == ["Defense", "Clean", "fgsm ε=0.1", "fgsm ε=0.3", "pgd ε=0.1", "pgd ε=0.3",
-                      "Worst case ε=0.1", "Worst case ε=0.3"]
-    # Zeta (mean 60.0) sorts above Alpha (mean 40.0) although Alpha comes first alphabetically.
+    # The headline (worst case at the largest budget every attack ran at) comes first; its worst-case
+    # column is not repeated.
+    assert header == ["Defense", "Clean", "Headline: worst case ε=0.3", "fgsm ε=0.1", "fgsm ε=0.3", "pgd ε=0.1",
+                      "pgd ε=0.3", "Worst case ε=0.1"]
+    # Zeta (headline 20.0) ranks above Alpha (0.0) although Alpha comes first alphabetically.
     assert [r[0] for r in rows] == ["Zeta", "Alpha"]
-    assert rows[0] == ["Zeta", "90.0", "80.0", "50.0", "70.0", "40.0", "60.0", "20.0"]
-    assert rows[1] == ["Alpha", "85.0", "60.0", "30.0", "50.0", "20.0", "10.0", "0.0"]
+
+    def ci(hits):
+        low, high = wilson_interval(hits, 10)
+        return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+    assert rows[0] == ["Zeta", "90.0", f"20.0 {ci(2)}", "80.0", "50.0", "70.0", "40.0", "60.0"]
+    assert rows[1] == ["Alpha", "85.0", f"0.0 {ci(0)}", "60.0", "30.0", "50.0", "20.0", "10.0"]
     assert out / "README.md" in paths and out / "index.html" in paths
 
 
@@ -130,7 +137,7 @@ def test_seeds_pool_counts_not_accuracies(tmp_path):
     cells = dict(zip(header, rows[0]))
     assert cells["pgd ε=0.1"] == "47.5"
     assert cells["fgsm ε=0.1"] == "92.5"  # 37/40
-    assert cells["Worst case ε=0.1"] == "40.0"  # (4 + 12) / 40
+    assert cells["Headline: worst case ε=0.1"].startswith("40.0 [")  # (4 + 12) / 40
     low, high = wilson_interval(19, 40)
     header, rows = _md_table(readme, "Details: toy")
     pgd = next(dict(zip(header, r)) for r in rows if r[2] == "pgd")
@@ -146,7 +153,7 @@ def test_worst_case_needs_per_example_arrays(tmp_path):
     tables = dict(leaderboard_tables(frame))
     row = tables["toy — L∞, white-box"].iloc[0]
     # Without the arrays the minimum (50.0) would be a guess that overstates robustness.
-    assert row["pgd ε=0.1"] == "50.0" and row["Worst case ε=0.1"] == "—"
+    assert row["pgd ε=0.1"] == "50.0" and row["Headline: worst case ε=0.1"] == "—"
 
 
 def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
@@ -159,7 +166,8 @@ def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
     assert headings == ["toy — L∞, white-box", "toy — L∞, transfer from Undefended",
                         "toy — L2, white-box", "toy — details"]
     tables = dict(leaderboard_tables(frame))
-    assert list(tables["toy — L2, white-box"].columns) == ["Defense", "Clean", "cw unbounded"]
+    # no clean rows stored: the Clean column, empty in every row, is dropped; cw has no budget: no headline
+    assert list(tables["toy — L2, white-box"].columns) == ["Defense", "cw unbounded"]
     build_leaderboard(frame, tmp_path)
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     # The transfer plot must not overwrite the white-box one; unbounded-only attacks have no curve.
@@ -326,10 +334,26 @@ def test_two_configs_under_one_label_are_two_rows():
     tag = "#" + hashlib.sha256(json.dumps({"name": "Zeta"}).encode()).hexdigest()[:6]
     assert f"Zeta {tag}" in labels and len([x for x in labels if x.startswith("Zeta #")]) == 2
     row = main[main["Defense"] == f"Zeta {tag}"].iloc[0]
-    assert row["Worst case ε=0.1"] == "60.0" and row["Worst case ε=0.3"] == "20.0"
+    assert row["Worst case ε=0.1"] == "60.0" and row["Headline: worst case ε=0.3"].startswith("20.0 [")
 
 
 def test_one_config_per_label_keeps_the_label():
     tables = dict(leaderboard_tables(_frame()))
     main = next(t for heading, t in tables.items() if heading.startswith("toy — L∞"))
     assert set(main["Defense"]) == {"Zeta", "Alpha"}
+
+
+def test_rows_rank_by_the_headline_not_the_mean():
+    """A defense better on average but worse under the worst case ranks second; a row missing the
+    headline is not ranked against the others; a column empty in every row is dropped."""
+    frame = pd.DataFrame([
+        _row("Mean-winner", "fgsm", 0.3, [1] * 10), _row("Mean-winner", "pgd", 0.3, [0] * 5 + [1] * 5),
+        _row("Worst-winner", "fgsm", 0.3, [1] * 7 + [0] * 3), _row("Worst-winner", "pgd", 0.3, [1] * 7 + [0] * 3),
+        _row("Alpha-partial", "fgsm", 0.3, [1] * 10),
+    ])
+    tables = dict(leaderboard_tables(frame))
+    table = next(t for heading, t in tables.items() if heading.startswith("toy — L∞"))
+    # mean 75 vs 70; headline (AND) 50 vs 70
+    assert list(table["Defense"]) == ["Worst-winner", "Mean-winner", "Alpha-partial"]
+    assert list(table["Headline: worst case ε=0.3"].str.split(" ").str[0]) == ["70.0", "50.0", "—"]
+    assert "Clean" not in table.columns  # no clean rows were stored

@@ -18,21 +18,39 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
         return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors)
-    results = robustness.separate_models(results)  # one row per trained model, also in the views
-    rows = robustness.dedupe(robustness.normalize(results))
+    rows = robustness.dedupe(robustness.normalize(robustness.separate_models(results)))
     produced = robustness.produced_line(rows, total=len(results))
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
 
     taken_files: set[str] = set()
     sections = []
-    for dataset in sorted({r.dataset for r in rows}):
-        section = robustness.dataset_section(
-            dataset, [r for r in rows if r.dataset == dataset], taken_files,
-            views=view_tables(dataset, results[results["dataset"] == dataset]))
-        sections.append(section)
+    for suite, frame in suite_frames(results):
+        frame = robustness.separate_models(frame)  # one row per trained model, also in the views
+        suite_rows = robustness.dedupe(robustness.normalize(frame))
+        for dataset in sorted({r.dataset for r in suite_rows}):
+            name = f"{suite} — {dataset}" if suite else dataset
+            sections.append(robustness.dataset_section(
+                name, [r for r in suite_rows if r.dataset == dataset], taken_files,
+                views=view_tables(name, frame[frame["dataset"] == dataset])))
     return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
                        detectors=detectors)
+
+
+def suite_frames(results: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """The results of each suite, for a section of its own: a row counts for every suite whose latest plan
+    holds it (``plan_suites``, as the store reads it), else for the suite that ran it. One suite: one
+    unnamed part, so a single-suite leaderboard's headings are the datasets alone."""
+    if "plan_suites" in results.columns:
+        owners = [list(p) if isinstance(p, (list, tuple)) and len(p) else [s] for p, s in
+                  zip(results["plan_suites"], results.get("suite", pd.Series([""] * len(results))))]
+    else:
+        owners = [[s] for s in results.get("suite", pd.Series([""] * len(results), index=results.index))]
+    owners = [[("" if pd.isna(s) else str(s)) for s in o] for o in owners]
+    suites = sorted({s for o in owners for s in o})
+    if len(suites) <= 1:
+        return [(None, results)]
+    return [(suite, results[[suite in o for o in owners]]) for suite in suites]
 
 
 def leaderboard_tables(results: pd.DataFrame | None,

@@ -14,8 +14,12 @@ How numbers are counted
   dataset/defense/seed/surface/source). Taking the minimum of the attacks'
   accuracies instead would overstate robustness whenever attacks break
   different examples. Without per-example arrays the cell shows "—".
-* Rows are sorted by the mean of their attack cells (not Clean, not Worst
-  case), most robust first.
+* The headline of a table is the per-example worst case over every attack in
+  it at the largest budget they all ran at (one attack: its own cell), shown
+  with its 95% interval after Clean. Rows are ranked by it, most robust first;
+  a row without it comes after, by name (rows that cover different columns are
+  never ranked against each other). Columns with no number in any row are
+  dropped.
 * A leaderboard row is one trained model configuration: (dataset, defense
   config with defaults filled in, scoring surface). Two configurations that
   share a label (two suites in one store, each with its own ``undefended``) are
@@ -34,6 +38,7 @@ rows it pools.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -67,7 +72,8 @@ _ZERO_IS_CLEAN = {"eps", "epsilon"}
 
 LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds. "
           "Worst case: an example counts as robust only if it survives every attack at that budget. "
-          "Rows: most robust (mean over attack columns) first. "
+          "Headline: the worst case over every attack of the table at the largest budget they all ran at, "
+          "with its 95% interval; rows are ranked by it, and a row without it is listed after, by name. "
           f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
 
 
@@ -427,20 +433,51 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
         cell = cells.get((defense, *column))
         return cell.acc if cell else math.nan
 
-    scores = {d: _score([acc(d, c) for c in columns]) for d in defenses}
-    # Most robust first; defenses without a single number go last.
-    order = sorted(defenses, key=lambda d: (math.inf if math.isnan(scores[d]) else -scores[d], d))
+    # The headline: the per-example worst case over every attack of the table at the largest budget they
+    # all ran at (one attack: its own cell). Rows rank by it; a row without it is not ranked against those
+    # with it (nor, without a headline, a row that misses a column against one that has them all).
+    attack_names = list(dict.fromkeys(a for a, _ in columns))
+    shared = set.intersection(*({b for a2, b in columns if a2 == a and b[1] is not None} for a in attack_names)) \
+        if attack_names else set()
+    headline_budget = max(shared, key=_budget_order) if shared else None
+    headline: dict[str, _Cell | None] = {}
+    if headline_budget is not None:
+        for defense in defenses:
+            headline[defense] = worst.get((defense, headline_budget)) if len(attack_names) >= 2 else \
+                cells.get((defense, attack_names[0], headline_budget))
+        worst_budgets = [b for b in worst_budgets if b != headline_budget]  # the headline column shows it
+
+    def rank(defense: str) -> tuple:
+        if headline_budget is not None:
+            cell = headline[defense]
+            return (0, -cell.acc, defense) if cell else (1, 0.0, defense)
+        values = [acc(defense, c) for c in columns]
+        complete = not any(math.isnan(v) for v in values)
+        return (0, -_score(values), defense) if complete else (1, 0.0, defense)
+
+    order = sorted(defenses, key=rank)
 
     taken: set[str] = {"Defense", "Clean"}
+    headline_label = _unique(f"Headline: worst case {budget_label(*headline_budget)}"
+                             if len(attack_names) >= 2 and headline_budget is not None else
+                             f"Headline: {attack_names[0]} {budget_label(*headline_budget)}"
+                             if headline_budget is not None else "Headline", taken)
     labels = [_unique(f"{a} {budget_label(*b)}", taken) for a, b in columns]
     worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in worst_budgets]
 
+    headline_columns = [headline_label] if headline_budget is not None else []
     values = pd.DataFrame(index=pd.Index(order, name="Defense"),
-                          columns=["Clean", *labels, *worst_labels], dtype=float)
+                          columns=["Clean", *headline_columns, *labels, *worst_labels], dtype=float)
     details: list[list[str]] = []
     for defense in order:
         clean_cell = clean.get(defense)
         values.loc[defense, "Clean"] = clean_cell.acc if clean_cell else math.nan
+        if headline_budget is not None:
+            cell = headline[defense]
+            values.loc[defense, headline_label] = cell.acc if cell else math.nan
+            if cell and len(attack_names) >= 2:
+                name = f"worst case ({', '.join(attack_names)})"
+                details.append(_detail_row(setting, defense, name, budget_label(*headline_budget), cell))
         for (attack, budget), label in zip(columns, labels):
             values.loc[defense, label] = acc(defense, (attack, budget))
             cell = cells.get((defense, attack, budget))
@@ -452,8 +489,17 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
             if cell:
                 name = f"worst case ({', '.join(attacks_at[budget])})"
                 details.append(_detail_row(setting, defense, name, budget_label(*budget), cell))
+    # A column no row has a number in says nothing; the headline stays ("—": not computable, e.g. no
+    # per-example arrays), since its absence would read as "no headline".
+    values = values[[c for c in values.columns if c in headline_columns or values[c].notna().any()]]
 
     table = values_table(f"{dataset} — {setting}", setting, values)
+    if headline_label in values.columns:  # the headline with its 95% interval
+        frame = table.frame.copy()
+        frame[headline_label] = [
+            f"{pct(cell.acc)} [{pct(cell.interval[0])}, {pct(cell.interval[1])}]" if cell else MISSING
+            for cell in (headline[d] for d in order)]
+        table = dataclasses.replace(table, frame=frame)
     plots = [_plot(dataset, group, setting, attack, order, cells, clean, taken_files)
              for attack in dict.fromkeys(a for a, _ in columns)]
     return table, details, [p for p in plots if p is not None]
