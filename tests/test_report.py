@@ -158,8 +158,9 @@ def test_worst_case_needs_per_example_arrays(tmp_path):
 
 def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
     frame = pd.DataFrame([
-        _row("D", "pgd", 0.1, [1, 0]),
+        _row("D", "pgd", 0.1, [1, 0]), _row("D", "pgd", 0.3, [0, 0]),
         _row("D", "pgd", 0.1, [1, 1], source="transfer:Undefended"),
+        _row("D", "pgd", 0.3, [1, 0], source="transfer:Undefended"),
         _row("D", "cw", None, [0, 0], threat_model="l2"),
     ])
     headings = [h for h, _ in leaderboard_tables(frame)]
@@ -357,3 +358,13 @@ def test_rows_rank_by_the_headline_not_the_mean():
     assert list(table["Defense"]) == ["Worst-winner", "Mean-winner", "Alpha-partial"]
     assert list(table["Headline: worst case ε=0.3"].str.split(" ").str[0]) == ["70.0", "50.0", "—"]
     assert "Clean" not in table.columns  # no clean rows were stored
+
+
+def test_plots_need_two_budgets_and_at_most_six_lines(tmp_path):
+    rows = [_row(f"D{i}", "pgd", b, [1, 0]) for i in range(8) for b in (0.1, 0.3)]
+    rows += [_row("Single", "fgsm", 0.1, [1, 1]), _row("D0", "fgsm", 0.1, [1, 0])]  # fgsm: one budget only
+    board = compute_leaderboard(pd.DataFrame(rows))
+    plots = board.datasets[0].plots
+    assert [p.filename for p in plots] == ["toy__linf__pgd__part1.png", "toy__linf__pgd__part2.png"]
+    assert [len(p.series) for p in plots] == [6, 2] and plots[1].caption.endswith("(2 of 2)")
+    assert all(len(series[1]) == 2 for p in plots for series in p.series)  # no clean point: none stored

@@ -500,30 +500,35 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
             f"{pct(cell.acc)} [{pct(cell.interval[0])}, {pct(cell.interval[1])}]" if cell else MISSING
             for cell in (headline[d] for d in order)]
         table = dataclasses.replace(table, frame=frame)
-    plots = [_plot(dataset, group, setting, attack, order, cells, clean, taken_files)
-             for attack in dict.fromkeys(a for a, _ in columns)]
-    return table, details, [p for p in plots if p is not None]
+    plots = [plot for attack in dict.fromkeys(a for a, _ in columns)
+             for plot in _plots(dataset, group, setting, attack, order, cells, clean, taken_files)]
+    return table, details, plots
 
 
-def _plot(dataset: str, group: tuple[str, str, str], setting: str, attack: str, defenses: list[str],
-          cells: dict[tuple, _Cell], clean: dict[str, _Cell], taken_files: set[str]) -> Plot | None:
+MAX_LINES_PER_PLOT = 6  # more lines on one axes cannot be told apart: split into numbered parts
+
+
+def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str, defenses: list[str],
+           cells: dict[tuple, _Cell], clean: dict[str, _Cell], taken_files: set[str]) -> list[Plot]:
+    """Robust accuracy vs budget of one attack, one line per defense that ran it at two or more budgets
+    (one budget is a point, not a curve: the table has it), at most ``MAX_LINES_PER_PLOT`` lines a PNG."""
     threat_model, source, surface = group
     mine = {(d, b): c for (d, a, b), c in cells.items() if a == attack and b[1] is not None}
-    if not mine:  # an unbounded-only attack has no x position to plot at
-        return None
     params = list(dict.fromkeys(param for _, (param, _) in mine))
     zero_is_clean = set(params) <= _ZERO_IS_CLEAN
     series = []
     for defense in defenses:
         points = {budget: cell for (d, (_, budget)), cell in mine.items() if d == defense}
-        if points and zero_is_clean and 0.0 not in points and defense in clean:
-            points[0.0] = clean[defense]
-        if not points:
+        if len(points) < 2:  # unbounded-only (no x position) or a single budget
             continue
+        if zero_is_clean and 0.0 not in points and defense in clean:
+            points[0.0] = clean[defense]
         xs = sorted(points)
         intervals = [points[x].interval for x in xs]
         series.append((defense, tuple(xs), tuple(100 * points[x].acc for x in xs),
                        tuple(100 * lo for lo, _ in intervals), tuple(100 * hi for _, hi in intervals)))
+    if not series:
+        return []
 
     parts = [dataset, threat_model, attack]
     # Transfer and non-deployed surfaces would otherwise collide with the white-box plot.
@@ -532,16 +537,21 @@ def _plot(dataset: str, group: tuple[str, str, str], setting: str, attack: str, 
     if surface and surface != "deployed":
         parts.append(surface)
     stem = "__".join(sanitize(p) for p in parts)
-    filename, i = f"{stem}.png", 2
-    while filename in taken_files:
-        filename, i = f"{stem}-{i}.png", i + 1
-    taken_files.add(filename)
-
     xs = [x for s in series for x in s[1]]
     # Constants such as C&W's c span orders of magnitude; a log axis keeps them apart.
     log_x = min(xs) > 0 and max(xs) / min(xs) >= 100
-    return Plot(filename=filename, caption=f"{dataset} — {setting} — {attack}",
-                xlabel=" / ".join(_axis_label(p) for p in params), log_x=log_x, series=tuple(series))
+    chunks = [series[i:i + MAX_LINES_PER_PLOT] for i in range(0, len(series), MAX_LINES_PER_PLOT)]
+    plots = []
+    for k, chunk in enumerate(chunks, 1):
+        part_stem = stem if len(chunks) == 1 else f"{stem}__part{k}"
+        filename, i = f"{part_stem}.png", 2
+        while filename in taken_files:
+            filename, i = f"{part_stem}-{i}.png", i + 1
+        taken_files.add(filename)
+        part = "" if len(chunks) == 1 else f" ({k} of {len(chunks)})"
+        plots.append(Plot(filename=filename, caption=f"{dataset} — {setting} — {attack}{part}",
+                          xlabel=" / ".join(_axis_label(p) for p in params), log_x=log_x, series=tuple(chunk)))
+    return plots
 
 
 def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
