@@ -133,6 +133,9 @@ def test_nan_training_fails_its_task_and_skips_dependents(write_suite, tmp_path,
     assert "non-finite loss" in err
     # gauss's clean score, its 4 crafts and 4 scores, and the transfer score on it depend on the failed training
     assert "1 failed, 10 skipped" in out
+    # one line for the failure's dependents, not one per skipped task
+    assert "skipped 10 tasks that need 'train gauss on digits (seed 0)', which failed" in out
+    assert "skipped, an upstream" not in out
     rows = results_rows(tmp_path)
     assert {r[1] for r in rows} == {"undefended"} and len(rows) == 5
 

@@ -134,3 +134,17 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_isolated(tmp_path, monkey
             defenses: [{name: broken-defense}]
             attacks: []
         """, "uses.yaml"))
+
+
+def test_every_module_in_defenses_is_discovered():
+    """A module dropped into defenses/ registers itself without being listed in defenses/__init__.py."""
+    import pkgutil
+    import sys
+
+    import defenses as package
+
+    defenses.names()  # loads the registry's built-in modules
+    modules = [m.name for m in pkgutil.iter_modules(package.__path__)]
+    assert {"baseline", "ensemble", "bimodel_detector"} <= set(modules)
+    assert all(f"defenses.{m}" in sys.modules for m in modules)
+    assert "undefended" in defenses.names()

@@ -26,21 +26,21 @@ class LocalExecutor:
         done = store.done_keys(plan.keys)
         todo = [t for t in plan.tasks if t.key not in done]
         summary = RunSummary(planned=len(plan.tasks), already_done=len(plan.tasks) - len(todo))
-        broken: set[str] = set()
+        cause: dict[str, str] = {}  # key of a failed or skipped task -> label of the failed task behind it
         estimate = RunEstimate(store.mean_wall_times())
         for i, task in enumerate(todo, 1):
             prefix = f"[{i}/{len(todo)}] {task.label}"
-            if any(dep in broken for dep in task.deps):
-                broken.add(task.key)
+            failed_dep = next((dep for dep in task.deps if dep in cause), None)
+            if failed_dep is not None:  # counted, and said once per failed task at the end
+                cause[task.key] = cause[failed_dep]
                 summary.skipped.append(task.label)
-                self.echo(f"{prefix}: skipped, an upstream task failed")
                 continue
             start = time.perf_counter()
             status, error = run_task(task, {k: by_key[k] for k in task.deps}, ctx)
             elapsed = time.perf_counter() - start
             summary.ran += 1
             if status == "failed":
-                broken.add(task.key)
+                cause[task.key] = task.label
                 summary.failed.append((task.label, error or ""))
                 self.echo(f"{prefix}: FAILED ({error})")
             else:
@@ -48,4 +48,10 @@ class LocalExecutor:
                 left = todo[i:]
                 eta = f", about {duration(estimate.remaining(left))} left" if left else ""
                 self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
+        skipped_by: dict[str, int] = {}
+        for key, root in cause.items():
+            if root != by_key[key].label:
+                skipped_by[root] = skipped_by.get(root, 0) + 1
+        for root, n in skipped_by.items():
+            self.echo(f"skipped {n} task{'s' if n != 1 else ''} that need {root!r}, which failed")
         return summary
