@@ -177,9 +177,9 @@ def test_two_suites_with_one_label_are_two_leaderboard_rows(write_suite, tmp_pat
     assert set(stored) == {"short", "long"} and stored["short"] != stored["long"]
     for suite, acc in stored.items():
         section = readme.split(f"## {suite} — digits\n", 1)[1].split("\n## ", 1)[0]
-        header = next(line for line in section.splitlines() if line.startswith("| Defense"))
-        col = [c.strip() for c in header.split("|")].index("fgsm ε=0.3")
-        rows = [line for line in section.splitlines() if line.startswith("| undefended")]
+        table = section.split("### L∞, white-box\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        col = [c.strip() for c in table[0].split("|")].index("fgsm ε=0.3")
+        rows = [line for line in table if line.startswith("| undefended")]
         assert len(rows) == 1 and [c.strip() for c in rows[0].split("|")][col] == f"{100 * acc:.1f}"
     # one suite alone, by name; an unknown name is one line with suggestions
     assert main(["leaderboard", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "short-only"),

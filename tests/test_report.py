@@ -13,6 +13,7 @@ from bench.metrics import wilson_interval
 from bench.report import build_leaderboard, compute_leaderboard, leaderboard_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LEGEND = "toy — rows: each label's registry entry, its non-default parameters, version and seeds"  # the heading of a section's row legend
 
 
 def _row(defense: str, attack: str, budget: float | None, correct: list[int], *, seed: int = 0,
@@ -165,7 +166,7 @@ def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
     ])
     headings = [h for h, _ in leaderboard_tables(frame)]
     assert headings == ["toy — L∞, white-box", "toy — L∞, transfer from Undefended",
-                        "toy — L2, white-box", "toy — details"]
+                        "toy — L2, white-box", LEGEND, "toy — details"]
     tables = dict(leaderboard_tables(frame))
     # no clean rows stored: the Clean column, empty in every row, is dropped; cw has no budget: no headline
     assert list(tables["toy — L2, white-box"].columns) == ["Defense", "cw unbounded"]
@@ -314,7 +315,7 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
     monkeypatch.setitem(views._entries, "row-count", Entry("view", "row-count", count_view))
     assert [e.name for e in registered_views()] == ["strauss-table-2", "strauss-table-4", "row-count"]
     tables = dict(leaderboard_tables(_frame()))
-    assert list(tables) == ["toy — L∞, white-box", "toy — rows", "toy — details"]
+    assert list(tables) == ["toy — L∞, white-box", "toy — rows", LEGEND, "toy — details"]
     assert tables["toy — rows"].iloc[0].tolist() == ["all", "10"]
 
 
@@ -368,3 +369,20 @@ def test_plots_need_two_budgets_and_at_most_six_lines(tmp_path):
     assert [p.filename for p in plots] == ["toy__linf__pgd__part1.png", "toy__linf__pgd__part2.png"]
     assert [len(p.series) for p in plots] == [6, 2] and plots[1].caption.endswith("(2 of 2)")
     assert all(len(series[1]) == 2 for p in plots for series in p.series)  # no clean point: none stored
+
+
+def test_legend_names_each_label_with_its_non_default_parameters():
+    from bench.registry import defenses
+
+    params = defenses.get("gaussian-augment").validate({"std": 0.5})  # defaults filled in, as the plan stores
+    frame = _frame()
+    frame.loc[frame["defense"] == "Zeta", "defense_config"] = json.dumps(
+        {"name": "gaussian-augment", "version": "1", "params": params})
+    frame.loc[frame["defense"] == "Zeta", "seed"] = 3
+    tables = dict(leaderboard_tables(frame))
+    legend = next(t for heading, t in tables.items() if "registry entry" in heading)
+    zeta = legend[legend["Label"] == "Zeta"].iloc[0]
+    assert (zeta["Defense"], zeta["Parameters (non-default)"], zeta["Version"], zeta["Seeds"]) == \
+        ("gaussian-augment", "std: 0.5", "1", "3")
+    alpha = legend[legend["Label"] == "Alpha"].iloc[0]
+    assert alpha["Defense"] == "Alpha" and alpha["Parameters (non-default)"] == "defaults"

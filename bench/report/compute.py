@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import detection, robustness
+from .legend import model_legend
 from .model import Leaderboard
 from .views import view_tables
 
@@ -30,9 +31,10 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
         suite_rows = robustness.dedupe(robustness.normalize(frame))
         for dataset in sorted({r.dataset for r in suite_rows}):
             name = f"{suite} — {dataset}" if suite else dataset
+            mine = frame[frame["dataset"] == dataset]
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
-                views=view_tables(name, frame[frame["dataset"] == dataset])))
+                views=view_tables(name, mine), legend=model_legend(name, mine)))
     return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
                        detectors=detectors)
 

@@ -555,7 +555,7 @@ def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str,
 
 
 def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
-                    views: Iterable[Table] = ()) -> DatasetSection:
+                    views: Iterable[Table] = (), legend: Table | None = None) -> DatasetSection:
     """One dataset's tables (one per threat model/source/surface, then ``views``), details and plots.
 
     ``rows`` are the dataset's deduplicated rows; ``taken_files`` the plot file names used so far
@@ -584,6 +584,8 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
                               index=pd.Index(sorted(clean), name="Defense"))
         values = values.sort_values("Clean", ascending=False, kind="stable")
         tables.append(values_table(f"{dataset} — clean accuracy", "clean accuracy", values))
+    if legend is not None:  # what each row label is, under the tables it explains
+        tables.append(legend)
     detail_frame = pd.DataFrame(details, columns=list(_DETAIL_COLUMNS))
     details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame,
                           align=_DETAIL_ALIGN)
