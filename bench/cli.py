@@ -128,7 +128,7 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
         # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
         print(f"leaderboard: the store has no results yet; {out} left as it was")
         return []
-    paths = build_leaderboard(results, out, detections=detections)
+    paths = build_leaderboard(results, out, detections=detections, settings=store.suite_settings())
     extra = f" and {len(detections)} detection results" if len(detections) else ""
     print(f"leaderboard: {len(results)} results{extra} -> {', '.join(str(p) for p in paths[:2])}")
     return paths
@@ -172,7 +172,7 @@ def cmd_run(args) -> int:
 
     executor = get_executor(args.executor)  # a bad name fails before anything is written
     store = Store(args.store)
-    store.set_suite_plan(suite.name, plan.keys)
+    store.set_suite_plan(suite.name, plan.keys, settings={"headline": suite.headline})
     ctx = RunContext(store_dir=Path(args.store), data=_data_ctx(args), device=device,
                      batch_size=suite.batch_size, progress=not args.quiet and sys.stderr.isatty(), suite=suite.name)
     print(f"{suite.name}: {len(plan.tasks)} tasks, {len(store.done_keys(plan.keys))} already stored; device {device}")

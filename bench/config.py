@@ -10,6 +10,7 @@ attack surfaces, transfer sources, and whether each dataset is on disk.
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,9 @@ class Suite(_Strict):
     attacks: list[AttackEntry] = Field(default_factory=list)
     detector_attacks: list[DetectorAttackEntry] = Field(default_factory=list)
     detectors: list[DetectorEntry] = Field(default_factory=list)
+    headline: dict[str, float] = Field(
+        default_factory=dict, description="per threat model (linf, l2, ...), the eps budget of the leaderboard's "
+                                          "headline; default: the largest budget every attack of a table ran at")
     path: str = Field("", exclude=True)
 
 
@@ -298,6 +302,15 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 if known is not None and name not in known:
                     errors.append(f"{path}: {where}: defense {label!r} has no attack surface {name!r} "
                                   f"(it has {', '.join(sorted(known))})")
+    for tm, budget in suite.headline.items():
+        from .threat_models import ThreatModel
+
+        known = [t.value for t in ThreatModel]
+        if tm not in known:
+            errors.append(f"{path}: headline.{tm}: {UnknownName('threat model', tm, known)}")
+        elif not (math.isfinite(budget) and budget > 0) or (tm == "linf" and budget > 1):
+            errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite"
+                          f"{' and at most 1 (L-infinity)' if tm == 'linf' else ''}, got {budget}")
     _check_detectors(suite, path, errors)
     return errors
 

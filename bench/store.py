@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS detection_results (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in DETECTION_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (suite, key));
+CREATE TABLE IF NOT EXISTS suite_settings (suite TEXT PRIMARY KEY, settings TEXT NOT NULL);
 """
 
 
@@ -187,11 +188,18 @@ class Store:
                                 "AND wall_time_s IS NOT NULL GROUP BY kind").fetchall()
         return {kind: float(mean) for kind, mean in rows}
 
-    def set_suite_plan(self, suite: str, keys: list[str]) -> None:
-        """Remember which results make up a suite now, so edited suites do not show stale rows."""
+    def set_suite_plan(self, suite: str, keys: list[str], settings: dict[str, Any] | None = None) -> None:
+        """Remember which results make up a suite now, so edited suites do not show stale rows, and the
+        suite's report settings (its ``headline``), which are not part of any task key."""
         with self._transaction() as db:
             db.execute("DELETE FROM suite_plans WHERE suite = ?", (suite,))
             db.executemany("INSERT OR IGNORE INTO suite_plans VALUES (?, ?)", [(suite, k) for k in keys])
+            db.execute("INSERT OR REPLACE INTO suite_settings VALUES (?, ?)",
+                       (suite, json.dumps(settings or {}, sort_keys=True)))
+
+    def suite_settings(self) -> dict[str, dict[str, Any]]:
+        """Each suite's report settings as its latest run stored them."""
+        return {s: json.loads(v) for s, v in self._db.execute("SELECT suite, settings FROM suite_settings")}
 
     # ---- artifacts ---------------------------------------------------------------------------
     def artifact_path(self, key: str) -> Path:

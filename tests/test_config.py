@@ -48,6 +48,8 @@ def bad_suite_error(write_suite, capsys, tmp_path, text):
     (("params: {epochs: 4, batch_size: 64}\n", "params: {epochs: 4, batch_size: 64, arch: resnet-18}\n"),
      "defenses[0].params", "did you mean 'resnet18'"),
     (("label: gauss", "label: undefended"), "defenses[1].label", "duplicate label"),
+    (("seeds: [0]", "seeds: [0]\nheadline: {lnf: 0.3}"), "headline.lnf", "did you mean 'linf'"),
+    (("seeds: [0]", "seeds: [0]\nheadline: {linf: 3}"), "headline.linf", "at most 1"),
 ])
 def test_bad_suite_names_file_and_key(write_suite, capsys, tmp_path, edit, key, message):
     old, new = edit

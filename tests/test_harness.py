@@ -204,3 +204,11 @@ def test_a_run_that_stores_nothing_leaves_the_leaderboard(write_suite, tmp_path,
                  str(fresh / "store"), "--leaderboard", str(tmp_path / "board"), "--quiet"])
     assert code == 1
     assert readme.read_text() == before
+
+
+def test_the_suites_headline_reaches_the_leaderboard(write_suite, tmp_path):
+    suite = write_suite(ONE_MODEL_SUITE.format(name="h", epochs=1).replace("seeds: [0]", "seeds: [0]\nheadline: {linf: 0.1}"))
+    assert run(suite, tmp_path) == 0
+    readme = (tmp_path / "board" / "README.md").read_text()
+    header = [c.strip() for c in readme.split("### L∞, white-box\n\n", 1)[1].splitlines()[0].split("|")]
+    assert header[1:4] == ["Defense", "Clean", "Headline: fgsm ε=0.1"]

@@ -386,3 +386,14 @@ def test_legend_names_each_label_with_its_non_default_parameters():
         ("gaussian-augment", "std: 0.5", "1", "3")
     alpha = legend[legend["Label"] == "Alpha"].iloc[0]
     assert alpha["Defense"] == "Alpha" and alpha["Parameters (non-default)"] == "defaults"
+
+
+def test_the_suite_names_its_headline_budget():
+    board = compute_leaderboard(_frame(), settings={"unit": {"headline": {"linf": 0.1}}})
+    table = board.datasets[0].tables[0]
+    columns = list(table.frame.columns)
+    assert columns[:3] == ["Defense", "Clean", "Headline: worst case ε=0.1"] and "Worst case ε=0.3" in columns
+    assert list(table.frame["Headline: worst case ε=0.1"].str.split(" ").str[0]) == ["60.0", "10.0"]
+    # a budget no attack ran at: the default headline
+    board = compute_leaderboard(_frame(), settings={"unit": {"headline": {"linf": 0.2}}})
+    assert "Headline: worst case ε=0.3" in board.datasets[0].tables[0].frame.columns

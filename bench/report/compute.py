@@ -13,8 +13,9 @@ DEFAULT_TITLE = "advbench leaderboard"
 
 
 def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TITLE,
-                        detections: pd.DataFrame | None = None) -> Leaderboard:
-    """Compute every table and plot series of the leaderboard (no I/O)."""
+                        detections: pd.DataFrame | None = None, settings: dict | None = None) -> Leaderboard:
+    """Compute every table and plot series of the leaderboard (no I/O). ``settings``: each suite's report
+    settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
     detectors = detection.detector_sections(detections)
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
@@ -27,6 +28,8 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     taken_files: set[str] = set()
     sections = []
     for suite, frame in suite_frames(results):
+        owner = suite or next(iter(_suites_of(frame)), "")
+        headline = ((settings or {}).get(owner) or {}).get("headline") or {}
         frame = robustness.separate_models(frame)  # one row per trained model, also in the views
         suite_rows = robustness.dedupe(robustness.normalize(frame))
         for dataset in sorted({r.dataset for r in suite_rows}):
@@ -34,7 +37,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
             mine = frame[frame["dataset"] == dataset]
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
-                views=view_tables(name, mine), legend=model_legend(name, mine)))
+                views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline))
     return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
                        detectors=detectors)
 
@@ -53,6 +56,10 @@ def suite_frames(results: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]
     if len(suites) <= 1:
         return [(None, results)]
     return [(suite, results[[suite in o for o in owners]]) for suite in suites]
+
+
+def _suites_of(frame: pd.DataFrame) -> list[str]:
+    return sorted({str(s) for s in frame["suite"].dropna()}) if "suite" in frame.columns else []
 
 
 def leaderboard_tables(results: pd.DataFrame | None,

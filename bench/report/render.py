@@ -185,7 +185,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
-                      detections: pd.DataFrame | None = None) -> list[Path]:
+                      detections: pd.DataFrame | None = None, settings: dict | None = None) -> list[Path]:
     """Write README.md, index.html and plots/*.png into `out_dir`; return the written paths.
 
     Plots are written first and README.md last, each atomically, so an
@@ -195,7 +195,7 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     out_dir = Path(out_dir)
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
-    board = compute_leaderboard(results, title=title, detections=detections)
+    board = compute_leaderboard(results, title=title, detections=detections, settings=settings)
 
     written: list[Path] = []
     for section in board.datasets:

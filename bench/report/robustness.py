@@ -406,7 +406,7 @@ def _score(values: list[float]) -> float:
 
 
 def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
-                 clean: dict[str, _Cell], taken_files: set[str]) -> tuple[Table, list[list[str]], list[Plot]]:
+                 clean: dict[str, _Cell], taken_files: set[str], headline_eps: float | None = None) -> tuple[Table, list[list[str]], list[Plot]]:
     threat_model, source, surface = group
     setting = _setting(threat_model, source, surface)
 
@@ -440,11 +440,17 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
     shared = set.intersection(*({b for a2, b in columns if a2 == a and b[1] is not None} for a in attack_names)) \
         if attack_names else set()
     headline_budget = max(shared, key=_budget_order) if shared else None
+    if headline_eps is not None:  # the suite names its headline budget: the attacks that ran at it
+        chosen = ("eps", float(headline_eps))
+        ran = list(dict.fromkeys(a for a, b in columns if b == chosen))
+        if ran:  # else (no attack ran at it) the default headline
+            headline_budget, attack_names = chosen, ran
     headline: dict[str, _Cell | None] = {}
     if headline_budget is not None:
         for defense in defenses:
-            headline[defense] = worst.get((defense, headline_budget)) if len(attack_names) >= 2 else \
-                cells.get((defense, attack_names[0], headline_budget))
+            headline[defense] = _worst_case({a: cells_rows.get((defense, a, headline_budget), [])
+                                             for a in attack_names}, tuple(attack_names)) \
+                if len(attack_names) >= 2 else cells.get((defense, attack_names[0], headline_budget))
         worst_budgets = [b for b in worst_budgets if b != headline_budget]  # the headline column shows it
 
     def rank(defense: str) -> tuple:
@@ -555,7 +561,8 @@ def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str,
 
 
 def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
-                    views: Iterable[Table] = (), legend: Table | None = None) -> DatasetSection:
+                    views: Iterable[Table] = (), legend: Table | None = None,
+                    headline: dict[str, float] | None = None) -> DatasetSection:
     """One dataset's tables (one per threat model/source/surface, then ``views``), details and plots.
 
     ``rows`` are the dataset's deduplicated rows; ``taken_files`` the plot file names used so far
@@ -574,7 +581,8 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
     details = [_detail_row("clean", d, CLEAN_ATTACK, MISSING, clean[d]) for d in sorted(clean)]
     plots: list[Plot] = []
     for group in sorted(groups, key=_group_order):
-        table, group_details, group_plots = _build_group(dataset, group, groups[group], clean, taken_files)
+        table, group_details, group_plots = _build_group(dataset, group, groups[group], clean, taken_files,
+                                                         (headline or {}).get(group[0]))
         tables.append(table)
         details.extend(group_details)
         plots.extend(group_plots)
