@@ -122,7 +122,8 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
         if suite not in known:
             raise UserError(f"--suite: {UnknownName('suite in this store', suite, known)}")
         keys = store.plan_keys(suite)
-        results = results[results["key"].isin(keys)].assign(plan_suites=[[suite]] * int(results["key"].isin(keys).sum()))
+        mine = results["key"].isin(keys)
+        results = results[mine].assign(plan_suites=[[suite]] * int(mine.sum()))  # this suite's sections only
         detections = detections[detections["task_key"].isin(keys)]
     if results.empty and detections.empty and (out / "README.md").exists():
         # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
@@ -164,8 +165,8 @@ def cmd_run(args) -> int:
         from .runner.progress import RunEstimate, duration
 
         todo = [t for t in plan.tasks if t.key not in done]
-        estimate = RunEstimate(existing.mean_wall_times() if existing else {}).remaining(todo) if todo else 0.0
-        guess = f", about {duration(estimate)} from the store's timings" if estimate is not None and todo else ""
+        estimate = RunEstimate(existing.mean_wall_times() if existing else {}).remaining(todo)
+        guess = f", about {duration(estimate)} from the store's timings" if todo and estimate is not None else ""
         print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(todo)} to run{guess} "
               f"(device {device}; store {args.store})")
         return 0

@@ -19,9 +19,11 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .attacks.base import BUDGET_KINDS
 from .defense import DetectorDefense
 from .errors import UserError
 from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
+from .threat_models import ThreatModel
 
 
 class _Strict(BaseModel):
@@ -302,15 +304,15 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 if known is not None and name not in known:
                     errors.append(f"{path}: {where}: defense {label!r} has no attack surface {name!r} "
                                   f"(it has {', '.join(sorted(known))})")
+    known = [t.value for t in ThreatModel]
     for tm, budget in suite.headline.items():
-        from .threat_models import ThreatModel
-
-        known = [t.value for t in ThreatModel]
         if tm not in known:
             errors.append(f"{path}: headline.{tm}: {UnknownName('threat model', tm, known)}")
-        elif not (math.isfinite(budget) and budget > 0) or (tm == "linf" and budget > 1):
-            errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite"
-                          f"{' and at most 1 (L-infinity)' if tm == 'linf' else ''}, got {budget}")
+            continue
+        bound = BUDGET_KINDS["eps"].upper_for(tm)  # the same bound an attack's eps budget has
+        if not (math.isfinite(budget) and budget > 0) or (bound is not None and budget > bound.limit):
+            limit = f" and at most {bound.limit:g}" if bound is not None else ""
+            errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite{limit}, got {budget}")
     _check_detectors(suite, path, errors)
     return errors
 

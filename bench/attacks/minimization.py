@@ -125,7 +125,7 @@ class CarliniWagnerL2(_CWLike):
     def _run_torch(self, job: AttackJob) -> torch.Tensor:
         return torch_carlini_wagner_l2(job, confidence=self.confidence, steps=self.steps,
                                        learning_rate=self.learning_rate,
-                                        binary_search_steps=self.binary_search_steps, abort_early=self.abort_early)
+                                       binary_search_steps=self.binary_search_steps, abort_early=self.abort_early)
 
 
 @attacks.register("ead")

@@ -20,46 +20,39 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
         return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors)
-    rows = robustness.dedupe(robustness.normalize(robustness.separate_models(results)))
-    produced = robustness.produced_line(rows, total=len(results))
-    if detectors:
-        produced += " " + detection.produced_line(detections, lead="Also")
-
     taken_files: set[str] = set()
     sections = []
-    for suite, frame in suite_frames(results):
-        owner = suite or next(iter(_suites_of(frame)), "")
-        headline = ((settings or {}).get(owner) or {}).get("headline") or {}
+    shown: dict[object, robustness.Row] = {}  # every row some section shows, once (a row two suites share)
+    parts = suite_frames(results)
+    for suite, frame in parts:
+        headline = ((settings or {}).get(suite) or {}).get("headline") or {}
         frame = robustness.separate_models(frame)  # one row per trained model, also in the views
         suite_rows = robustness.dedupe(robustness.normalize(frame))
+        shown.update((r.key or id(r), r) for r in suite_rows)
         for dataset in sorted({r.dataset for r in suite_rows}):
-            name = f"{suite} — {dataset}" if suite else dataset
+            name = f"{suite} — {dataset}" if len(parts) > 1 else dataset
             mine = frame[frame["dataset"] == dataset]
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
                 views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline))
+    produced = robustness.produced_line(list(shown.values()), total=len(results))
+    if detectors:
+        produced += " " + detection.produced_line(detections, lead="Also")
     return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
                        detectors=detectors)
 
 
-def suite_frames(results: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
-    """The results of each suite, for a section of its own: a row counts for every suite whose latest plan
-    holds it (``plan_suites``, as the store reads it), else for the suite that ran it. One suite: one
-    unnamed part, so a single-suite leaderboard's headings are the datasets alone."""
-    if "plan_suites" in results.columns:
-        owners = [list(p) if isinstance(p, (list, tuple)) and len(p) else [s] for p, s in
-                  zip(results["plan_suites"], results.get("suite", pd.Series([""] * len(results))))]
-    else:
-        owners = [[s] for s in results.get("suite", pd.Series([""] * len(results), index=results.index))]
-    owners = [[("" if pd.isna(s) else str(s)) for s in o] for o in owners]
+def suite_frames(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(suite, its results) for each suite, each a section of its own: a row counts for every suite whose
+    latest plan holds it (``plan_suites``, as the store reads it), else for the suite that ran it."""
+    ran_by = results["suite"] if "suite" in results.columns else pd.Series("", index=results.index)
+    planned = results["plan_suites"] if "plan_suites" in results.columns else pd.Series(None, index=results.index)
+    owners = [[("" if pd.isna(s) else str(s)) for s in (p if isinstance(p, (list, tuple)) and len(p) else [r])]
+              for p, r in zip(planned, ran_by)]
     suites = sorted({s for o in owners for s in o})
     if len(suites) <= 1:
-        return [(None, results)]
+        return [(suites[0] if suites else "", results)]
     return [(suite, results[[suite in o for o in owners]]) for suite in suites]
-
-
-def _suites_of(frame: pd.DataFrame) -> list[str]:
-    return sorted({str(s) for s in frame["suite"].dropna()}) if "suite" in frame.columns else []
 
 
 def leaderboard_tables(results: pd.DataFrame | None,

@@ -405,8 +405,20 @@ def _score(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
-                 clean: dict[str, _Cell], taken_files: set[str], headline_eps: float | None = None) -> tuple[Table, list[list[str]], list[Plot]]:
+def _headline_budget(columns: list[tuple], attacks_at: dict[tuple, list[str]],
+                     headline_eps: float | None) -> tuple | None:
+    """The suite's headline eps where some attack of the table ran at it, else the largest budget every
+    attack of the table ran at; None where there is no such budget."""
+    if headline_eps is not None and ("eps", float(headline_eps)) in attacks_at:
+        return ("eps", float(headline_eps))
+    every = {a for a, _ in columns}
+    shared = [b for b, ran in attacks_at.items() if b[1] is not None and set(ran) == every]
+    return max(shared, key=_budget_order) if shared else None
+
+
+def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], clean: dict[str, _Cell],
+                 taken_files: set[str], headline_eps: float | None = None
+                 ) -> tuple[Table, list[list[str]], list[Plot]]:
     threat_model, source, surface = group
     setting = _setting(threat_model, source, surface)
 
@@ -433,25 +445,16 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
         cell = cells.get((defense, *column))
         return cell.acc if cell else math.nan
 
-    # The headline: the per-example worst case over every attack of the table at the largest budget they
-    # all ran at (one attack: its own cell). Rows rank by it; a row without it is not ranked against those
-    # with it (nor, without a headline, a row that misses a column against one that has them all).
-    attack_names = list(dict.fromkeys(a for a, _ in columns))
-    shared = set.intersection(*({b for a2, b in columns if a2 == a and b[1] is not None} for a in attack_names)) \
-        if attack_names else set()
-    headline_budget = max(shared, key=_budget_order) if shared else None
-    if headline_eps is not None:  # the suite names its headline budget: the attacks that ran at it
-        chosen = ("eps", float(headline_eps))
-        ran = list(dict.fromkeys(a for a, b in columns if b == chosen))
-        if ran:  # else (no attack ran at it) the default headline
-            headline_budget, attack_names = chosen, ran
-    headline: dict[str, _Cell | None] = {}
-    if headline_budget is not None:
-        for defense in defenses:
-            headline[defense] = _worst_case({a: cells_rows.get((defense, a, headline_budget), [])
-                                             for a in attack_names}, tuple(attack_names)) \
-                if len(attack_names) >= 2 else cells.get((defense, attack_names[0], headline_budget))
-        worst_budgets = [b for b in worst_budgets if b != headline_budget]  # the headline column shows it
+    def at(defense: str, budget: tuple) -> _Cell | None:
+        """The worst case over the attacks run at ``budget`` (one attack: its own cell)."""
+        ran = attacks_at[budget]
+        return worst[(defense, budget)] if len(ran) >= 2 else cells.get((defense, ran[0], budget))
+
+    # Rows rank by the headline; a row without it is not ranked against those with it (nor, without a
+    # headline, a row that misses a column against one that has them all).
+    headline_budget = _headline_budget(columns, attacks_at, headline_eps)
+    headline = {d: at(d, headline_budget) for d in defenses} if headline_budget is not None else {}
+    worst_budgets = [b for b in worst_budgets if b != headline_budget]  # the headline column shows it
 
     def rank(defense: str) -> tuple:
         if headline_budget is not None:
@@ -464,25 +467,25 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
     order = sorted(defenses, key=rank)
 
     taken: set[str] = {"Defense", "Clean"}
-    headline_label = _unique(f"Headline: worst case {budget_label(*headline_budget)}"
-                             if len(attack_names) >= 2 and headline_budget is not None else
-                             f"Headline: {attack_names[0]} {budget_label(*headline_budget)}"
-                             if headline_budget is not None else "Headline", taken)
+    headline_columns = []
+    if headline_budget is not None:
+        ran = attacks_at[headline_budget]
+        what = "worst case" if len(ran) >= 2 else ran[0]
+        headline_columns = [_unique(f"Headline: {what} {budget_label(*headline_budget)}", taken)]
     labels = [_unique(f"{a} {budget_label(*b)}", taken) for a, b in columns]
     worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in worst_budgets]
 
-    headline_columns = [headline_label] if headline_budget is not None else []
     values = pd.DataFrame(index=pd.Index(order, name="Defense"),
                           columns=["Clean", *headline_columns, *labels, *worst_labels], dtype=float)
     details: list[list[str]] = []
     for defense in order:
         clean_cell = clean.get(defense)
         values.loc[defense, "Clean"] = clean_cell.acc if clean_cell else math.nan
-        if headline_budget is not None:
+        for label in headline_columns:
             cell = headline[defense]
-            values.loc[defense, headline_label] = cell.acc if cell else math.nan
-            if cell and len(attack_names) >= 2:
-                name = f"worst case ({', '.join(attack_names)})"
+            values.loc[defense, label] = cell.acc if cell else math.nan
+            if cell and cell.worst_case:
+                name = f"worst case ({', '.join(attacks_at[headline_budget])})"
                 details.append(_detail_row(setting, defense, name, budget_label(*headline_budget), cell))
         for (attack, budget), label in zip(columns, labels):
             values.loc[defense, label] = acc(defense, (attack, budget))
@@ -500,9 +503,9 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row],
     values = values[[c for c in values.columns if c in headline_columns or values[c].notna().any()]]
 
     table = values_table(f"{dataset} — {setting}", setting, values)
-    if headline_label in values.columns:  # the headline with its 95% interval
+    for label in headline_columns:  # the headline with its 95% interval
         frame = table.frame.copy()
-        frame[headline_label] = [
+        frame[label] = [
             f"{pct(cell.acc)} [{pct(cell.interval[0])}, {pct(cell.interval[1])}]" if cell else MISSING
             for cell in (headline[d] for d in order)]
         table = dataclasses.replace(table, frame=frame)

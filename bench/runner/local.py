@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable
 
 from ..plan import Plan
@@ -27,12 +28,14 @@ class LocalExecutor:
         todo = [t for t in plan.tasks if t.key not in done]
         summary = RunSummary(planned=len(plan.tasks), already_done=len(plan.tasks) - len(todo))
         cause: dict[str, str] = {}  # key of a failed or skipped task -> label of the failed task behind it
+        skipped_by: Counter[str] = Counter()  # label of a failed task -> tasks skipped because of it
         estimate = RunEstimate(store.mean_wall_times())
         for i, task in enumerate(todo, 1):
             prefix = f"[{i}/{len(todo)}] {task.label}"
             failed_dep = next((dep for dep in task.deps if dep in cause), None)
             if failed_dep is not None:  # counted, and said once per failed task at the end
                 cause[task.key] = cause[failed_dep]
+                skipped_by[cause[task.key]] += 1
                 summary.skipped.append(task.label)
                 continue
             start = time.perf_counter()
@@ -48,10 +51,6 @@ class LocalExecutor:
                 left = todo[i:]
                 eta = f", about {duration(estimate.remaining(left))} left" if left else ""
                 self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
-        skipped_by: dict[str, int] = {}
-        for key, root in cause.items():
-            if root != by_key[key].label:
-                skipped_by[root] = skipped_by.get(root, 0) + 1
         for root, n in skipped_by.items():
             self.echo(f"skipped {n} task{'s' if n != 1 else ''} that need {root!r}, which failed")
         return summary

@@ -8,7 +8,7 @@ it moves the estimate toward the truth as the run goes on.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from ..plan import Task
 
@@ -31,13 +31,11 @@ class RunEstimate:
 
     def remaining(self, tasks: list[Task]) -> float | None:
         """Estimated seconds for ``tasks``; None when nothing is known yet."""
-        total = 0.0
-        for task in tasks:
-            each = self.per_task(task.kind)
-            if each is None:
-                return None
-            total += each
-        return total
+        counts = Counter(task.kind for task in tasks)
+        each = {kind: self.per_task(kind) for kind in counts}
+        if any(v is None for v in each.values()):
+            return None
+        return sum(each[kind] * n for kind, n in counts.items())
 
 
 def duration(seconds: float | None) -> str:
