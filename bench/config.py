@@ -9,6 +9,7 @@ attack surfaces, transfer sources, and whether each dataset is on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import typing
@@ -38,6 +39,9 @@ class DatasetEntry(_Strict):
     test_size: int | None = Field(None, gt=0, description="random subset of the test split (clean accuracy)")
     eval_size: int = Field(1000, gt=0, description="test examples that are attacked")
     subset_seed: int = 0
+    verify: bool = Field(True, description="check the files against torchvision's MD5 checksums; false accepts a "
+                                           "local copy that differs (the structural checks still run, and each "
+                                           "result records it)")
 
 
 class DefenseEntry(_Strict):
@@ -253,11 +257,17 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         errors.append(f"{path}: defenses: a suite needs at least one defense or detector")
 
     for i, ds in enumerate(suite.datasets):
-        if _check_entry(datasets, ds, f"datasets[{i}]", path, errors) and data_ctx is not None:
-            from .data import check_available
+        if not _check_entry(datasets, ds, f"datasets[{i}]", path, errors):
+            continue
+        from .data import check_available, has_checksums
 
-            try:
-                check_available(ds.name, ds.params, data_ctx)
+        if not ds.verify and not has_checksums(ds.name):
+            with_checksums = [e.name for e in datasets.entries() if has_checksums(e.name)]
+            errors.append(f"{path}: datasets[{i}].verify: {ds.name!r} has no checksums to skip; verify: false "
+                          f"applies to {', '.join(with_checksums)}")
+        elif data_ctx is not None:
+            try:  # opens each file (headers, sizes) and, unless verify: false, compares torchvision's MD5s
+                check_available(ds.name, ds.params, dataclasses.replace(data_ctx, verify=ds.verify))
             except UserError as e:
                 errors.append(f"{path}: datasets[{i}]: {e}")
 

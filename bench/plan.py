@@ -53,8 +53,11 @@ class Plan:
 
 
 def _dataset_config(ds: DatasetEntry) -> dict[str, Any]:
+    # ``verify: false`` (files not checked against torchvision's checksums: maybe other data) enters the
+    # config, and so the keys and the rows' provenance; the default stays out, so existing keys hold.
     return {"name": ds.name, "version": datasets.get(ds.name).version, "params": ds.params,
-            "train_size": ds.train_size, "test_size": ds.test_size, "subset_seed": ds.subset_seed}
+            "train_size": ds.train_size, "test_size": ds.test_size, "subset_seed": ds.subset_seed,
+            **({} if ds.verify else {"verify": False})}
 
 
 def _defense_config(d: DefenseEntry) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def build_plan(suite: Suite) -> Plan:
                                 f"craft {a.label} {_budget_label(a, budget)} on {source}.{a.surface} "
                                 f"({ds.label}, seed {seed})",
                                 c_cfg, [source_train.key],
-                                info={"dataset": ds.label, "defense": source, "seed": seed})
+                                info={"dataset": ds.label, "defense": source, "seed": seed, "attack": a.label})
                         target_train = train[(ds.label, target, seed)]
                         for scored_on in a.evaluate_on:
                             s_cfg = {"examples": "crafted", **_evaluate_on(scored_on)}

@@ -1,4 +1,5 @@
-"""What every stored row records about where it came from: package versions and git commit."""
+"""What every stored row records about where it came from: package versions and git commit, and any
+dataset read without torchvision's checksum check (``verify: false``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, Iterable
 
 PACKAGES = ("advbench", "torch", "torchvision", "adversarial-robustness-toolbox", "foolbox", "numpy",
             "scikit-learn", "pandas")
@@ -37,3 +39,25 @@ def git_commit() -> str:
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def unverified_data(configs: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Provenance entries (stored with the package versions) for each dataset that ``configs`` (a task's
+    config and its upstream tasks') read with ``verify: false``: its files were not checked against
+    torchvision's checksums, so they may not be the official data. Empty for every other task."""
+    out = {}
+    for config in configs:
+        for dataset in _dataset_configs(config):
+            if dataset.get("verify") is False:
+                out[f"data:{dataset['name']}"] = "local copy, checksums not verified (verify: false)"
+    return out
+
+
+def _dataset_configs(config: Any) -> Iterable[dict[str, Any]]:
+    """Every ``dataset`` entry in a task config, at any depth (a craft task's is under ``eval``)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "dataset" and isinstance(value, dict):
+                yield value
+            else:
+                yield from _dataset_configs(value)

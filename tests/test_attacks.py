@@ -383,3 +383,46 @@ def test_the_readme_attack_example_registers_and_runs(mnist):
             assert torch.equal(changed, model(adv).argmax(1) != y) and changed.any()
     finally:
         attacks._entries.pop("uniform-noise", None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """An untrained linear model on ten random 8x8 images: enough to count batches."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    return model, torch.rand(10, 1, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
+
+
+# 10 images in batches of 4: the backends that iterate job.batches() report 3 steps of 3; ART takes the
+# whole set in one library call, reported as 1 step of 1 when it returns.
+@pytest.mark.parametrize("backend,steps", [("torch", 3), ("foolbox", 3), ("art", 1)])
+def test_progress_reports_batches_and_leaves_results_unchanged(tiny, backend, steps):
+    model, x, y = tiny
+    attack = get_attack("pgd-linf", {"steps": 3, "backend": backend})  # a random start: the seed matters
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adv = attack.run(model, x, y, 0.1, batch_size=4, seed=3,
+                         progress=lambda done, total: calls.append((done, total)))
+        plain = attack.run(model, x, y, 0.1, batch_size=4, seed=3)
+    assert calls == [(i, steps) for i in range(1, steps + 1)]
+    assert torch.equal(adv, plain)
+
+
+def test_progress_drives_a_tqdm_bar_and_counts_a_skipped_run_as_one_step(tiny):
+    import io
+
+    from tqdm import tqdm
+
+    model, x, y = tiny
+    attack = get_attack("fgsm")
+    with tqdm(total=None, file=io.StringIO()) as bar:
+        adv = attack.run(model, x, y, 0.1, batch_size=4, progress=bar)
+        assert (bar.n, bar.total) == (3, 3)
+    assert torch.equal(adv, attack.run(model, x, y, 0.1, batch_size=4))
+    calls = []
+    assert torch.equal(attack.run(model, x, y, 0.0, progress=lambda *a: calls.append(a)), x)  # budget 0: no attack
+    assert calls == [(1, 1)]
+    with pytest.raises(TypeError, match="progress must be"):
+        attack.run(model, x, y, 0.1, progress=3)

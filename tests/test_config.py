@@ -50,6 +50,10 @@ def bad_suite_error(write_suite, capsys, tmp_path, text):
     (("label: gauss", "label: undefended"), "defenses[1].label", "duplicate label"),
     (("seeds: [0]", "seeds: [0]\nheadline: {lnf: 0.3}"), "headline.lnf", "did you mean 'linf'"),
     (("seeds: [0]", "seeds: [0]\nheadline: {linf: 3}"), "headline.linf", "at most 1"),
+    (("    eval_size: 60", "    eval_size: 60\n    verify: maybe"), "datasets[0].verify", "valid boolean"),
+    (("    eval_size: 60", "    eval_size: 60\n    verify: false"), "datasets[0].verify",
+     "'digits' has no checksums to skip; verify: false applies to cifar10, cifar100, stl10, svhn"),
+    (("    eval_size: 60", "    eval_size: 60\n    verfy: false"), "datasets[0].verfy", "did you mean 'verify'"),
 ])
 def test_bad_suite_names_file_and_key(write_suite, capsys, tmp_path, edit, key, message):
     old, new = edit
@@ -124,3 +128,17 @@ def test_two_labels_for_one_defense_config_train_once(write_suite):
     assert "same-again" in text
     plan = build_plan(load_suite(write_suite(text)))
     assert len(set(plan.keys)) == len(plan.keys) and len(plan.by_kind("train")) == 1
+
+
+def test_verify_enters_the_task_keys_only_when_false(write_suite):
+    cifar = TINY_SUITE.replace("name: digits\n", "name: cifar10\n", 1)  # no data context: no files needed
+    plan = build_plan(load_suite(write_suite(cifar)))
+    explicit, unverified = (build_plan(load_suite(write_suite(
+        cifar.replace("eval_size: 60", f"eval_size: 60\n    verify: {value}")))) for value in ("true", "false"))
+    # The default is in no config or key, so the stored results of suites that do not set it stay theirs.
+    assert all("verify" not in t.config["dataset"] for t in plan.by_kind("train"))
+    assert explicit.keys == plan.keys
+    # verify: false is other data: every task is another one (train, craft and clean score configs hold the
+    # dataset; scores of crafted examples depend on those).
+    assert len(unverified.keys) == len(plan.keys) and not set(unverified.keys) & set(plan.keys)
+    assert all(t.config["dataset"]["verify"] is False for t in unverified.by_kind("train"))

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import gzip
-import os
+import hashlib
+import json
 import pickle
+import socket
+import sqlite3
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
-import torchvision.datasets.cifar
-import torchvision.datasets.stl10
-import torchvision.datasets.svhn
+import torchvision.datasets as tvd
 
 from bench import data
+from bench.cli import main
 from bench.data import DataContext, DatasetSplits, check_available, load_dataset
 from bench.errors import UserError
 from bench.registry import UnknownName, datasets
+from bench.runner.context import RunContext, load_task_dataset
+from tests.conftest import TINY_SUITE
 
 RNG = np.random.default_rng(1234)
 
@@ -35,10 +41,36 @@ def assert_images_and_labels(d: DatasetSplits, shape: tuple[int, int, int], n_tr
     assert d.class_names is None or len(d.class_names) == num_classes
 
 
-def skip_md5(monkeypatch: pytest.MonkeyPatch, *modules) -> None:
-    """torchvision checks md5s of the official files; keep its existence check, drop the hash."""
-    for module in modules:
-        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+def pretend_official(monkeypatch: pytest.MonkeyPatch, cls: type, root: Path) -> None:
+    """Make the files written under ``root`` the official ones: torchvision's MD5 lists of ``cls`` (which
+    torchvision checks on every load, and advbench's check before it) get the files' MD5s."""
+
+    def md5(relative: str) -> str:
+        return hashlib.md5((root / relative).read_bytes()).hexdigest()
+
+    folder = getattr(cls, "base_folder", "")
+    for attr in ("train_list", "test_list"):
+        if hasattr(cls, attr):
+            monkeypatch.setattr(cls, attr, [[f, md5(f"{folder}/{f}")] for f, _ in getattr(cls, attr)])
+    if isinstance(getattr(cls, "meta", None), dict):
+        monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(f"{folder}/{cls.meta['filename']}")})
+    if hasattr(cls, "split_list"):
+        monkeypatch.setattr(cls, "split_list", {split: [url, f, md5(f) if (root / f).is_file() else old]
+                                                for split, (url, f, old) in cls.split_list.items()})
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def validate_error(capsys, suite: Path, data_dir: Path) -> str:
+    """``advbench validate``'s one-line error for a suite that must fail (exit 2)."""
+    code, _, err = run_cli(capsys, "validate", suite, "--data-dir", data_dir)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"advbench: error: {suite}: datasets[0]: "), err
+    return err
 
 
 # ---- embedded datasets ---------------------------------------------------------------------------
@@ -199,14 +231,19 @@ def test_partial_data_names_missing_files(tmp_path):
     assert str(folder / "data_batch_2") in str(err.value) and str(folder / "data_batch_1") not in str(err.value)
 
 
-def test_torchvision_failure_is_a_user_error(tmp_path):
-    # Files present (our check passes) but not the official ones: torchvision's md5 check fails.
+def test_files_that_are_not_the_format_fail_the_check_with_their_paths(tmp_path):
+    # Files present but not CIFAR pickles: the check opens each and names every bad one, before torchvision.
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for f in ("train", "test", "meta"):
         (folder / f).write_bytes(b"not cifar")
-    with pytest.raises(UserError, match="torchvision failed"):
-        load_dataset("cifar100", {}, DataContext(tmp_path))
+    for call in (lambda: check_available("cifar100", {}, DataContext(tmp_path)),
+                 lambda: load_dataset("cifar100", {}, DataContext(tmp_path, verify=False))):
+        with pytest.raises(UserError) as err:
+            call()
+        message = str(err.value)
+        assert message.startswith("dataset 'cifar100': ") and "\n" not in message
+        assert all(f"{folder / f}: truncated or corrupt (UnpicklingError" in message for f in ("train", "test", "meta"))
 
 
 # ---- MNIST-format datasets -----------------------------------------------------------------------
@@ -302,28 +339,51 @@ def write_pickle(path: Path, obj: dict) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
-def test_cifar10_from_real_format(tmp_path, monkeypatch):
-    skip_md5(monkeypatch, torchvision.datasets.cifar)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """CIFAR-10's five training batches (two images each), test batch (three) and meta file, under root."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
     train, test = nchw_uint8(10, 32), nchw_uint8(3, 32)
     train_y, test_y = RNG.integers(0, 10, 10).tolist(), [9, 0, 4]
     for i in range(5):  # two images per batch; rows are 1024 red, then green, then blue values, row-major
         write_pickle(folder / f"data_batch_{i + 1}",
                      {"data": train[2 * i: 2 * i + 2].reshape(2, 3072), "labels": train_y[2 * i: 2 * i + 2]})
     write_pickle(folder / "test_batch", {"data": test.reshape(3, 3072), "labels": test_y})
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    write_pickle(folder / "batches.meta", {"label_names": names, "num_vis": 3072})
+    write_pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072})
+    return train, test, train_y, test_y
 
-    d = load_dataset("cifar10", {}, DataContext(tmp_path))
+
+def assert_cifar10_round_trip(d: DatasetSplits, written: tuple) -> None:
+    train, test, train_y, test_y = written
     assert_images_and_labels(d, (3, 32, 32), 10, 3)
     assert_colour_round_trip(d, train, test)
     assert d.train_y.tolist() == train_y and d.test_y.tolist() == test_y
-    assert d.class_names == names
+    assert d.class_names == CIFAR10_NAMES
+
+
+def test_cifar10_from_real_format(tmp_path, monkeypatch):
+    written = write_cifar10(tmp_path)
+    pretend_official(monkeypatch, tvd.CIFAR10, tmp_path)  # both checksum checks, ours and torchvision's, pass
+    check_available("cifar10", {}, DataContext(tmp_path))
+    assert_cifar10_round_trip(load_dataset("cifar10", {}, DataContext(tmp_path)), written)
+
+    # One file replaced by another valid batch: the check names it alone, with both MD5s.
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    write_pickle(batch, {"data": nchw_uint8(4, 32).reshape(4, 3072), "labels": [1, 2, 3, 4]})
+    official = dict(tvd.CIFAR10.test_list)["test_batch"]
+    with pytest.raises(UserError) as err:
+        check_available("cifar10", {}, DataContext(tmp_path))
+    assert str(err.value) == (
+        f"dataset 'cifar10': {batch} has MD5 {hashlib.md5(batch.read_bytes()).hexdigest()}, not torchvision's "
+        f"{official}: not the official file, so torchvision would refuse to load it; to use this copy as it is, "
+        "set `verify: false` on this dataset entry (its results record it), or delete it and rerun with "
+        "--download for the official files")
 
 
 def test_cifar100_from_real_format(tmp_path, monkeypatch):
-    skip_md5(monkeypatch, torchvision.datasets.cifar)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     train, test = nchw_uint8(4, 32), nchw_uint8(2, 32)
@@ -333,6 +393,7 @@ def test_cifar100_from_real_format(tmp_path, monkeypatch):
     write_pickle(folder / "test", {"data": test.reshape(2, 3072), "fine_labels": fine_test, "coarse_labels": [1, 19]})
     fine_names = [f"class{i}" for i in range(100)]
     write_pickle(folder / "meta", {"fine_label_names": fine_names, "coarse_label_names": [f"c{i}" for i in range(20)]})
+    pretend_official(monkeypatch, tvd.CIFAR100, tmp_path)
 
     d = load_dataset("cifar100", {}, DataContext(tmp_path))
     assert_images_and_labels(d, (3, 32, 32), 4, 2, num_classes=100)
@@ -341,35 +402,211 @@ def test_cifar100_from_real_format(tmp_path, monkeypatch):
     assert d.class_names == fine_names
 
 
-def test_svhn_from_real_format(tmp_path, monkeypatch):
-    skip_md5(monkeypatch, torchvision.datasets.svhn)
+def write_svhn(root: Path) -> tuple[np.ndarray, np.ndarray]:
     train, test = nchw_uint8(5, 32), nchw_uint8(3, 32)
     labels = {"train": [10, 1, 2, 9, 10], "test": [3, 10, 5]}  # SVHN's label 10 is the digit 0
     for split, images in (("train", train), ("test", test)):
         # The .mat files hold X as (height, width, channel, N) and y as (N, 1).
-        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": images.transpose(2, 3, 1, 0),
-                                                           "y": np.array(labels[split], np.uint8)[:, None]})
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": images.transpose(2, 3, 1, 0),
+                                                       "y": np.array(labels[split], np.uint8)[:, None]})
+    return train, test
+
+
+def test_svhn_from_real_format(tmp_path, monkeypatch):
+    train, test = write_svhn(tmp_path)
+    pretend_official(monkeypatch, tvd.SVHN, tmp_path)
     d = load_dataset("svhn", {}, DataContext(tmp_path))
     assert_images_and_labels(d, (3, 32, 32), 5, 3)
     assert_colour_round_trip(d, train, test)
     assert d.train_y.tolist() == [0, 1, 2, 9, 0] and d.test_y.tolist() == [3, 0, 5]
 
 
-def test_stl10_from_real_format(tmp_path, monkeypatch):
-    skip_md5(monkeypatch, torchvision.datasets.stl10)
-    folder = tmp_path / "stl10_binary"
+def write_stl10(root: Path, unlabeled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    folder = root / "stl10_binary"
     folder.mkdir()
     train, test = nchw_uint8(3, 96), nchw_uint8(2, 96)
     # Each image is stored channel by channel, column-major (the files come from MATLAB); labels are 1..10.
     for split, images, labels in (("train", train, [1, 10, 4]), ("test", test, [7, 2])):
         (folder / f"{split}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())
         (folder / f"{split}_y.bin").write_bytes(bytes(labels))
+    if unlabeled:
+        (folder / "unlabeled_X.bin").touch()
+    return train, test
+
+
+def test_stl10_from_real_format(tmp_path, monkeypatch):
+    train, test = write_stl10(tmp_path, unlabeled=False)
     with pytest.raises(UserError, match="unlabeled_X.bin"):  # torchvision wants it even for labeled splits
         check_available("stl10", {}, DataContext(tmp_path))
-    (folder / "unlabeled_X.bin").touch()
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").touch()
+    pretend_official(monkeypatch, tvd.STL10, tmp_path)
 
     d = load_dataset("stl10", {}, DataContext(tmp_path))
     assert_images_and_labels(d, (3, 96, 96), 3, 2)
     assert_colour_round_trip(d, train, test)
     assert d.train_y.tolist() == [0, 9, 3] and d.test_y.tolist() == [6, 1]
     assert d.class_names == data.STL10_CLASSES
+
+
+# ---- damaged files fail validation, with their path ----------------------------------------------
+
+def dataset_suite(write_suite, name: str, verify: bool | None = None) -> Path:
+    """The tiny suite on dataset ``name`` (and ``verify: ...`` when given)."""
+    entry = f"name: {name}\n" + ("" if verify is None else f"    verify: {str(verify).lower()}\n")
+    return write_suite(TINY_SUITE.replace("name: digits\n", entry, 1))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_cifar10_batch_fails_validate(tmp_path, write_suite, capsys, verify):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:4000])  # a download cut short: 4,000 of its ~6,400 bytes
+    err = validate_error(capsys, dataset_suite(write_suite, "cifar10", verify), tmp_path)
+    # The damaged file, what is wrong with it, and nothing about the good ones; verify: false skips only the MD5s.
+    assert f"dataset 'cifar10': {batch}: truncated or corrupt (UnpicklingError: pickle data was truncated)" in err
+    assert "data_batch_1" not in err and "MD5" not in err and "--download" in err
+
+
+def test_wrong_cifar_shapes_fail_validate(tmp_path, write_suite, capsys):
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    write_pickle(folder / "data_batch_2", {"data": nchw_uint8(2, 32).reshape(2, 3072), "labels": [1, 2, 3]})
+    write_pickle(folder / "test_batch", {"data": nchw_uint8(3, 16).reshape(3, 768), "labels": [1, 2, 3]})
+    err = validate_error(capsys, dataset_suite(write_suite, "cifar10", verify=False), tmp_path)
+    assert f"{folder / 'data_batch_2'}: corrupt CIFAR batch: 2 images but 3 labels" in err
+    assert f"{folder / 'test_batch'}: corrupt CIFAR batch: data is uint8 (3, 768), expected uint8 (N, 3072)" in err
+
+
+@pytest.mark.parametrize("file, damage, message", [
+    ("train-images-idx3-ubyte", lambda raw: b"\x00\x00\x0d\x03" + raw[4:],
+     "not an idx file of unsigned bytes (it starts 00000d03"),
+    ("train-images-idx3-ubyte", lambda raw: raw[:4] + struct.pack(">I", 13) + raw[8:],
+     "truncated or corrupt: its header says 13x28x28 bytes of data (10208 bytes in all), the file has 9424"),
+    ("t10k-images-idx3-ubyte", lambda raw: raw[:-100], "truncated or corrupt: its header says 7x28x28"),
+    ("t10k-images-idx3-ubyte", lambda raw: raw[:4] + struct.pack(">III", 7, 32, 32) + raw[16:],
+     "corrupt idx header: 32x32 images, expected 28x28"),
+    ("train-labels-idx1-ubyte", lambda raw: raw[:3] + b"\x03" + raw[4:],
+     "corrupt idx header: 3 dimensions, expected 1"),
+    ("train-labels-idx1-ubyte", lambda raw: raw[:4] + struct.pack(">I", 11) + raw[8:-1],
+     "12 images, but {folder}/train-labels-idx1-ubyte has 11 labels"),
+])
+def test_corrupt_idx_file_fails_validate(tmp_path, write_suite, capsys, file, damage, message):
+    folder = tmp_path / "MNIST" / "raw"
+    write_mnist_files(folder, compress=False)
+    (folder / file).write_bytes(damage((folder / file).read_bytes()))
+    err = validate_error(capsys, dataset_suite(write_suite, "mnist"), tmp_path)
+    assert f"dataset 'mnist': {folder / file}: " in err or f"{folder}/train-images-idx3-ubyte: 12 images" in err
+    assert message.format(folder=folder) in err
+
+
+def test_truncated_debian_fashion_mnist_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    write_mnist_files(tmp_path / "debian", compress=True)
+    damaged = tmp_path / "debian" / "t10k-images-idx3-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-40])
+    with pytest.raises(UserError) as err:
+        check_available("fashion-mnist", {}, DataContext(tmp_path))
+    assert str(err.value).startswith(f"dataset 'fashion-mnist': {damaged}: truncated or corrupt")
+    assert "reinstall the Debian package dataset-fashion-mnist" in str(err.value)
+    with pytest.raises(UserError, match=f"{damaged}: truncated or corrupt gzip file"):
+        data._read_idx_gz(damaged)  # the loader's own reader says the same, without a traceback
+
+
+def test_truncated_svhn_and_stl10_files(tmp_path):
+    write_svhn(tmp_path)
+    mat = tmp_path / "test_32x32.mat"
+    mat.write_bytes(mat.read_bytes()[:5000])  # X's data cut short: y is gone
+    with pytest.raises(UserError, match=f"{mat}: truncated or corrupt: no variable y"):
+        check_available("svhn", {}, DataContext(tmp_path))
+
+    write_stl10(tmp_path)
+    x = tmp_path / "stl10_binary" / "train_X.bin"
+    x.write_bytes(x.read_bytes()[:-1000])
+    with pytest.raises(UserError, match=f"{x}: truncated or corrupt: {3 * 27648 - 1000} bytes, but .*train_y.bin "
+                                        f"has 3 labels"):
+        check_available("stl10", {}, DataContext(tmp_path))
+
+
+# ---- torchvision's checksums and verify: false ---------------------------------------------------
+
+def test_unofficial_copy_fails_with_its_md5_and_loads_with_verify_false(tmp_path, write_suite, capsys):
+    written = write_cifar10(tmp_path)  # the real format, but not the official bytes
+    folder = tmp_path / "cifar-10-batches-py"
+    official = dict(tvd.CIFAR10.train_list)["data_batch_1"]
+    err = validate_error(capsys, dataset_suite(write_suite, "cifar10"), tmp_path)
+    got = hashlib.md5((folder / "data_batch_1").read_bytes()).hexdigest()
+    assert f"{folder / 'data_batch_1'} has MD5 {got}, not torchvision's {official}; data_batch_2, " in err
+    assert "data_batch_5, test_batch, batches.meta differ too: not the official files" in err
+    assert "to use this copy as it is, set `verify: false` on this dataset entry" in err
+    with pytest.raises(UserError, match="set `verify: false`"):  # a load that was not validated first says the same
+        load_dataset("cifar10", {}, DataContext(tmp_path))
+
+    suite = dataset_suite(write_suite, "cifar10", verify=False)
+    code, out, err = run_cli(capsys, "validate", suite, "--data-dir", tmp_path)
+    assert code == 0 and "ok" in out and not err
+    # What a task loads: the plan's dataset config carries verify: false to the loader, past torchvision's MD5s.
+    from bench.config import load_suite
+    from bench.plan import build_plan
+
+    train = build_plan(load_suite(suite)).by_kind("train")[0]
+    assert train.config["dataset"]["verify"] is False
+    run_ctx = RunContext(store_dir=tmp_path / "store", data=DataContext(tmp_path), device="cpu")
+    assert_cifar10_round_trip(load_task_dataset({**train.config["dataset"], "train_size": None}, run_ctx), written)
+    with pytest.raises(UserError, match="verify: false"):  # and without it, the same files are refused
+        load_task_dataset({**train.config["dataset"], "verify": True}, run_ctx)
+
+
+def test_unverified_loader_is_torchvision_without_file_md5s():
+    for cls in (tvd.CIFAR10, tvd.CIFAR100, tvd.SVHN, tvd.STL10):
+        unverified = data._unverified(cls)
+        assert issubclass(unverified, cls) and unverified.__name__ == cls.__name__
+        assert data._torchvision_md5s(unverified) == {} and len(data._torchvision_md5s(cls)) >= 2
+        assert getattr(unverified, "tgz_md5", None) == getattr(cls, "tgz_md5", None)  # downloads stay verified
+    assert data._unverified(tvd.MNIST) is tvd.MNIST  # nothing to skip: torchvision checks no raw MNIST file
+
+
+def test_verify_false_is_recorded_in_each_row(tmp_path, write_suite, capsys):
+    write_cifar10(tmp_path)
+    suite = write_suite("""\
+name: unverified
+device: cpu
+datasets:
+  - name: cifar10
+    verify: false
+defenses:
+  - name: undefended
+    params: {epochs: 1, batch_size: 8}
+attacks:
+  - name: fgsm
+    budgets: [0.1]
+""")
+    code, _, err = run_cli(capsys, "run", suite, "--store", tmp_path / "store", "--leaderboard", tmp_path / "board",
+                           "--data-dir", tmp_path, "--quiet")
+    assert code == 0, err
+    with sqlite3.connect(tmp_path / "store" / "advbench.sqlite") as db:
+        rows = [json.loads(v) for (v,) in db.execute("SELECT versions FROM results")]
+        tasks = [json.loads(v) for (v,) in db.execute("SELECT versions FROM tasks")]
+    assert len(rows) == 2 and len(tasks) == 4  # clean and fgsm rows; the train, craft and two score tasks
+    for versions in rows + tasks:
+        assert versions["data:cifar10"] == "local copy, checksums not verified (verify: false)"
+        assert "torch" in versions
+
+
+# ---- --download without a network ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, url", [
+    ("cifar10", tvd.CIFAR10.url),
+    ("svhn", tvd.SVHN.split_list["train"][0]),
+    ("mnist", tvd.MNIST.mirrors[0]),  # torchvision's own message: each mirror it tried for the file, and the answer
+])
+def test_offline_download_says_it_failed_and_why(tmp_path, monkeypatch, name, url):
+    def offline(request, *args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError) as err:
+        load_dataset(name, {}, DataContext(tmp_path, download=True))
+    message = str(err.value)
+    assert message.startswith(f"dataset {name!r}: --download failed: ") and "\n" not in message
+    assert url in message and "Temporary failure in name resolution" in message
+    assert "rerun with --download" not in message and "check this machine's network connection" in message

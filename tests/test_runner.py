@@ -12,7 +12,7 @@ from bench.errors import UserError
 from bench.registry import executors, task_steps
 from bench.runner import get_executor
 from bench.runner.local import LocalExecutor
-from bench.store import TABLES
+from bench.store import TABLES, Store
 
 # The step versions are part of every stored task key: changing one re-runs every task of that kind.
 STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "3"}
@@ -76,3 +76,46 @@ def test_progress_lines_and_dry_run_give_time_estimates(write_suite, tmp_path, c
     edited = write_suite(suite.read_text().replace("budgets: [0.1, 0.3]", "budgets: [0.1, 0.2, 0.3]", 1), "more.yaml")
     assert main(["run", str(edited), "--dry-run", *args[:2]]) == 0
     assert "to run, about " in capsys.readouterr().out
+
+
+def test_craft_tasks_show_their_batches_under_the_attack_budget_and_defense(write_suite, tmp_path, monkeypatch):
+    """With progress on, a craft task's bar counts its batches (10 images in batches of 4: 3 of 3; ART's
+    one library call: 1 of 1) under ``craft <attack label> <budget> on <defense label>``; with progress
+    off (--quiet) there is no bar."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from bench.config import load_suite
+    from bench.data import DataContext
+    from bench.plan import build_plan
+    from bench.runner import RunContext, steps
+
+    bars = {}
+
+    class Recorded(tqdm):  # what each bar showed when it closed (the screen itself is throttled)
+        def close(self):
+            bars.setdefault(self.desc, (self.n, self.total))  # tqdm closes again on garbage collection
+            super().close()
+
+    monkeypatch.setattr(steps, "tqdm", Recorded)
+    suite = load_suite(write_suite("""\
+        name: craft-progress
+        seeds: [0]
+        device: cpu
+        batch_size: 4
+        datasets:
+          - {name: digits, train_size: 300, test_size: 40, eval_size: 10}
+        defenses:
+          - {name: undefended, label: plain net, params: {epochs: 1, batch_size: 64}}
+        attacks:
+          - {name: pgd-linf, params: {steps: 2}, budgets: [0.3]}
+          - {name: pgd-linf, label: pgd on art, params: {steps: 2, backend: art}, budgets: [0.3]}
+        """))
+    plan = build_plan(suite)
+    ctx = RunContext(store_dir=tmp_path / "store", data=DataContext("data"), device="cpu", batch_size=4,
+                     progress=True, suite=suite.name)
+    assert LocalExecutor(echo=lambda line: None).run(plan, ctx, Store(tmp_path / "store")).ok
+    assert bars == {"craft pgd-linf eps=0.3 on plain net": (3, 3), "craft pgd on art eps=0.3 on plain net": (1, 1)}
+    with steps._craft_progress(plan.by_kind("craft")[0], dataclasses.replace(ctx, progress=False)) as bar:
+        assert bar is None

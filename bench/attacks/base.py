@@ -10,7 +10,7 @@ import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Protocol, Union
 
 import numpy as np
 import torch
@@ -174,8 +174,24 @@ class Attack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: float | None, *,
             targets: torch.Tensor | None = None, batch_size: int = 256,
-            device: str | torch.device = "cpu", seed: int = 0) -> torch.Tensor:
-        """Adversarial examples for ``x`` (labels ``y``) within ``budget``; same shape, CPU, in [0, 1]."""
+            device: str | torch.device = "cpu", seed: int = 0,
+            progress: AttackProgress | None = None) -> torch.Tensor:
+        """Adversarial examples for ``x`` (labels ``y``) within ``budget``; same shape, CPU, in [0, 1].
+
+        ``progress`` (optional) hears of the run's steps: a callback ``fn(done, total)`` called after each
+        one, or a tqdm-like object (``update(n)``; its ``total`` is set). A step is one batch of
+        ``job.batches()``; a backend that hands the whole set to a library at once is one step, reported
+        when it returns. It never changes the result.
+        """
+        steps = None if progress is None else ProgressSteps(progress)
+        out = self._run(model, x, y, budget, targets, batch_size, device, seed, steps)
+        if steps is not None:
+            steps.finish()
+        return out
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: float | None,
+             targets: torch.Tensor | None, batch_size: int, device: str | torch.device, seed: int,
+             steps: ProgressSteps | None) -> torch.Tensor:
         problem = self.budget_error(budget)
         if problem:
             raise ValueError(problem)
@@ -206,7 +222,7 @@ class Attack:
             # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
             raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
                              "cannot run targeted on it")
-        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed)
+        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed, progress=steps)
         with attack_context(model, seed):
             out = getattr(self, f"_run_{self.backend}")(job)
         return self._finalize(x, out, budget)
@@ -248,6 +264,53 @@ def get_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
 # --------------------------------------------------------------------------- the job of one run
 
 
+class ProgressBar(Protocol):
+    """What ``Attack.run`` needs of a tqdm-like progress object: ``update(n)``; it sets ``total``."""
+
+    total: Any
+
+    def update(self, n: int = 1) -> Any: ...
+
+
+# ``Attack.run``'s ``progress``: a callback ``fn(done, total)`` or a tqdm-like object.
+AttackProgress = Union[Callable[[int, int], None], ProgressBar]
+
+
+class ProgressSteps:
+    """The steps of one ``Attack.run``, reported to its ``progress``: batches as ``AttackJob.batches``
+    hands them out, or one step for a backend that never asks for batches (a library call over the set)."""
+
+    def __init__(self, sink: AttackProgress):
+        self.bar = sink if callable(getattr(sink, "update", None)) else None
+        if self.bar is None and not callable(sink):
+            raise TypeError(f"progress must be a callback fn(done, total) or have update(n), got {sink!r}")
+        self.callback = None if self.bar is not None else sink
+        self.done = 0
+        self.total = 0
+
+    def add(self, steps: int) -> None:
+        """``steps`` more steps are coming (a backend that iterates the batches twice counts them twice)."""
+        self.total += steps
+        if self.bar is not None:
+            self.bar.total = self.total
+            refresh = getattr(self.bar, "refresh", None)
+            if callable(refresh):
+                refresh()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        else:
+            self.callback(self.done, self.total)
+
+    def finish(self) -> None:
+        """After the run: a run that reported no step (a whole-set library call, a budget of 0) is one."""
+        if self.total == 0:
+            self.add(1)
+            self.advance()
+
+
 @dataclass
 class AttackJob:
     """One call of ``Attack.run``: inputs on the CPU, batches moved to ``device``."""
@@ -261,12 +324,21 @@ class AttackJob:
     device: torch.device
     seed: int
     _num_classes: int | None = field(default=None, repr=False)
+    # Where the batches done are reported (``Attack.run``'s ``progress``); None: nowhere.
+    progress: ProgressSteps | None = field(default=None, repr=False, compare=False)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        for i in range(0, len(self.x), self.batch_size):
+        """The images, labels and targets (None if untargeted) in batches on ``device``; each batch the
+        caller is done with (it asks for the next one, or the loop ends) is one step of ``progress``."""
+        starts = range(0, len(self.x), self.batch_size)
+        if self.progress is not None:
+            self.progress.add(len(starts))
+        for i in starts:
             sl = slice(i, i + self.batch_size)
             t = None if self.targets is None else self.targets[sl].to(self.device)
             yield self.x[sl].to(self.device), self.y[sl].to(self.device), t
+            if self.progress is not None:
+                self.progress.advance()
 
     @property
     def num_classes(self) -> int:

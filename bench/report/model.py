@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
+from ..metrics import METRICS
 from .format import PLOTS_DIR, pct
 
 CLEAN_ATTACK = "none"  # the `attack` value of a defense's clean-accuracy row
@@ -24,6 +26,24 @@ class Table:
     frame: pd.DataFrame  # display strings; first column is the row label
     align: tuple[str, ...]  # "left"/"right" per column, shared by both renderers
     values: pd.DataFrame | None = None  # percentages (NaN where "—"), same labels
+    higher_is_better: bool | None = None  # direction of every ``values`` column; None: no best to mark
+
+    def best(self) -> pd.DataFrame:
+        """True where a cell holds its column's best number (ties: every tied cell), aligned with ``frame``.
+
+        Read from ``values``, not the rounded text; a column with fewer than two numbers has no best.
+        """
+        marks = pd.DataFrame(False, index=self.frame.index, columns=self.frame.columns)
+        if self.values is None or self.higher_is_better is None or len(self.values) != len(self.frame):
+            return marks
+        for column in self.values.columns:
+            numbers = self.values[column].to_numpy(dtype=float)
+            if column not in marks.columns or np.count_nonzero(~np.isnan(numbers)) < 2:
+                continue
+            best = np.nanmax(numbers) if self.higher_is_better else np.nanmin(numbers)
+            # isclose: the same fraction pooled two ways can differ in its last bit
+            marks[column] = np.isclose(numbers, best, rtol=1e-9, atol=0.0)
+        return marks
 
 
 def frame_table(heading: str, setting: str, frame: pd.DataFrame, left_columns: int = 1) -> Table:
@@ -35,11 +55,11 @@ def frame_table(heading: str, setting: str, frame: pd.DataFrame, left_columns: i
 
 
 def values_table(heading: str, setting: str, values: pd.DataFrame) -> Table:
-    """A table of fractions (NaN where none) indexed by row label, shown as percentages."""
+    """A table of accuracies (fractions, NaN where none) indexed by row label, shown as percentages."""
     frame = values.map(pct).reset_index()
     return Table(heading=heading, setting=setting, frame=frame,
                  align=("left",) + ("right",) * (frame.shape[1] - 1),
-                 values=values * 100)
+                 values=values * 100, higher_is_better=METRICS["robust_acc"].higher_is_better)
 
 
 @dataclass(frozen=True)

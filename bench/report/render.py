@@ -10,7 +10,10 @@ import contextlib
 import io
 import math
 import os
+import re
 import tempfile
+import unicodedata
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from .compute import DEFAULT_TITLE, compute_leaderboard
-from .format import PLOTS_DIR
+from .format import MISSING, PLOTS_DIR
 from .model import Heatmap, Leaderboard, Plot, Table
 
 TEMPLATE = "leaderboard.html.j2"  # in bench/report/templates/
@@ -89,8 +92,84 @@ def _template() -> jinja2.Template:
     return env.from_string(source)
 
 
+# Symbols of headings spelled out in anchors, so "L∞" and "L2" get distinct ids.
+_SLUG_WORDS = str.maketrans({"∞": " inf ", "ε": " eps ", "κ": " kappa "})
+_SLUG_MAX = 60  # detector headings run to whole sentences; ids need not
+
+
+def _slug(text: str) -> str:
+    """An id for a heading: ASCII lowercase words joined by "-", cut at a word boundary."""
+    ascii_text = unicodedata.normalize("NFKD", text.translate(_SLUG_WORDS)).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    if len(slug) > _SLUG_MAX:
+        slug = slug[:_SLUG_MAX + 1].rsplit("-", 1)[0]
+    return slug or "section"
+
+
+@dataclass(frozen=True)
+class _HtmlTable:
+    """A Table as the template lays it out: (text, class, first sort direction) per heading, and
+    (text, class) per cell, "best" added where the cell holds its column's best number."""
+
+    columns: list[tuple[str, str, str]]
+    rows: list[list[tuple[str, str]]]
+    css: str
+
+
+def _html_table(table: Table, css: str = "") -> _HtmlTable:
+    best = table.best().to_numpy()
+    # A column with a direction sorts best-first on the first click; others ascending.
+    first = "desc" if table.higher_is_better else "asc"
+    ranked = set(table.values.columns) if table.values is not None and table.higher_is_better is not None else set()
+    columns = [(str(c), align, first if c in ranked else "asc") for c, align in zip(table.frame.columns, table.align)]
+    rows = [[(str(cell), f"{table.align[j]} best" if best[i, j] else table.align[j]) for j, cell in enumerate(row)]
+            for i, row in enumerate(table.frame.itertuples(index=False))]
+    return _HtmlTable(columns=columns, rows=rows, css=" ".join(filter(None, ("sortable", css))))
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A titled block of the page under its own anchor: a table, or figures."""
+
+    anchor: str
+    title: str
+    table: _HtmlTable | None = None
+    figures: tuple[Plot | Heatmap, ...] = ()
+
+
+def _outline(board: Leaderboard) -> list[tuple[_Part, list[_Part]]]:
+    """Every section and its parts, in page order, each with a unique anchor: the body and its table
+    of contents are laid out from this one list."""
+    taken = {"contents"}  # the table of contents' own id
+
+    def anchor(heading: str) -> str:
+        base = _slug(heading)
+        candidate, i = base, 2
+        while candidate in taken:
+            candidate, i = f"{base}-{i}", i + 1
+        taken.add(candidate)
+        return candidate
+
+    outline = []
+    for section in board.datasets:
+        parts = [_Part(anchor(t.heading), t.setting, _html_table(t)) for t in section.tables]
+        parts.append(_Part(anchor(section.details.heading), f"Details: {section.name}",
+                           _html_table(section.details, "details")))
+        if section.plots:
+            parts.append(_Part(anchor(f"{section.name} plots"), f"Plots: {section.name}",
+                               figures=tuple(section.plots)))
+        outline.append((_Part(anchor(section.name), section.name), parts))
+    for detector in board.detectors:
+        parts = [_Part(anchor(t.heading), t.setting, _html_table(t)) for t in detector.tables]
+        if detector.heatmaps:
+            parts.append(_Part(anchor(f"{detector.name} plots"), f"Plots: {detector.name}",
+                               figures=tuple(detector.heatmaps)))
+        outline.append((_Part(anchor(detector.name), detector.name), parts))
+    return outline
+
+
 def render_html(board: Leaderboard) -> str:
-    return _template().render(board=board)
+    return _template().render(board=board, outline=_outline(board), missing=MISSING)
 
 
 # --------------------------------------------------------------------------- PNG

@@ -6,11 +6,12 @@ many craft and score tasks use the same one.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -50,8 +51,9 @@ def task_seed(task: Task) -> int:
 
 
 def load_task_dataset(cfg: dict[str, Any], ctx: RunContext) -> DatasetSplits:
-    """The dataset of a task config's ``dataset`` entry, with its subsets."""
-    return load_dataset(cfg["name"], cfg["params"], ctx.data, train_size=cfg["train_size"],
+    """The dataset of a task config's ``dataset`` entry, with its subsets (and its ``verify``, absent = true)."""
+    data = ctx.data if cfg.get("verify", True) else replace(ctx.data, verify=False)
+    return load_dataset(cfg["name"], cfg["params"], data, train_size=cfg["train_size"],
                         test_size=cfg["test_size"], seed=cfg["subset_seed"])
 
 

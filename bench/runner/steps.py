@@ -10,12 +10,15 @@ its number includes (a score row's crafting time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import TaskFailed
+from ..labels import budget_label
 from ..metrics import cell_metrics
 from ..plan import Task
 from ..registry import attacks, task_steps
@@ -44,8 +47,9 @@ def run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     model = defense.surface(cfg["surface"])
     seed = task_seed(task)
     targets = attack.make_targets(model, x, y, seed=seed)
-    x_adv = attack.run(model, x, y, cfg["budget"], targets=targets, batch_size=ctx.batch_size,
-                       device=ctx.device, seed=seed).detach().cpu().float()
+    with _craft_progress(task, ctx) as bar:
+        x_adv = attack.run(model, x, y, cfg["budget"], targets=targets, batch_size=ctx.batch_size,
+                           device=ctx.device, seed=seed, progress=bar).detach().cpu().float()
     if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
         raise TaskFailed(f"attack returned {tuple(x_adv.shape)} for inputs {tuple(x.shape)} or non-finite values")
     artifact = {"x_adv": x_adv, "indices": idx}
@@ -53,6 +57,21 @@ def run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
         artifact["targets"] = targets.cpu()
     store.save_artifact(task.key, artifact)
     return []
+
+
+def _craft_progress(task: Task, ctx: RunContext) -> Any:
+    """A progress bar of a craft task's batches, labelled ``craft pgd-linf eps=0.3 on gauss-0.3`` (the
+    suite's attack label, the budget, the attacked defense's label and surface); none (None) without
+    ``ctx.progress`` (``--quiet``, or no terminal)."""
+    if not ctx.progress:
+        return contextlib.nullcontext()
+    cfg = task.config
+    name = cfg["attack"]["name"]
+    budget = budget_label(attacks.get(name).factory.budget_param, cfg["budget"], symbol=False)
+    attack = task.info.get("attack") or name  # the suite's label of the attack
+    defense = task.info.get("defense", "")
+    on = defense if cfg["surface"] == "deployed" else f"{defense}.{cfg['surface']}"
+    return tqdm(total=None, desc=f"craft {attack} {budget} on {on}", unit="batch", leave=False)
 
 
 @task_steps.register("score", version="1", table="results")

@@ -13,6 +13,7 @@ import traceback
 import torch
 
 from ..plan import Task
+from ..provenance import unverified_data
 from ..registry import task_steps
 from ..store import Store, now
 from .context import RunContext, task_seed
@@ -26,6 +27,10 @@ def run_task(task: Task, upstream: dict[str, Task], ctx: RunContext) -> tuple[st
     """
     store = Store(ctx.store_dir)
     provenance = ctx.provenance()
+    # A dataset read with verify: false (in this task's config or an upstream one's) is recorded with the versions.
+    unverified = unverified_data([task.config, *(upstream[k].config for k in task.deps if k in upstream)])
+    if unverified:
+        provenance = {**provenance, "versions": {**provenance["versions"], **unverified}}
     torch.manual_seed(task_seed(task))
     start = time.perf_counter()
     try:
