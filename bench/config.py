@@ -124,6 +124,9 @@ class Suite(_Strict):
     attacks: list[AttackEntry] = Field(default_factory=list)
     detector_attacks: list[DetectorAttackEntry] = Field(default_factory=list)
     detectors: list[DetectorEntry] = Field(default_factory=list)
+    repeats: int | None = Field(
+        None, ge=1, le=1000, description="predictions per scored example for a stochastic defense (fresh "
+                                         "randomness each); default 10 for stochastic defenses, 1 otherwise")
     headline: dict[str, float] = Field(
         default_factory=dict, description="per threat model (linf, l2, ...), the eps budget of the leaderboard's "
                                           "headline; default: the largest budget every attack of a table ran at")

@@ -70,6 +70,15 @@ RESULT_METRICS: tuple[MetricSpec, ...] = (
     # The ensemble members' interrater agreement (bench.diversity), written by the score step.
     MetricSpec("diversity_kappa", "κ", ".3f", None, "mean", type=float | None, in_cell_metrics=False,
                appended=True),
+    # Repeated prediction of a stochastic defense (the score step): every example is scored ``repeats``
+    # times with fresh randomness; the accuracies above are then means over the repeats, these say how
+    # far one prediction strays from that mean and how many examples survive every repeat.
+    MetricSpec("repeats", "Repeats", ".0f", None, "mean", type=int | None, in_cell_metrics=False, detail=True,
+               appended=True),
+    MetricSpec("robust_acc_strict", "Every repeat (%)", "pct", True, "counts", type=float | None,
+               in_cell_metrics=False, detail=True, appended=True),
+    MetricSpec("robust_acc_spread", "SD over repeats (%)", "pct", None, "mean", type=float | None,
+               in_cell_metrics=False, detail=True, appended=True),
 )
 METRICS: dict[str, MetricSpec] = {m.name: m for m in RESULT_METRICS}
 
@@ -155,3 +164,30 @@ def cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np
         linf_mean=_summary(linf)[0], linf_median=_summary(linf)[1],
         mse_mean=_summary(mse)[0], mse_median=_summary(mse)[1],
     )
+
+
+def repeated_cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
+                          pred_adv: np.ndarray, targets: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of a stochastic defense scored ``repeats`` times: predictions shaped (repeats, N).
+
+    Every metric of :func:`cell_metrics` is its mean over the repeats (the expected value of one
+    prediction), with the robust accuracy's 95% interval on the mean's count of N; added are ``repeats``,
+    ``robust_acc_strict`` (correct in every repeat) and ``robust_acc_spread`` (the SD of the per-repeat
+    robust accuracies). Returns those values and the per-example flags "correct in every repeat", which
+    per-example worst cases use: an example counts as robust only if it survived every draw.
+    """
+    pred_clean, pred_adv = np.atleast_2d(pred_clean), np.atleast_2d(pred_adv)
+    repeats, n = pred_adv.shape
+    each = [cell_metrics(x, x_adv, y, c, a, targets).as_dict() for c, a in zip(pred_clean, pred_adv)]
+    values: dict[str, Any] = {}
+    for name in each[0]:
+        known = [v[name] for v in each if v[name] is not None]
+        values[name] = float(np.mean(known)) if known else None
+    values["n"] = n
+    correct = pred_adv == y
+    values["robust_ci_low"], values["robust_ci_high"] = wilson_interval(round(correct.mean(0).sum()), n)
+    strict = correct.all(axis=0)
+    values["repeats"] = repeats
+    values["robust_acc_strict"] = float(strict.mean()) if n else 0.0
+    values["robust_acc_spread"] = float(correct.mean(axis=1).std(ddof=1)) if repeats > 1 else 0.0
+    return values, strict

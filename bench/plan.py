@@ -68,8 +68,24 @@ def _attack_config(a: AttackEntry) -> dict[str, Any]:
     entry = attacks.get(a.name)
     params = dict(a.params)
     if "backend" in params and params["backend"] is None:  # resolve the default: it changes the output
-        params["backend"] = entry.factory.backends[0]
+        params["backend"] = entry.build(**a.params).backend  # the class's first, or what eot needs
+    if params.get("eot") == 1:
+        del params["eot"]  # absent without EOT, so the keys of ordinary cells do not depend on the option
     return {"name": a.name, "version": entry.version, "params": params}
+
+
+# Predictions per scored example of a stochastic defense when the suite does not say (issue: a single
+# draw is never the reported number for one).
+DEFAULT_REPEATS = 10
+
+
+def _repeats(suite: Suite, d: DefenseEntry) -> dict[str, int]:
+    """The score config's ``repeats`` for defense ``d``: absent for a deterministic defense (one prediction
+    is the prediction), so its keys do not depend on the option."""
+    if not getattr(defenses.get(d.name).factory, "stochastic", False):
+        return {}
+    repeats = suite.repeats or DEFAULT_REPEATS
+    return {"repeats": repeats} if repeats > 1 else {}
 
 
 def _budget_label(attack, budget: float | None) -> str:
@@ -99,6 +115,7 @@ def build_plan(suite: Suite) -> Plan:
     craft: dict[str, Task] = {}
     score: dict[str, Task] = {}
 
+    defense_by_label = {d.label: d for d in suite.defenses}
     for ds in suite.datasets:
         ds_cfg = _dataset_config(ds)
         eval_cfg = {"dataset": ds_cfg, "eval_size": ds.eval_size}
@@ -111,7 +128,7 @@ def build_plan(suite: Suite) -> Plan:
                     info={"dataset": ds.label, "defense": d.label, "seed": seed})
                 for surface in _scoring_surfaces(suite, d.label):
                     clean_cfg = {"examples": "test split", "dataset": ds_cfg, "seed": seed,
-                                 **_evaluate_on(surface)}
+                                 **_evaluate_on(surface), **_repeats(suite, d)}
                     clean = Task("score", task_key("score", clean_cfg, [key]),
                                  f"score {_on(d.label, surface)} on clean {ds.label} (seed {seed})", clean_cfg, [key],
                                  info={"dataset": ds.label, "defense": d.label, "seed": seed, "attack": None,
@@ -137,7 +154,8 @@ def build_plan(suite: Suite) -> Plan:
                                 info={"dataset": ds.label, "defense": source, "seed": seed, "attack": a.label})
                         target_train = train[(ds.label, target, seed)]
                         for scored_on in a.evaluate_on:
-                            s_cfg = {"examples": "crafted", **_evaluate_on(scored_on)}
+                            s_cfg = {"examples": "crafted", **_evaluate_on(scored_on),
+                                     **_repeats(suite, defense_by_label[target])}
                             s_deps = [target_train.key, c_key]
                             s_key = task_key("score", s_cfg, s_deps)
                             # A transfer from a defense to itself is that defense's white-box cell: keep the first.

@@ -49,6 +49,16 @@ def write_suite(tmp_path: Path):
     return write
 
 
+def trained_defense(data, name: str, seed: int = 0, **params):
+    """Registered defense ``name`` built with ``params``, set up for ``data`` and trained on it (CPU, quiet)."""
+    from bench.registry import defenses
+
+    defense = defenses.get(name).build(**params)
+    defense.setup(data.input_spec(), seed=seed, device=torch.device("cpu"))
+    defense.fit(data, seed=seed, progress=False)
+    return defense
+
+
 def digits_for_detection():
     """sklearn's 8x8 digits: 700 training and 360 test images (the detector tests' data)."""
     from bench.data import DataContext, load_dataset

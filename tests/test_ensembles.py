@@ -12,6 +12,7 @@ from bench.cli import main
 from bench.data import DataContext, load_dataset
 from bench.diversity import interrater_agreement, member_agreement
 from bench.registry import defenses
+from tests.conftest import trained_defense
 from defenses.adversarial_training import AdversarialTraining
 from defenses.ensemble import Ensemble, MeanGradient, MeanSoftmax
 from defenses.gaussian_augment import GaussianAugment
@@ -25,11 +26,7 @@ def digits():
     return load_dataset("digits", {}, DataContext("data"))
 
 
-def trained(data, name, seed=0, **params):
-    defense = defenses.get(name).build(**params)
-    defense.setup(data.input_spec(), seed=seed, device=CPU)
-    defense.fit(data, seed=seed, progress=False)
-    return defense
+trained = trained_defense
 
 
 @pytest.fixture(scope="module")

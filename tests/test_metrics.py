@@ -72,7 +72,7 @@ STORE_RESULT_COLUMNS = [
     "threat_model", "surface", "source", "budget_param", "budget", "seed", "n", "clean_acc", "robust_acc",
     "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
     "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
-    "evaluated_on", "diversity_kappa",
+    "evaluated_on", "diversity_kappa", "repeats", "robust_acc_strict", "robust_acc_spread",
 ]
 
 

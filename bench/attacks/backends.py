@@ -51,7 +51,7 @@ def torch_gradient_attack(job: AttackJob, *, norm: str, eps: float, steps: int, 
         for _ in range(steps):
             x.requires_grad_(True)
             with torch.enable_grad():
-                loss = attack_loss(job.model, x, labels)
+                loss = eot_attack_loss(job.model, x, labels, job.eot)
                 (grad,) = torch.autograd.grad(loss, x)
             x = x.detach()
             if norm == "linf":
@@ -79,6 +79,20 @@ def attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torc
         return custom(x, labels)
     logits = getattr(model, "attack_logits", None)
     return F.cross_entropy(logits(x, labels) if logits is not None else model(x), labels, reduction="sum")
+
+
+def repeat_draws(x: torch.Tensor, draws: int) -> torch.Tensor:
+    """``x`` repeated ``draws`` times along the batch, draw-major: one forward pass evaluates ``draws``
+    independent draws of a stochastic model's randomness on every image (its random layers draw per row)."""
+    return x if draws == 1 else x.repeat(draws, *([1] * (x.ndim - 1)))
+
+
+def eot_attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int) -> torch.Tensor:
+    """``attack_loss`` averaged over ``draws`` draws of the model's randomness, all in one batch: its input
+    gradient is the mean of ``draws`` single-draw gradients (Expectation over Transformation)."""
+    if draws == 1:
+        return attack_loss(model, x, labels)
+    return attack_loss(model, repeat_draws(x, draws), labels.repeat(draws)) / draws
 
 
 def foolbox_run(job: AttackJob, attack: Any, epsilon: float | None, *, targeted: bool = False
@@ -116,6 +130,12 @@ def art_generate(job: AttackJob, make: Callable[[Any], Any], labels: torch.Tenso
     return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
+def _margin(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """C&W's logit margin per example: the label's logit over the strongest rival (targeted: the reverse)."""
+    other = logits.detach().scatter(1, labels[:, None], -math.inf).argmax(1)
+    return logits[rows, other] - logits[rows, labels] if targeted else logits[rows, labels] - logits[rows, other]
+
+
 def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, learning_rate: float,
                             binary_search_steps: int, abort_early: bool) -> torch.Tensor:
     """Bare PyTorch C&W L2, step for step Foolbox 3's ``L2CarliniWagnerAttack`` (initial constant: the budget).
@@ -124,7 +144,8 @@ def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, le
     attack needs: the untargeted margin is taken on the surface's ``attack_logits(x, labels)`` where it has
     them (bench.detection.adaptive), else on ``model(x)``; targeted runs (``job.targets``) use ``model(x)``. Per
     example the smallest-L2 adversarial over all steps and constants is kept; examples never fooled come
-    back unperturbed (Foolbox returns zeros there).
+    back unperturbed (Foolbox returns zeros there). With ``job.eot`` > 1 the margin term is averaged over
+    that many draws of a stochastic model's randomness, batched (EOT).
     """
     custom = getattr(job.model, "attack_logits", None)
     b1, b2 = 0.9, 0.999  # Adam's betas, as Foolbox's AdamOptimizer
@@ -135,7 +156,10 @@ def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, le
         rows = torch.arange(n, device=x0.device)
 
         def scores(x: torch.Tensor) -> torch.Tensor:
-            return job.model(x) if targeted or custom is None else custom(x, y)
+            """Logits of ``job.eot`` draws, shaped (draws, n, classes)."""
+            x = repeat_draws(x, job.eot)
+            out = job.model(x) if targeted or custom is None else custom(x, y.repeat(job.eot))
+            return out.view(job.eot, n, -1)
 
         def to_model(w: torch.Tensor) -> torch.Tensor:
             return (torch.tanh(w) + 1) / 2  # tanh space -> (0, 1)
@@ -157,13 +181,13 @@ def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, le
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     x = to_model(w0 + delta)
-                    logits = scores(x)
-                    other = logits.detach().scatter(1, labels[:, None], -math.inf).argmax(1)
-                    margin = logits[rows, other] - logits[rows, labels] if targeted else \
-                        logits[rows, labels] - logits[rows, other]
+                    draws = scores(x)
+                    # The margin term in expectation over the draws (EOT); one draw without eot.
+                    margin = torch.stack([_margin(d, labels, rows, targeted) for d in draws]).mean(0)
                     loss = (c * (margin + confidence).clamp_min(0)).sum() + (x - x_rec).flatten(1).square().sum()
                     (grad,) = torch.autograd.grad(loss, delta)
-                x, logits, delta = x.detach(), logits.detach(), delta.detach()
+                # Success is judged on the draws' mean logits (the single draw's logits without eot).
+                x, logits, delta = x.detach(), draws.detach().mean(0), delta.detach()
                 m = b1 * m + (1 - b1) * grad
                 v = b2 * v + (1 - b2) * grad.square()
                 delta = delta - learning_rate * (m / (1 - b1 ** (step + 1))) / (

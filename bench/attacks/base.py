@@ -104,6 +104,10 @@ class Attack:
     # registered attack's default backend with them); not used by the harness.
     quick_params: ClassVar[dict[str, Any]] = {}
 
+    # Draws of a stochastic defense's randomness each gradient averages over (EOT); only attacks whose
+    # __init__ takes ``eot`` (and calls ``_init_eot``) change it.
+    eot: int = 1
+
     def __init__(self, *, backend: str | None = None):
         if backend is None:
             backend = self.backends[0]
@@ -111,6 +115,21 @@ class Attack:
             raise ValueError(f"backend {backend!r} is not available for this attack; "
                              f"choose one of {', '.join(self.backends)}")
         self.backend = backend
+
+    def _init_eot(self, eot: int, backend: str | None) -> None:
+        """``eot: k``: average every gradient over k draws of the defense's randomness (Expectation over
+        Transformation, Athalye et al. 2018), batched in the plain-PyTorch loop; a stochastic defense's
+        ``single``/``deployed`` surfaces then draw anew for each of the k copies of each image. Only the torch
+        backend can: with k > 1 and no backend named, it is chosen."""
+        if eot < 1:
+            raise ValueError(f"eot must be >= 1 (draws per gradient), got {eot}")
+        if eot > 1:
+            if backend is None:
+                self.backend = "torch"
+            elif backend != "torch":
+                raise ValueError(f"eot: {eot} averages gradients inside the plain-PyTorch loop; set backend: torch "
+                                 f"(or leave backend out), not {backend!r}")
+        self.eot = eot
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -222,7 +241,7 @@ class Attack:
             # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
             raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
                              "cannot run targeted on it")
-        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed, progress=steps)
+        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed, eot=self.eot, progress=steps)
         with attack_context(model, seed):
             out = getattr(self, f"_run_{self.backend}")(job)
         return self._finalize(x, out, budget)
@@ -323,6 +342,7 @@ class AttackJob:
     batch_size: int
     device: torch.device
     seed: int
+    eot: int = 1  # draws of the model's randomness per gradient (``Attack._init_eot``)
     _num_classes: int | None = field(default=None, repr=False)
     # Where the batches done are reported (``Attack.run``'s ``progress``); None: nowhere.
     progress: ProgressSteps | None = field(default=None, repr=False, compare=False)

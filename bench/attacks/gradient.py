@@ -1,7 +1,8 @@
 """Gradient attacks in L-infinity and L2: FGSM (untargeted and targeted), BIM, PGD.
 
-Their torch backend ascends the surface's ``attack_loss`` (``ascends_attack_loss``). Where to add an
-attack: docs/architecture.md.
+Their torch backend ascends the surface's ``attack_loss`` (``ascends_attack_loss``); with ``eot: k`` it
+averages that gradient over k draws of a stochastic defense's randomness (Expectation over
+Transformation, Athalye et al. 2018; ``Attack._init_eot``). Where to add an attack: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ class FGSM(Attack):
     # torch 0.048 s, art 0.057 s, foolbox 0.075 s (128 MNIST images, small CNN, 2 CPU cores, best of 5).
     backends = ("torch", "foolbox", "art")
     ascends_attack_loss = True
-    # no __init__: the only parameter is ``backend``, which Attack provides
+
+    def __init__(self, *, backend: str | None = None, eot: int = 1):
+        super().__init__(backend=backend)
+        self._init_eot(eot, backend)
 
     def _run_foolbox(self, job: AttackJob) -> torch.Tensor:
         import foolbox as fb
@@ -60,9 +64,10 @@ class FGSMTargeted(Attack):
     ascends_attack_loss = True
 
     def __init__(self, *, backend: str | None = None,
-                 target: Literal["random", "next", "least-likely"] = "random"):
+                 target: Literal["random", "next", "least-likely"] = "random", eot: int = 1):
         super().__init__(backend=backend)
         self.target = target
+        self._init_eot(eot, backend)
 
     def make_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
         return make_targets(self.target, model, x, y, seed)
@@ -102,8 +107,9 @@ class BIM(Attack):
     ascends_attack_loss = True
 
     def __init__(self, *, backend: str | None = None,
-                 steps: int = 10, step_size: float | None = None):
+                 steps: int = 10, step_size: float | None = None, eot: int = 1):
         super().__init__(backend=backend)
+        self._init_eot(eot, backend)
         check_positive("steps", steps)
         if step_size is not None:
             check_positive("step_size", step_size)
@@ -184,9 +190,10 @@ class PGDLinf(_PGD):
     quick_params = {"steps": 5}
 
     def __init__(self, *, backend: str | None = None,
-                 steps: int = 40, rel_stepsize: float | None = None, random_start: bool = True):
+                 steps: int = 40, rel_stepsize: float | None = None, random_start: bool = True, eot: int = 1):
         super().__init__(backend=backend)
         self._init(steps, rel_stepsize, random_start)
+        self._init_eot(eot, backend)
 
 
 @attacks.register("pgd-l2")
@@ -200,6 +207,7 @@ class PGDL2(_PGD):
     _norm = "l2"
 
     def __init__(self, *, backend: str | None = None,
-                 steps: int = 50, rel_stepsize: float | None = None, random_start: bool = True):
+                 steps: int = 50, rel_stepsize: float | None = None, random_start: bool = True, eot: int = 1):
         super().__init__(backend=backend)
         self._init(steps, rel_stepsize, random_start)
+        self._init_eot(eot, backend)

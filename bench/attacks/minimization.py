@@ -101,9 +101,10 @@ class CarliniWagnerL2(_CWLike):
 
     def __init__(self, *, backend: str | None = None, confidence: float = 0.0,
                  steps: int = 100, learning_rate: float = 0.1, binary_search_steps: int = 5,
-                 abort_early: bool = True):
+                 abort_early: bool = True, eot: int = 1):
         super().__init__(backend=backend)
         self._init(confidence, steps, learning_rate, binary_search_steps, abort_early)
+        self._init_eot(eot, backend)
 
     def _run_foolbox(self, job: AttackJob) -> torch.Tensor:
         import foolbox as fb

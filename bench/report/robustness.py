@@ -13,7 +13,11 @@ How numbers are counted
   of them (AND of the per-example ``correct`` arrays of the same
   dataset/defense/seed/surface/source). Taking the minimum of the attacks'
   accuracies instead would overstate robustness whenever attacks break
-  different examples. Without per-example arrays the cell shows "—".
+  different examples. Without per-example arrays the cell shows "—". A
+  stochastic defense scored several times (``repeats``) shows the mean over
+  the repeats in its attack cells, but its per-example arrays say "correct in
+  every repeat", so its worst cases and headline count an example as robust
+  only if it survived every attack in every repeat.
 * The headline of a table is the per-example worst case over every attack in
   it at the largest budget they all ran at (one attack: its own cell), shown
   with its 95% interval after Clean. Rows are ranked by it, most robust first;
@@ -193,7 +197,10 @@ def normalize(results: pd.DataFrame) -> list[Row]:
         acc = _number(record["robust_acc"])
         if acc is None and is_clean:
             acc = _number(record["clean_acc"])
-        hits = int(correct.sum()) if correct is not None else round((acc or 0.0) * n)
+        # A stochastic defense scored several times stores its mean accuracy, and as ``correct`` the
+        # examples right in every repeat (for worst cases): its cell counts the mean.
+        repeated = (_number(record["repeats"]) or 1) > 1
+        hits = int(correct.sum()) if correct is not None and not repeated else round((acc or 0.0) * n)
         rows.append(Row(
             suite=_text(record["suite"]),
             dataset=_text(record["dataset"]),
@@ -448,7 +455,13 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
     def at(defense: str, budget: tuple) -> _Cell | None:
         """The worst case over the attacks run at ``budget`` (one attack: its own cell)."""
         ran = attacks_at[budget]
-        return worst[(defense, budget)] if len(ran) >= 2 else cells.get((defense, ran[0], budget))
+        if len(ran) >= 2:
+            return worst[(defense, budget)]
+        cell = cells.get((defense, ran[0], budget))
+        if cell and any((r.metrics["repeats"] or 1) > 1 for r in cell.rows):
+            # A stochastic defense's headline, as its worst cases, counts the examples right in every repeat.
+            return _worst_case({ran[0]: list(cell.rows)}, (ran[0],))
+        return cell
 
     # Rows rank by the headline; a row without it is not ranked against those with it (nor, without a
     # headline, a row that misses a column against one that has them all).
@@ -598,6 +611,8 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
     if legend is not None:  # what each row label is, under the tables it explains
         tables.append(legend)
     detail_frame = pd.DataFrame(details, columns=list(_DETAIL_COLUMNS))
-    details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame,
-                          align=_DETAIL_ALIGN)
+    # A metric no row of the section has (repeats, without a stochastic defense) is no column.
+    empty = {m.label for m in _DETAIL_METRICS if (detail_frame[m.label] == MISSING).all()}
+    details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame.drop(columns=list(empty)),
+                          align=tuple(a for c, a in zip(_DETAIL_COLUMNS, _DETAIL_ALIGN) if c not in empty))
     return DatasetSection(name=dataset, tables=tables, details=details_table, plots=plots)

@@ -50,6 +50,16 @@ def task_seed(task: Task) -> int:
     return int(task.key[:8], 16)
 
 
+@contextlib.contextmanager
+def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators (CPU, and the device's if CUDA) for the block, then restore them:
+    what a stochastic defense draws from at test time."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def load_task_dataset(cfg: dict[str, Any], ctx: RunContext) -> DatasetSplits:
     """The dataset of a task config's ``dataset`` entry, with its subsets (and its ``verify``, absent = true)."""
     data = ctx.data if cfg.get("verify", True) else replace(ctx.data, verify=False)

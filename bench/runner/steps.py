@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from ..errors import TaskFailed
 from ..labels import budget_label
-from ..metrics import cell_metrics
+from ..metrics import cell_metrics, repeated_cell_metrics
 from ..plan import Task
 from ..registry import attacks, task_steps
 from ..store import Store
 from ..training import predict
-from .context import RunContext, build_defense, eval_indices, task_seed, trained_defense
+from .context import RunContext, build_defense, eval_indices, seeded_randomness, task_seed, trained_defense
 
 
 @task_steps.register("train", version="1", table=None)
@@ -103,12 +103,22 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
         row.update(attack=info["attack"], attack_config=json.dumps(craft.config["attack"], sort_keys=True),
                    threat_model=str(attack_cls.threat_model), surface=info["surface"], source=info["source"],
                    budget_param=attack_cls.budget_param, budget=craft.config["budget"])
-    pred_clean = predict(scorer, x, device=device, batch_size=ctx.batch_size)
-    pred_adv = pred_clean if x_adv is x else predict(scorer, x_adv, device=device, batch_size=ctx.batch_size)
-    metrics = cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
-                           None if targets is None else targets.numpy())
-    row.update(metrics.as_dict())
-    row["correct"] = (pred_adv == y).numpy()
+    repeats = task.config.get("repeats", 1)
+    # A stochastic defense draws from torch's global generator: seeded per task, so a rerun repeats exactly.
+    with seeded_randomness(task_seed(task), device):
+        pred_clean = torch.stack([predict(scorer, x, device=device, batch_size=ctx.batch_size)
+                                  for _ in range(repeats)])
+        pred_adv = pred_clean if x_adv is x else torch.stack(
+            [predict(scorer, x_adv, device=device, batch_size=ctx.batch_size) for _ in range(repeats)])
+    target_labels = None if targets is None else targets.numpy()
+    if repeats == 1:
+        row.update(cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean[0].numpy(), pred_adv[0].numpy(),
+                                target_labels).as_dict())
+        row["correct"] = (pred_adv[0] == y).numpy()
+    else:  # means over the repeats; an example counts as correct only if it is in every repeat
+        values, row["correct"] = repeated_cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(),
+                                                       pred_adv.numpy(), target_labels)
+        row.update(values)
     members = defense.member_models() if evaluated_on == "deployed" else []
     if len(members) >= 2:  # diversity of the members' votes on the scored inputs
         from ..diversity import member_agreement
