@@ -15,9 +15,11 @@ disagree. What they share lives here once:
   so its cross-entropy is the ensemble's own loss).
 
 Attack surfaces of both: ``deployed`` (the ``passes``-draw ensemble, fresh draws), ``single`` (one fresh
-draw per call: the natural target of an EOT attack, which averages gradients over draws), and
+draw per call: the natural target of an EOT attack, which averages gradients over draws),
 ``fixed:<k>`` for k in ``FIXED_DRAW_COUNTS`` (mean softmax of k fixed draws; ``fixed:1`` is the papers'
-"attack one sampled model").
+"attack one sampled model"), and ``ensemble:<k>`` for k in ``ENSEMBLE_SIZES`` (the prediction from k fresh
+draws: scoring on them, ``evaluate_on``, gives accuracy against the number of test-time samples without
+training a model per number).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from bench.registry import defenses
 
 # The k of the ``fixed:<k>`` surfaces: Lee et al. 2021, Table 4 (attacking the average of k sampled models).
 FIXED_DRAW_COUNTS = (1, 5, 10, 15)
+# The k of the ``ensemble:<k>`` surfaces, the prediction from k fresh draws instead of ``forward_passes``:
+# accuracy against the number of test-time samples (Lee et al. Table 6, Liu et al. Fig. 5) from one model.
+ENSEMBLE_SIZES = (1, 5, 10, 15, 50)
 # Rows (draws x images) per forward pass of an ensemble; more draws than fit are split into chunks.
 MAX_ROWS_PER_PASS = 8192
 
@@ -228,11 +233,13 @@ class RandomizedClassifier(ClassifierDefense):
         return [FixedDraws(self.model, [s]).eval() for s in self.draw_seeds[:self.forward_passes]]
 
     def surface_names(self) -> list[str]:
-        return ["deployed", "single", *(f"fixed:{k}" for k in FIXED_DRAW_COUNTS)]
+        return ["deployed", "single", *(f"fixed:{k}" for k in FIXED_DRAW_COUNTS),
+                *(f"ensemble:{k}" for k in ENSEMBLE_SIZES)]
 
     def surfaces(self) -> dict[str, nn.Module]:
         return {"deployed": self.deployed(), "single": self.model,
-                **{f"fixed:{k}": FixedDraws(self.model, self.draw_seeds[:k]).eval() for k in FIXED_DRAW_COUNTS}}
+                **{f"fixed:{k}": FixedDraws(self.model, self.draw_seeds[:k]).eval() for k in FIXED_DRAW_COUNTS},
+                **{f"ensemble:{k}": SelfEnsemble(self.model, k).eval() for k in ENSEMBLE_SIZES}}
 
 
 # --------------------------------------------------------------------------- the two defenses

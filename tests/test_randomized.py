@@ -1,6 +1,8 @@
 """Randomized defenses (RSE, Liu et al. 2018; random layer sampling, Lee et al. 2021), EOT and repeated
 prediction."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from bench.diversity import member_agreement
 from bench.metrics import repeated_cell_metrics
 from bench.plan import build_plan
 from bench.registry import defenses
+from bench.report import leaderboard_tables
 from tests.conftest import trained_defense
 from bench.runner.context import seeded_randomness
 from bench.training import predict
@@ -222,6 +225,11 @@ defenses:
 attacks:
   - {name: fgsm, budgets: [0.1]}
   - {name: pgd-linf, label: pgd-eot, surface: single, params: {steps: 3, eot: 3}, budgets: [0.1], defenses: [rse]}
+  - {name: pgd-linf, label: pgd-1model, surface: "fixed:1", params: {steps: 3}, budgets: [0.1], defenses: [rse],
+     evaluate_on: [deployed, "ensemble:1"]}
+  - {name: pgd-linf, label: pgd-5models, surface: "fixed:5", params: {steps: 3}, budgets: [0.1], defenses: [rse]}
+  - {name: cw-l2, label: cw-1model, surface: "fixed:1", params: {steps: 5, binary_search_steps: 1, backend: torch},
+     budgets: [0.1, 1.0], defenses: [rse]}
 """
 
 
@@ -261,6 +269,21 @@ def test_a_randomized_suite_runs_and_reports_repeats(write_suite, tmp_path):
     assert (rse_rows["repeats"] == 4).all()
     assert (rse_rows["robust_acc_strict"] <= rse_rows["robust_acc"] + 1e-12).all()
     assert results[results["defense"] == "undefended"]["repeats"].isna().all()
-    assert rse_rows["diversity_kappa"].notna().all()
+    assert rse_rows.loc[rse_rows["evaluated_on"] == "deployed", "diversity_kappa"].notna().all()
     text = (board / "README.md").read_text()
     assert "Every repeat (%)" in text and "pgd-eot" in text
+    tables = dict(leaderboard_tables(results))
+    lee2 = tables["digits — randomized defenses: one sampled model attacked (the papers') beside EOT "
+                  "(Lee et al. Table 2 layout)"].set_index("Attack")
+    assert list(lee2.columns) == ["undefended: white-box", "rse: one sampled model", "rse: EOT k=3", "rse: deployed"]
+    assert list(lee2.index) == ["No attack", "cw-l2 c=0.1", "cw-l2 c=1", "fgsm ε=0.1", "pgd-linf ε=0.1"]
+    assert lee2.loc["fgsm ε=0.1", "rse: one sampled model"] == "—"  # fgsm ran on rse's deployed model only
+    lee4 = tables["digits — k sampled models attacked together (Lee et al. Table 4 layout)"]
+    assert list(lee4["Sampled models attacked"]) == [1, 5]
+    samples = tables["digits — accuracy by test-time samples (Lee et al. Table 6, Liu et al. Fig. 5 layout)"]
+    assert list(samples.columns) == ["Test-time samples", "rse: no attack", "rse: pgd-1model ε=0.1"]
+    cw = tables["digits — C&W: accuracy (%) and median L2 of successful examples per constant c "
+                "(Liu et al. Table 2 layout)"]
+    assert list(cw.columns) == ["Defense", "Threat model", "cw-l2 c=0.1", "cw-l2 c=1"]
+    assert list(cw.iloc[0, :2]) == ["rse", "one sampled model"]
+    assert all(re.fullmatch(r"\d+\.\d \((\d.*|—)\)", cell) for cell in cw.iloc[0, 2:])  # "accuracy (median L2)"

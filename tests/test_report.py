@@ -305,7 +305,8 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
     from bench.report.views import registered_views
 
     assert REGISTRIES["views"] is views
-    assert [e.name for e in registered_views()] == ["strauss-table-2", "strauss-table-4"]
+    built_in = ["strauss-table-2", "strauss-table-4", "lee-table-2", "lee-table-4", "test-time-samples", "liu-cw"]
+    assert [e.name for e in registered_views()] == built_in
 
     def count_view(dataset, results):
         from bench.report import Table
@@ -315,7 +316,7 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
 
     # A view registered without an order (as a plugin's would be) comes after the built-in ones.
     monkeypatch.setitem(views._entries, "row-count", Entry("view", "row-count", count_view))
-    assert [e.name for e in registered_views()] == ["strauss-table-2", "strauss-table-4", "row-count"]
+    assert [e.name for e in registered_views()] == [*built_in, "row-count"]
     tables = dict(leaderboard_tables(_frame()))
     assert list(tables) == ["toy — L∞, white-box", "toy — rows", LEGEND, "toy — details"]
     assert tables["toy — rows"].iloc[0].tolist() == ["all", "10"]

@@ -99,7 +99,7 @@ class Row:
     budget: float | None  # None = unbounded / no budget
     seed: int
     n: int
-    hits: int
+    hits: float  # an integer count, except for the mean over a stochastic defense's repeats
     metrics: dict[str, float | None]  # the stored values of _ROW_METRICS (None where missing)
     key: str
     created_at: str
@@ -200,7 +200,10 @@ def normalize(results: pd.DataFrame) -> list[Row]:
         # A stochastic defense scored several times stores its mean accuracy, and as ``correct`` the
         # examples right in every repeat (for worst cases): its cell counts the mean.
         repeated = (_number(record["repeats"]) or 1) > 1
-        hits = int(correct.sum()) if correct is not None and not repeated else round((acc or 0.0) * n)
+        if repeated:
+            hits = (acc or 0.0) * n  # a mean over repeats: a fractional count
+        else:
+            hits = int(correct.sum()) if correct is not None else round((acc or 0.0) * n)
         rows.append(Row(
             suite=_text(record["suite"]),
             dataset=_text(record["dataset"]),
@@ -276,7 +279,7 @@ def produced_line(rows: list[Row], total: int) -> str:
 class _Cell:
     """Pooled counts of one cell and the store rows behind them."""
 
-    hits: int
+    hits: float  # fractional where a row is a mean over repeats
     n: int
     rows: tuple[Row, ...]
     worst_case: bool = False
