@@ -31,8 +31,8 @@ import pandas as pd
 from ..labels import budget_label
 from ..registry import views as view_registry
 from .format import MISSING, num, pct
-from .model import CLEAN_ATTACK, Table, frame_table, values_table
-from .views import _attack_heading, _pooled, _prepare
+from .model import CLEAN_ATTACK, Table, frame_table
+from .views import _attack_heading, _pooled, _prepare, accuracy_view_table
 
 ONE_MODEL = "one sampled model"
 
@@ -167,31 +167,22 @@ def liu_cw_view(results: pd.DataFrame) -> pd.DataFrame | None:
 @view_registry.register("lee-table-2", order=60)
 def lee_table_2(dataset: str, results: pd.DataFrame) -> Table | None:
     """Randomized defenses: the papers' threat model (one sampled model) beside EOT (Lee et al. 2021, Table 2)."""
-    view = lee_table_2_view(results)
-    if view is None:
-        return None
-    setting = "randomized defenses: one sampled model attacked (the papers') beside EOT (Lee et al. Table 2 layout)"
-    return values_table(f"{dataset} — {setting}", setting, view)
+    return accuracy_view_table(dataset, "randomized defenses: one sampled model attacked (the papers') beside EOT "
+                                        "(Lee et al. Table 2 layout)", lee_table_2_view(results))
 
 
 @view_registry.register("lee-table-4", order=61)
 def lee_table_4(dataset: str, results: pd.DataFrame) -> Table | None:
     """Accuracy when the average of k sampled models is attacked (Lee et al. 2021, Table 4)."""
-    view = lee_table_4_view(results)
-    if view is None:
-        return None
-    setting = "k sampled models attacked together (Lee et al. Table 4 layout)"
-    return values_table(f"{dataset} — {setting}", setting, view)
+    return accuracy_view_table(dataset, "k sampled models attacked together (Lee et al. Table 4 layout)",
+                               lee_table_4_view(results))
 
 
 @view_registry.register("test-time-samples", order=62)
 def samples_table(dataset: str, results: pd.DataFrame) -> Table | None:
     """Accuracy against the number of draws the prediction averages (Lee et al. Table 6, Liu et al. Fig. 5)."""
-    view = samples_view(results)
-    if view is None:
-        return None
-    setting = "accuracy by test-time samples (Lee et al. Table 6, Liu et al. Fig. 5 layout)"
-    return values_table(f"{dataset} — {setting}", setting, view)
+    return accuracy_view_table(dataset, "accuracy by test-time samples (Lee et al. Table 6, Liu et al. Fig. 5 layout)",
+                               samples_view(results))
 
 
 @view_registry.register("liu-cw", order=63)

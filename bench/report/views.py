@@ -146,11 +146,13 @@ def strauss_table_2(dataset: str, results: pd.DataFrame) -> Table | None:
 @view_registry.register("strauss-table-4", order=40)
 def strauss_table_4(dataset: str, results: pd.DataFrame) -> Table | None:
     """Defenses compared, ensembles under Grad. 2 (Strauss et al. 2017, Table 4)."""
-    comparison = defense_comparison_view(results)
-    if comparison is None:
-        return None
-    setting = "defenses compared, ensembles under Grad. 2 (Strauss et al. Table 4 layout)"
-    return values_table(f"{dataset} — {setting}", setting, comparison)
+    return accuracy_view_table(dataset, "defenses compared, ensembles under Grad. 2 (Strauss et al. Table 4 layout)",
+                               defense_comparison_view(results))
+
+
+def accuracy_view_table(dataset: str, setting: str, values: pd.DataFrame | None) -> Table | None:
+    """A view's accuracies (fractions) as a table headed ``<dataset> — <setting>``; None without them."""
+    return None if values is None else values_table(f"{dataset} — {setting}", setting, values)
 
 
 def registered_views() -> list[Entry]:
