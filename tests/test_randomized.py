@@ -282,6 +282,10 @@ def test_a_randomized_suite_runs_and_reports_repeats(write_suite, tmp_path):
     assert list(lee4["Sampled models attacked"]) == [1, 5]
     samples = tables["digits — accuracy by test-time samples (Lee et al. Table 6, Liu et al. Fig. 5 layout)"]
     assert list(samples.columns) == ["Test-time samples", "rse: no attack", "rse: pgd-1model ε=0.1"]
+    kappa = tables["digits — κ of the draws a prediction averages, lower is more diverse (Lee et al. Table 5 "
+                   "layout); clean and on each attack's examples"].set_index("Defense")
+    assert list(kappa.index) == ["rse"] and kappa.columns[0] == "clean"
+    assert -1 <= float(kappa.loc["rse", "clean"]) < 1
     cw = tables["digits — C&W: accuracy (%) and median L2 of successful examples per constant c "
                 "(Liu et al. Table 2 layout)"]
     assert list(cw.columns) == ["Defense", "Threat model", "cw-l2 c=0.1", "cw-l2 c=1"]

@@ -305,7 +305,8 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
     from bench.report.views import registered_views
 
     assert REGISTRIES["views"] is views
-    built_in = ["strauss-table-2", "strauss-table-4", "lee-table-2", "lee-table-4", "test-time-samples", "liu-cw"]
+    built_in = ["strauss-table-2", "strauss-table-4", "lee-table-2", "lee-table-4", "test-time-samples", "lee-table-5",
+                "liu-cw"]
     assert [e.name for e in registered_views()] == built_in
 
     def count_view(dataset, results):

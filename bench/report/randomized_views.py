@@ -12,6 +12,8 @@ A randomized defense is one with rows attacked through its random-draw surfaces 
   randomized defense under each attack (Lee et al. Table 4).
 * ``test-time-samples`` — rows: the number of draws the prediction averages (``ensemble:<k>``); columns:
   each randomized defense with no attack and under each attack (Lee et al. Table 6, Liu et al. Fig. 5).
+* ``lee-table-5`` — the interrater agreement κ of the draws each prediction averages, on clean data and on
+  each attack's examples (Lee et al. Table 5: lower is more diverse).
 * ``liu-cw`` — C&W at each constant c: accuracy and the median L2 of the successful examples, per defense
   and threat model (Liu et al. Table 2 / Fig. 4: accuracy against distortion).
 
@@ -29,12 +31,14 @@ from collections import defaultdict
 import pandas as pd
 
 from ..labels import budget_label
+from ..metrics import METRICS
 from ..registry import views as view_registry
 from .format import MISSING, num, pct
 from .model import CLEAN_ATTACK, Table, frame_table
 from .views import _attack_heading, _pooled, _prepare, accuracy_view_table
 
 ONE_MODEL = "one sampled model"
+_KAPPA = METRICS["diversity_kappa"].name
 
 
 def _draw_count(name: str, prefix: str) -> int | None:
@@ -185,7 +189,37 @@ def samples_table(dataset: str, results: pd.DataFrame) -> Table | None:
                                samples_view(results))
 
 
-@view_registry.register("liu-cw", order=63)
+def diversity_view(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Randomized defense x κ of its draws on clean data and under each attack (mean over seeds); None
+    without a κ on a randomized defense."""
+    frame = _prepare(results)
+    randomized = _randomized(frame)
+    if _KAPPA not in frame.columns or not randomized:
+        return None
+    rows = frame[frame["defense"].isin(randomized) & (frame["evaluated_on"] == "deployed")
+                 & frame[_KAPPA].notna()].copy()
+    if rows.empty:
+        return None
+    rows["column"] = ["clean" if a == CLEAN_ATTACK else f"{a} {budget_label(p, b)}"
+                      for a, p, b in zip(rows["attack"], rows["budget_param"], rows["budget"])]
+    view = rows.pivot_table(index="defense", columns="column", values=_KAPPA, aggfunc="mean", sort=False)
+    view = view[["clean", *sorted(c for c in view.columns if c != "clean")]] if "clean" in view.columns else view
+    view.index.name = "Defense"
+    return view.map(lambda k: num(k, METRICS[_KAPPA].fmt)).reset_index()
+
+
+@view_registry.register("lee-table-5", order=63)
+def lee_table_5(dataset: str, results: pd.DataFrame) -> Table | None:
+    """Interrater agreement κ of a randomized defense's draws (Lee et al. 2021, Table 5; lower: more diverse)."""
+    view = diversity_view(results)
+    if view is None:
+        return None
+    setting = ("κ of the draws a prediction averages, lower is more diverse (Lee et al. Table 5 layout); "
+               "clean and on each attack's examples")
+    return frame_table(f"{dataset} — {setting}", setting, view)
+
+
+@view_registry.register("liu-cw", order=64)
 def liu_cw(dataset: str, results: pd.DataFrame) -> Table | None:
     """C&W accuracy and median L2 per constant c (Liu et al. 2018, Table 2 / Fig. 4)."""
     view = liu_cw_view(results)
