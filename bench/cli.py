@@ -4,6 +4,7 @@
     advbench validate SUITE            check a suite without running anything
     advbench list defenses|attacks|datasets|architectures|baseline-detectors|executors|views
     advbench leaderboard               rebuild leaderboard/ from the store
+    advbench store check [--repair]    artifacts against their recorded hashes, orphans, failed tasks
     advbench bench attacks             throughput and strength of each attack vs a baseline
     advbench bench ensembles           ensemble members in a loop vs batched (vmap): forward and input gradient
 
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--store", default=DEFAULT_STORE)
     lb.add_argument("--out", default=DEFAULT_LEADERBOARD)
     lb.add_argument("--suite", help="only this suite's results (default: every suite, each its own sections)")
+
+    st = sub.add_parser("store", help="check a results store (artifacts against their hashes, orphans, failures)")
+    st.add_argument("action", choices=["check"])
+    st.add_argument("--store", default=DEFAULT_STORE)
+    st.add_argument("--repair", action="store_true",
+                    help="drop what is broken (artifacts and their tasks, orphan files, failed tasks' records) so "
+                         "the next run recomputes it")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["attacks", "ensembles"])
@@ -145,6 +153,30 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_store(args) -> int:
+    """``store check``: exit 0 if the store is sound (or was repaired), 1 if it has problems left."""
+    from .runner.heal import check_store, repair_store
+    from .store import Store
+
+    store = Store.open_existing(args.store)
+    if store is None:
+        raise UserError(f"--store {args.store}: no results store there")
+    report = check_store(store)
+    for line in report.lines():
+        print(line)
+    tasks = len(store.task_rows())
+    print(f"{args.store}: {tasks} tasks; {len(report.broken)} broken artifacts, {len(report.orphans)} orphan "
+          f"files, {len(report.failed)} failed tasks")
+    if report.clean:
+        return 0
+    if args.repair:
+        repair_store(store, report)
+        print("repaired: the next run recomputes what was dropped")
+        return 0
+    print("run with --repair to drop them, so that the next run recomputes them")
+    return 1
+
+
 def cmd_run(args) -> int:
     from .config import load_suite
     from .plan import build_plan
@@ -205,7 +237,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ running, and a rerun resumes from there without counting anything twice
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -27,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .errors import UserError
 from .metrics import RESULT_METRICS
 
 # The results table: what a row is about, its metrics (one per spec of bench.metrics.RESULT_METRICS),
@@ -61,14 +64,19 @@ DETECTION_COLUMNS = [
     "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
 ]
 
+# A task's status row. ``inputs``: the SHA-256 of each upstream artifact as the task read it ({key: hash}),
+# so a task whose producer was re-run with a different output is recomputed (added later: last).
+TASK_COLUMNS = ["key TEXT PRIMARY KEY", "kind TEXT NOT NULL", "label TEXT NOT NULL", "status TEXT NOT NULL",
+                "config TEXT NOT NULL", "error TEXT", "wall_time_s REAL", "suite TEXT", "versions TEXT",
+                "git_commit TEXT", "finished_at TEXT", "inputs TEXT"]
+_TASK_NAMES = [c.split()[0] for c in TASK_COLUMNS]
+
 # The tables task steps write rows to (a step's registered ``table``), and their columns.
 TABLES = {"results": RESULT_COLUMNS, "detection_results": DETECTION_COLUMNS}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
-    key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, status TEXT NOT NULL,
-    config TEXT NOT NULL, error TEXT, wall_time_s REAL, suite TEXT, versions TEXT, git_commit TEXT,
-    finished_at TEXT
+    {", ".join(TASK_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS results (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in RESULT_COLUMNS)}
@@ -77,6 +85,8 @@ CREATE TABLE IF NOT EXISTS detection_results (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in DETECTION_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (suite, key));
+CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+                                      created_at TEXT);
 CREATE TABLE IF NOT EXISTS suite_settings (suite TEXT PRIMARY KEY, settings TEXT NOT NULL);
 """
 
@@ -85,9 +95,21 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class ArtifactBroken(Exception):
+    """A stored artifact a task needs is missing, damaged or unreadable: the task that made it must re-run."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"artifact {key}: {problem}")
+        self.key, self.problem = key, problem
+
+
 def load_artifact(root: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """An artifact's tensors; readable without opening the database."""
-    return torch.load(Path(root) / "artifacts" / f"{key}.pt", map_location="cpu", weights_only=True)
+    """An artifact's tensors, checked against its recorded SHA-256 (``Store.load_artifact``)."""
+    store = Store(root)
+    try:
+        return store.load_artifact(key)
+    finally:
+        store.close()
 
 
 class Store:
@@ -98,14 +120,22 @@ class Store:
         self.artifacts = self.root / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         # Several processes (one per GPU, Ray workers on one host) may write: WAL and a busy timeout.
-        self._db = sqlite3.connect(self.root / self.DB_NAME, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._add_missing_columns()
+        path = self.root / self.DB_NAME
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
+        except sqlite3.DatabaseError as e:  # not SQLite, or damaged: say what to do, not a traceback
+            self._db.close()
+            raise UserError(f"{path}: not a readable advbench store ({e}); move it aside and rerun (the suite "
+                            f"recomputes what it held), or check it with: sqlite3 {path} 'PRAGMA integrity_check'"
+                            ) from None
 
     def _add_missing_columns(self) -> None:
         """Stores written by an older advbench lack newer result columns: add them (as NULL)."""
-        for table, columns in (("results", RESULT_COLUMNS), ("detection_results", DETECTION_COLUMNS)):
+        for table, columns in (("results", RESULT_COLUMNS), ("detection_results", DETECTION_COLUMNS),
+                               ("tasks", _TASK_NAMES)):
             have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             for column in columns:
                 if column not in have:
@@ -144,17 +174,23 @@ class Store:
         row = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
+    def _record_task(self, db: sqlite3.Connection, task, status: str, error: str | None, wall_time_s: float,
+                     provenance: dict[str, Any], inputs: dict[str, str] | None) -> None:
+        values = dict(key=task.key, kind=task.kind, label=task.label, status=status,
+                      config=json.dumps(task.config, sort_keys=True), error=error, wall_time_s=wall_time_s,
+                      suite=provenance["suite"], versions=json.dumps(provenance["versions"], sort_keys=True),
+                      git_commit=provenance["git_commit"], finished_at=now(),
+                      inputs=None if inputs is None else json.dumps(inputs, sort_keys=True))
+        db.execute(f"INSERT OR REPLACE INTO tasks ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                   list(values.values()))
+
     def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any], table: str | None = None,
-                  rows: list[dict[str, Any]] = ()) -> None:
-        """Record a finished task and its rows (for ``table``, one of ``TABLES``) in one transaction."""
+                  rows: list[dict[str, Any]] = (), inputs: dict[str, str] | None = None) -> None:
+        """Record a finished task and its rows (for ``table``, one of ``TABLES``) in one transaction;
+        ``inputs``: the SHA-256 of each upstream artifact it read."""
         columns = TABLES[table] if table is not None else []
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', ?, NULL, ?, ?, ?, ?, ?)",
-                (task.key, task.kind, task.label, json.dumps(task.config, sort_keys=True), wall_time_s,
-                 provenance["suite"], json.dumps(provenance["versions"], sort_keys=True),
-                 provenance["git_commit"], now()),
-            )
+            self._record_task(db, task, "done", None, wall_time_s, provenance, inputs)
             for row in rows:
                 unknown = set(row) - set(columns)
                 if unknown:
@@ -167,12 +203,21 @@ class Store:
 
     def mark_failed(self, task, error: str, *, wall_time_s: float, provenance: dict[str, Any]) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, ?, ?, ?, ?, ?)",
-                (task.key, task.kind, task.label, json.dumps(task.config, sort_keys=True), error, wall_time_s,
-                 provenance["suite"], json.dumps(provenance["versions"], sort_keys=True),
-                 provenance["git_commit"], now()),
-            )
+            self._record_task(db, task, "failed", error, wall_time_s, provenance, None)
+
+    def forget(self, key: str) -> None:
+        """Make a task not done, so the next run (or this one) runs it again; its rows are replaced then."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM tasks WHERE key = ?", (key,))
+
+    def task_rows(self) -> list[tuple[str, str, str, str]]:
+        """(key, kind, label, status) of every task the store knows."""
+        return self._db.execute("SELECT key, kind, label, status FROM tasks ORDER BY finished_at").fetchall()
+
+    def task_inputs(self, key: str) -> dict[str, str]:
+        """The upstream artifact hashes a done task recorded ({} where it recorded none)."""
+        row = self._db.execute("SELECT inputs FROM tasks WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def suites(self) -> list[str]:
         """The suites that have a plan in this store."""
@@ -206,19 +251,65 @@ class Store:
         return self.artifacts / f"{key}.pt"
 
     def save_artifact(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write an artifact atomically and record its SHA-256 and size (checked whenever it is read)."""
         final = self.artifact_path(key)
         fd, tmp = tempfile.mkstemp(dir=self.artifacts, prefix=f".{key}.", suffix=".tmp")
         os.close(fd)
         try:
             torch.save(tensors, tmp)
+            data = Path(tmp).read_bytes()
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
+                       (key, hashlib.sha256(data).hexdigest(), len(data), now()))
         return final
 
+    def drop_artifact(self, key: str) -> None:
+        """Delete an artifact's file and record."""
+        self.artifact_path(key).unlink(missing_ok=True)
+        with self._transaction() as db:
+            db.execute("DELETE FROM artifacts WHERE key = ?", (key,))
+
+    def artifact_record(self, key: str) -> tuple[str, int] | None:
+        """(SHA-256, size) recorded when the artifact was written; None for one written before records."""
+        row = self._db.execute("SELECT sha256, size FROM artifacts WHERE key = ?", (key,)).fetchone()
+        return (row[0], int(row[1])) if row else None
+
+    def artifact_problem(self, key: str, *, read: bool = True) -> str | None:
+        """What is wrong with a recorded artifact ("missing", "truncated ...", "corrupt ..."), or None.
+
+        ``read``: compare the SHA-256 too (reads the file); otherwise only existence and size (cheap).
+        An artifact without a record (older stores) is only checked for existence.
+        """
+        path, record = self.artifact_path(key), self.artifact_record(key)
+        if not path.is_file():
+            return "missing"
+        if record is None:
+            return None
+        size = path.stat().st_size
+        if size != record[1]:
+            return f"truncated or overwritten ({size} bytes, {record[1]} recorded)"
+        if read and hashlib.sha256(path.read_bytes()).hexdigest() != record[0]:
+            return "corrupt (its SHA-256 differs from the one recorded)"
+        return None
+
     def load_artifact(self, key: str) -> dict[str, torch.Tensor]:
-        return load_artifact(self.root, key)
+        """An artifact's tensors, checked against its recorded SHA-256; ``ArtifactBroken`` if it is missing,
+        damaged or unreadable (the harness then re-runs the task that made it)."""
+        path, record = self.artifact_path(key), self.artifact_record(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactBroken(key, "missing") from None
+        if record is not None and (len(data) != record[1] or hashlib.sha256(data).hexdigest() != record[0]):
+            raise ArtifactBroken(key, "corrupt (its SHA-256 differs from the one recorded)")
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # an older artifact without a record, damaged: torch's own error says how
+            raise ArtifactBroken(key, f"unreadable ({type(e).__name__}: {e})") from None
 
     # ---- results -----------------------------------------------------------------------------
     def results(self, *, current_only: bool = True):

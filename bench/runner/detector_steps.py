@@ -38,7 +38,7 @@ def _detection_row(task: Task, train: Task, **fields: Any) -> dict[str, Any]:
             "detector_config": json.dumps(train.config["defense"], sort_keys=True), **fields}
 
 
-@task_steps.register("detector-data", version="2", table="detection_results")
+@task_steps.register("detector-data", version="2", table="detection_results", artifact=True)
 def run_detector_data(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """One attack's detector data (Sec. III-A) on a trained detector's two models; its Table II row."""
     from ..detection.data import build_detector_data

@@ -11,6 +11,7 @@ from ..registry import executors
 from ..store import Store
 from .context import RunContext
 from .executor import RunSummary
+from .heal import StoreHealer
 from .progress import RunEstimate, duration
 from .tasks import run_task
 
@@ -24,14 +25,20 @@ class LocalExecutor:
 
     def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
         by_key = {t.key: t for t in plan.tasks}
+        healer = StoreHealer(plan, store, self.echo)
+        healer.check_done_artifacts()  # a missing or resized artifact: its task runs again, first
         done = store.done_keys(plan.keys)
-        todo = [t for t in plan.tasks if t.key not in done]
-        summary = RunSummary(planned=len(plan.tasks), already_done=len(plan.tasks) - len(todo))
+        summary = RunSummary(planned=len(plan.tasks), already_done=len(done))
         cause: dict[str, str] = {}  # key of a failed or skipped task -> label of the failed task behind it
         skipped_by: Counter[str] = Counter()  # label of a failed task -> tasks skipped because of it
         estimate = RunEstimate(store.mean_wall_times())
-        for i, task in enumerate(todo, 1):
-            prefix = f"[{i}/{len(todo)}] {task.label}"
+        i = 0
+        # The next task is the first in plan order (upstream before downstream) that is not done and not
+        # failed or skipped in this run: a task the healer made not-done again comes before its readers.
+        while (task := next((t for t in plan.tasks if t.key not in done and t.key not in cause), None)):
+            i += 1
+            left = [t for t in plan.tasks if t.key not in done and t.key not in cause and t is not task]
+            prefix = f"[{i}/{i + len(left)}] {task.label}"
             failed_dep = next((dep for dep in task.deps if dep in cause), None)
             if failed_dep is not None:  # counted, and said once per failed task at the end
                 cause[task.key] = cause[failed_dep]
@@ -41,14 +48,21 @@ class LocalExecutor:
             start = time.perf_counter()
             status, error = run_task(task, {k: by_key[k] for k in task.deps}, ctx)
             elapsed = time.perf_counter() - start
+            if status == "broken":  # an upstream artifact is damaged: re-run its producer, then this task
+                if healer.broken(error):
+                    done = store.done_keys(plan.keys)
+                    continue
+                status, error = "failed", f"artifact {error} is broken again after re-running its task"
             summary.ran += 1
             if status == "failed":
                 cause[task.key] = task.label
                 summary.failed.append((task.label, error or ""))
                 self.echo(f"{prefix}: FAILED ({error})")
             else:
+                healer.after_done(task)
+                done = store.done_keys(plan.keys)
                 estimate.record(task.kind, elapsed)
-                left = todo[i:]
+                left = [t for t in plan.tasks if t.key not in done and t.key not in cause]
                 eta = f", about {duration(estimate.remaining(left))} left" if left else ""
                 self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
         for root, n in skipped_by.items():

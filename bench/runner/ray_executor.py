@@ -17,6 +17,7 @@ from ..registry import executors
 from ..store import Store
 from .context import RunContext
 from .executor import RunSummary
+from .heal import StoreHealer
 from .tasks import run_task
 
 
@@ -46,6 +47,9 @@ class RayExecutor:
         gpus = 1 if ctx.device.startswith("cuda") else 0
         remote = ray.remote(num_gpus=gpus)(_remote_task)
         by_key = {t.key: t for t in plan.tasks}
+        # A missing or resized artifact: its task runs again. (A byte flipped inside one fails its reader
+        # here, which the next run then repairs; the local executor repairs it within the run.)
+        StoreHealer(plan, store, print).check_done_artifacts()
         done = store.done_keys(plan.keys)
         summary = RunSummary(planned=len(plan.tasks), already_done=len(done))
         refs: dict[str, object] = {}
@@ -56,6 +60,9 @@ class RayExecutor:
             refs[task.key] = remote.remote(task, {k: by_key[k] for k in task.deps}, ctx, *upstream_refs)
         for key, ref in refs.items():
             status, error = ray.get(ref)
+            if status == "broken":
+                StoreHealer(plan, store, print).broken(error)  # made not-done: the next run re-makes it
+                status, error = "failed", f"artifact {error} is missing or damaged; rerun to re-make it"
             if status == "failed":
                 summary.ran += 1
                 summary.failed.append((by_key[key].label, error or ""))

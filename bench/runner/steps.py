@@ -27,7 +27,7 @@ from ..training import predict
 from .context import RunContext, build_defense, eval_indices, seeded_randomness, task_seed, trained_defense
 
 
-@task_steps.register("train", version="1", table=None)
+@task_steps.register("train", version="1", table=None, artifact=True)
 def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """Train a defense (dataset, defense config, seed) and store its checkpoint."""
     defense, data = build_defense(task, ctx)
@@ -36,7 +36,7 @@ def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     return []
 
 
-@task_steps.register("craft", version="1", table=None)
+@task_steps.register("craft", version="1", table=None, artifact=True)
 def run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """Craft adversarial examples of one attack and budget on a trained defense's surface."""
     cfg = task.config

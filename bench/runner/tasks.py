@@ -15,12 +15,14 @@ import torch
 from ..plan import Task
 from ..provenance import unverified_data
 from ..registry import task_steps
-from ..store import Store, now
+from ..store import ArtifactBroken, Store, now
 from .context import RunContext, task_seed
 
 
 def run_task(task: Task, upstream: dict[str, Task], ctx: RunContext) -> tuple[str, str | None]:
-    """Run one task and record it. Returns ("done", None) or ("failed", error message).
+    """Run one task and record it. Returns ("done", None), ("failed", error message), or ("broken", key)
+    when an upstream artifact ``key`` is missing or damaged (nothing is recorded: the executor re-runs the
+    task that made it, then this one; ``bench.runner.heal``).
 
     A task that raises is recorded as failed with its error and traceback. KeyboardInterrupt is not
     caught: the task is then neither done nor failed, and a rerun does it again.
@@ -42,8 +44,13 @@ def run_task(task: Task, upstream: dict[str, Task], ctx: RunContext) -> tuple[st
         for row in rows:
             row.setdefault("key", task.key)
             row.update(wall_time_s=wall + row.pop("upstream_wall_time_s", 0.0), **stamp)
-        store.mark_done(task, wall_time_s=wall, provenance=provenance, table=step.meta.get("table"), rows=rows)
+        # The hashes of the upstream artifacts it read: a producer re-run with other output recomputes it.
+        inputs = {dep: record[0] for dep in task.deps if (record := store.artifact_record(dep))}
+        store.mark_done(task, wall_time_s=wall, provenance=provenance, table=step.meta.get("table"), rows=rows,
+                        inputs=inputs)
         return "done", None
+    except ArtifactBroken as e:
+        return "broken", e.key
     except Exception as e:  # a failing task must not stop the others
         error = f"{type(e).__name__}: {e}"
         store.mark_failed(task, error + "\n" + traceback.format_exc(limit=8),
