@@ -137,7 +137,15 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
         # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
         print(f"leaderboard: the store has no results yet; {out} left as it was")
         return []
-    paths = build_leaderboard(results, out, detections=detections, settings=store.suite_settings())
+    def warn(problem: str) -> None:
+        print(f"advbench: warning: leaderboard: {problem}", file=sys.stderr)
+
+    try:
+        paths = build_leaderboard(results, out, detections=detections, settings=store.suite_settings(),
+                                  on_problem=warn)
+    except OSError as e:  # a read-only or full disk, a file where the directory should be
+        raise UserError(f"{out}: cannot write the leaderboard there: {e.strerror or e}"
+                        f"{f' ({e.filename})' if e.filename else ''}") from None
     extra = f" and {len(detections)} detection results" if len(detections) else ""
     print(f"leaderboard: {len(results)} results{extra} -> {', '.join(str(p) for p in paths[:2])}")
     return paths
@@ -146,7 +154,7 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
 def cmd_leaderboard(args) -> int:
     from .store import Store
 
-    store = Store.open_existing(args.store)
+    store = Store.open_existing(args.store, readonly=True)  # a report needs no write access to the store
     if store is None:
         raise UserError(f"--store {args.store}: no results store there; run a suite first (advbench run SUITE)")
     _rebuild_leaderboard(store, Path(args.out), args.suite)
@@ -217,7 +225,12 @@ def cmd_run(args) -> int:
         return 130
     print(f"{summary.ran} run, {summary.already_done} already stored, {len(summary.failed)} failed, "
           f"{len(summary.skipped)} skipped")
-    _rebuild_leaderboard(store, Path(args.leaderboard))
+    try:
+        _rebuild_leaderboard(store, Path(args.leaderboard))
+    except KeyboardInterrupt:  # every file is written atomically: the old leaderboard stands
+        print(f"\ninterrupted while building the leaderboard: every task is stored and {args.leaderboard} is "
+              f"as it was; run advbench leaderboard --store {args.store} to build it", file=sys.stderr)
+        return 130
     for label, error in summary.failed:
         print(f"  FAILED {label}: {error}", file=sys.stderr)
     if not summary.ok:

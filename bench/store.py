@@ -115,19 +115,29 @@ def load_artifact(root: str | Path, key: str) -> dict[str, torch.Tensor]:
 class Store:
     DB_NAME = "advbench.sqlite"
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, readonly: bool = False):
+        """Open (and create) the store at ``root``; ``readonly``: an existing store for reading only (reports),
+        which needs no write access to it and changes nothing in it."""
         self.root = Path(root)
         self.artifacts = self.root / "artifacts"
-        self.artifacts.mkdir(parents=True, exist_ok=True)
-        # Several processes (one per GPU, Ray workers on one host) may write: WAL and a busy timeout.
         path = self.root / self.DB_NAME
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
+            if readonly:
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                           isolation_level=None)
+                self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            # Several processes (one per GPU, Ray workers on one host) may write: WAL and a busy timeout.
+            self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+        except OSError as e:  # a read-only or missing directory
+            raise UserError(f"{self.root}: cannot open the store there: {e.strerror or e}") from None
         except sqlite3.DatabaseError as e:  # not SQLite, or damaged: say what to do, not a traceback
-            self._db.close()
+            if hasattr(self, "_db"):
+                self._db.close()
             raise UserError(f"{path}: not a readable advbench store ({e}); move it aside and rerun (the suite "
                             f"recomputes what it held), or check it with: sqlite3 {path} 'PRAGMA integrity_check'"
                             ) from None
@@ -142,9 +152,9 @@ class Store:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @classmethod
-    def open_existing(cls, root: str | Path) -> "Store | None":
+    def open_existing(cls, root: str | Path, *, readonly: bool = False) -> "Store | None":
         """The store at root if one exists, without creating anything."""
-        return cls(root) if (Path(root) / cls.DB_NAME).exists() else None
+        return cls(root, readonly=readonly) if (Path(root) / cls.DB_NAME).exists() else None
 
     def close(self) -> None:
         self._db.close()

@@ -157,3 +157,60 @@ def test_artifacts_record_their_hash_and_size(tmp_path):
     assert db.artifact_problem("k1") == "missing"
     with pytest.raises(ArtifactBroken, match="missing"):
         db.load_artifact("k1")
+
+
+# ---- reports from damaged or read-only stores (issue 17)
+
+
+def test_a_poisoned_row_is_left_out_by_key_and_the_rest_is_built(stored, capsys):
+    suite, store, plan = stored
+    score = next(t for t in plan.by_kind("score") if t.info.get("attack"))
+    db = Store(store)
+    db._db.execute("UPDATE results SET budget = 1e308 WHERE key = ?", (score.key,))
+    other = next(t for t in plan.by_kind("score") if t.info.get("attack") and t.key != score.key)
+    n = int(db._db.execute("SELECT n FROM results WHERE key = ?", (other.key,)).fetchone()[0])
+    garbage = np.packbits(np.ones(n, dtype=bool)).tobytes()  # "every example survived"
+    db._db.execute("UPDATE results SET correct = ? WHERE key = ?", (garbage, other.key))
+    db.close()
+    capsys.readouterr()
+
+    assert main(["leaderboard", "--store", str(store), "--out", str(store / "board")]) == 0
+    err = capsys.readouterr().err
+    assert f"stored row {score.key} left out: budget 1e+308 is not a budget" in err
+    assert f"stored row {other.key} left out: its per-example flags give 100.0%" in err
+    readme = (store / "board" / "README.md").read_text()
+    assert "Left out of this build:" in readme and score.key in readme
+    assert "## digits" in readme  # the other rows are all there
+
+
+def test_a_report_reads_the_store_without_writing_to_it(stored):
+    suite, store, plan = stored
+    before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()}
+    assert main(["leaderboard", "--store", str(store), "--out", str(store.parent / "board2")]) == 0
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()} == before
+
+
+def test_an_unwritable_leaderboard_directory_is_one_line(stored, capsys):
+    suite, store, plan = stored
+    blocked = store.parent / "not-a-dir"
+    blocked.write_text("a file where the leaderboard directory should be")
+    capsys.readouterr()
+    assert main(["leaderboard", "--store", str(store), "--out", str(blocked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"advbench: error: {blocked}: cannot write the leaderboard there")
+
+
+def test_ctrl_c_while_the_leaderboard_builds_exits_130_and_keeps_the_old_one(stored, capsys, monkeypatch):
+    suite, store, plan = stored
+    old = (store / "board" / "README.md").read_text()
+    Store(store).forget(plan.by_kind("score")[-1].key)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.report.build_leaderboard", interrupted)
+    capsys.readouterr()
+    assert _run(suite, store) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while building the leaderboard" in err and "Traceback" not in err
+    assert (store / "board" / "README.md").read_text() == old

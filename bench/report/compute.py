@@ -17,9 +17,11 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     """Compute every table and plot series of the leaderboard (no I/O). ``settings``: each suite's report
     settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
     detectors = detection.detector_sections(detections)
+    results, problems = robustness.screen(results) if results is not None else (results, [])
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
-        return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors)
+        return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors,
+                           problems=problems)
     taken_files: set[str] = set()
     sections = []
     shown: dict[object, robustness.Row] = {}  # every row some section shows, once (a row two suites share)
@@ -39,7 +41,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
     return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
-                       detectors=detectors)
+                       detectors=detectors, problems=problems)
 
 
 def suite_frames(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

@@ -117,6 +117,8 @@ class Leaderboard:
     legend: str
     datasets: list[DatasetSection] = field(default_factory=list)
     detectors: list[DetectorSection] = field(default_factory=list)
+    # Stored rows (by key) and plots the build had to leave out, and why: shown under the produced-by line.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 import numpy as np
@@ -62,6 +63,8 @@ def render_markdown(board: Leaderboard) -> str:
         lines += ["No results yet: run a suite (`advbench run suites/<name>.yaml`) to fill this leaderboard.", ""]
         return "\n".join(lines)
     lines += [_md(board.produced), "", _md(board.legend), ""]
+    if board.problems:
+        lines += ["Left out of this build:", "", *(f"- {_md(p)}" for p in board.problems), ""]
     for section in board.datasets:
         lines += [f"## {_md(section.name)}", ""]
         for table in section.tables:
@@ -264,8 +267,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
-                      detections: pd.DataFrame | None = None, settings: dict | None = None) -> list[Path]:
+                      detections: pd.DataFrame | None = None, settings: dict | None = None,
+                      on_problem: Callable[[str], None] | None = None) -> list[Path]:
     """Write README.md, index.html and plots/*.png into `out_dir`; return the written paths.
+
+    A stored row that cannot be shown (``robustness.row_problem``) or a plot that cannot be drawn is
+    left out, said on the page and passed to ``on_problem``; the rest is built.
 
     Plots are written first and README.md last, each atomically, so an
     interrupted build leaves the previous README intact. PNGs in
@@ -277,20 +284,24 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     board = compute_leaderboard(results, title=title, detections=detections, settings=settings)
 
     written: list[Path] = []
-    for section in board.datasets:
-        for plot in section.plots:
-            path = plots_dir / plot.filename
-            _write_atomic(path, render_plot_png(plot))
-            written.append(path)
-    for detector in board.detectors:
-        for heatmap in detector.heatmaps:
-            path = plots_dir / heatmap.filename
-            _write_atomic(path, render_heatmap_png(heatmap))
+    for figures, render in ([(s.plots, render_plot_png) for s in board.datasets]
+                            + [(d.heatmaps, render_heatmap_png) for d in board.detectors]):
+        for figure in list(figures):
+            try:
+                png = render(figure)
+            except Exception as e:  # one figure that cannot be drawn must not cost the whole leaderboard
+                figures.remove(figure)
+                board.problems.append(f"plot {figure.filename} left out: {type(e).__name__}: {e}")
+                continue
+            path = plots_dir / figure.filename
+            _write_atomic(path, png)
             written.append(path)
     html_path, readme_path = out_dir / "index.html", out_dir / "README.md"
     _write_atomic(html_path, render_html(board).encode("utf-8"))
     _write_atomic(readme_path, render_markdown(board).encode("utf-8"))
 
+    for problem in board.problems if on_problem is not None else ():
+        on_problem(problem)
     produced = {p.name for p in written}
     for stale in plots_dir.glob("*.png"):
         if stale.is_file() and stale.name not in produced:

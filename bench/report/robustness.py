@@ -176,6 +176,46 @@ def separate_models(results: pd.DataFrame) -> pd.DataFrame:
     return results.assign(defense=labels)
 
 
+# A budget beyond this is no budget any attack can mean (validation bounds each kind far below it): a row
+# with one is damaged, and would break the plots' axes.
+_MAX_BUDGET = 1e6
+
+
+def row_problem(record: dict) -> str | None:
+    """Why a stored result row cannot be shown, or None: a count that is not one, an accuracy outside
+    [0, 1], an impossible budget, or per-example flags that disagree with the stored accuracy (garbage
+    written over the blob: recomputed and compared here, so it never silently becomes the number)."""
+    n = _number(record.get("n"))
+    if n is None or n < 1 or n != int(n):
+        return f"n = {record.get('n')!r} is not a positive count"
+    for name in ("robust_acc", "clean_acc"):
+        value = _number(record.get(name))
+        if value is not None and not 0 <= value <= 1:
+            return f"{name} = {value} is outside [0, 1]"
+    budget = record.get("budget")
+    if budget is not None and not is_missing(budget) and not abs(float(budget)) <= _MAX_BUDGET:
+        return f"budget {budget} is not a budget (beyond {_MAX_BUDGET:g})"
+    correct = _bool_array(record.get("correct"))
+    if correct is not None and correct.size == int(n):
+        repeated = (_number(record.get("repeats")) or 1) > 1
+        stored = _number(record.get("robust_acc_strict" if repeated else "robust_acc"))
+        if stored is not None and abs(correct.mean() - stored) > 0.5 / n:
+            return (f"its per-example flags give {100 * correct.mean():.1f}% where its stored accuracy is "
+                    f"{100 * stored:.1f}%: the row is corrupt")
+    return None
+
+
+def screen(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``results`` without the rows ``row_problem`` refuses, and one line per refused row naming its key."""
+    if results.empty:
+        return results, []
+    problems = {i: row_problem(record) for i, record in zip(results.index, results.to_dict("records"))}
+    bad = [i for i, problem in problems.items() if problem]
+    lines = [f"stored row {results.at[i, 'key'] if 'key' in results.columns else i} left out: {problems[i]}"
+             for i in bad]
+    return (results.drop(index=bad) if bad else results), lines
+
+
 def normalize(results: pd.DataFrame) -> list[Row]:
     missing = [c for c in _REQUIRED_COLUMNS if c not in results.columns]
     if missing:
