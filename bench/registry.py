@@ -13,6 +13,16 @@ Modelled on timm's ``register_model`` and lm-evaluation-harness's registry:
   ``advbench.executors``, ``advbench.task_steps``) without editing this repository. An entry point may
   name a module (importing it registers its entries) or a factory (registered
   under the entry point's name).
+
+What ``Entry.validate`` checks beyond each annotation's type, for every registry alike:
+
+* **floats are finite**: a ``float`` parameter (alone, in a list, ``float | None``, ...) refuses NaN and
+  ±infinity (pydantic's ``allow_inf_nan=False``), so ``lr: .nan`` or ``std: .inf`` fails validation, not
+  training. A parameter that means to take them opts out in its annotation with pydantic's own marker,
+  ``Annotated[float, pydantic.AllowInfNan()]`` (the suite schema's budgets do, to say more than pydantic).
+* **seeds are in range**: a parameter named ``seed`` or ``*_seed`` annotated ``int`` is a ``Seed``:
+  0 <= seed < 2**32, what numpy's legacy seeding and scikit-learn's ``random_state`` accept (numpy's
+  ``default_rng`` and torch take more). The suite's own ``seeds`` and ``subset_seed`` use the same type.
 """
 
 from __future__ import annotations
@@ -25,9 +35,29 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import pydantic
+from pydantic_core import PydanticCustomError
+
+
+SEED_LIMIT = 2**32  # seeds are 0 <= seed < SEED_LIMIT: numpy's np.random.seed and scikit-learn's random_state
+
+
+def _seed_in_range(value: int) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise PydanticCustomError(
+            "seed_range", "a seed must be from 0 to 2**32 - 1 = {limit} (what numpy and scikit-learn accept), "
+                          "got {value}", {"limit": SEED_LIMIT - 1, "value": value})
+    return value
+
+
+# A seed: an int that every random generator the harness seeds accepts (the module docstring).
+Seed = Annotated[int, pydantic.AfterValidator(_seed_in_range)]
+
+
+def _is_seed(param: Param) -> bool:
+    return param.annotation is int and (param.name == "seed" or param.name.endswith("_seed"))
 
 
 class UnknownName(KeyError):
@@ -63,9 +93,13 @@ class Param:
         return self.default is inspect.Parameter.empty
 
     def describe(self) -> str:
-        # Plain classes by name (float); typing constructs in full (Literal['adam', 'sgd'], float | None).
-        plain = isinstance(self.annotation, type) and typing.get_origin(self.annotation) is None
-        type_name = self.annotation.__name__ if plain else str(self.annotation).replace("typing.", "")
+        # Plain classes by name (float); typing constructs in full (Literal['adam', 'sgd'], float | None);
+        # Annotated[float, ...] as its type (float).
+        annotation = self.annotation
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        plain = isinstance(annotation, type) and typing.get_origin(annotation) is None
+        type_name = annotation.__name__ if plain else str(annotation).replace("typing.", "")
         return f"{self.name}: {type_name}" + ("" if self.required else f" = {self.default!r}")
 
 
@@ -100,15 +134,16 @@ class Entry:
     def validate(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Check names and types of user parameters; return them with defaults filled in.
 
+        Floats must be finite and seeds in range (the module docstring says how a parameter opts out).
         Raises ``pydantic.ValidationError``; the suite loader turns it into a
         message naming file and key.
         """
         fields = {
-            p.name: (p.annotation, ... if p.required else p.default) for p in self.params
+            p.name: (Seed if _is_seed(p) else p.annotation, ... if p.required else p.default) for p in self.params
         }
         model = pydantic.create_model(
-            f"{self.kind}_{self.name}".replace("-", "_"),
-            __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            f"{self.kind} {self.name!r}",  # its errors' title: "1 validation error for architecture 'resnet18'"
+            __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
             **fields,
         )
         return model(**(params or {})).model_dump()
@@ -127,7 +162,7 @@ def _keyword_params(fn: Callable) -> tuple[list[Param], bool]:
 
 def _type_hints(obj: Callable) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(obj)
+        return typing.get_type_hints(obj, include_extras=True)  # keeps Annotated[...]'s markers (AllowInfNan)
     except Exception:  # unresolvable forward references: fall back to raw annotations
         return {k: v for k, v in getattr(obj, "__annotations__", {}).items() if not isinstance(v, str)}
 

@@ -148,3 +148,71 @@ def test_every_module_in_defenses_is_discovered():
     assert {"baseline", "ensemble", "bimodel_detector"} <= set(modules)
     assert all(f"defenses.{m}" in sys.modules for m in modules)
     assert "undefended" in defenses.names()
+
+
+def _non_finite_value(annotation, value: float):
+    """``value`` shaped for a parameter annotated ``annotation`` (a float, a list of floats, either optional),
+    or None if it takes no float."""
+    import typing
+
+    if annotation is float:
+        return value
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list:
+        inner = _non_finite_value(args[0], value)
+        return None if inner is None else [inner]
+    for arg in args:  # a Union: the first of its members that takes a float
+        if arg is not type(None) and (shaped := _non_finite_value(arg, value)) is not None:
+            return shaped
+    return None
+
+
+def _float_params():
+    from bench.registry import REGISTRIES
+
+    for kind in ("datasets", "architectures", "defenses", "attacks", "baseline-detectors"):
+        for entry in REGISTRIES[kind].entries():
+            for p in entry.params:
+                if _non_finite_value(p.annotation, 1.0) is not None:
+                    yield pytest.param(entry, p, id=f"{kind}:{entry.name}:{p.name}")
+
+
+@pytest.mark.parametrize("entry, param", list(_float_params()))
+def test_every_float_parameter_of_every_entry_must_be_finite(entry, param):
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(pydantic.ValidationError) as info:
+            entry.validate({param.name: _non_finite_value(param.annotation, bad)})
+        errors = [e for e in info.value.errors() if e["loc"][0] == param.name]
+        assert errors and errors[0]["type"] == "finite_number"
+
+
+def test_a_float_parameter_opts_in_to_nan_and_infinity_by_its_annotation():
+    from typing import Annotated
+
+    reg = Registry("thing", "advbench.test-things")
+
+    @reg.register("scaled")
+    def scaled(*, limit: Annotated[float, pydantic.AllowInfNan()] = float("inf"), scale: float = 1.0) -> float:
+        return scale * limit
+
+    entry = reg.get("scaled")
+    assert entry.validate({"limit": float("-inf")})["limit"] == float("-inf")
+    with pytest.raises(pydantic.ValidationError, match="finite number"):
+        entry.validate({"scale": float("inf")})
+
+
+def test_seed_parameters_are_bounded_to_what_numpy_and_sklearn_accept():
+    reg = Registry("thing", "advbench.test-things")
+
+    @reg.register("seeded")
+    def seeded(*, seed: int = 0, split_seed: int = 0, steps: int = 1) -> int:
+        return seed
+
+    entry = reg.get("seeded")
+    assert entry.validate({"seed": 2**32 - 1, "split_seed": 0})["seed"] == 2**32 - 1
+    assert entry.validate({"steps": 2**40})["steps"] == 2**40  # not a seed: no such bound
+    for name, value in (("seed", 2**32), ("split_seed", -1), ("seed", 10**23)):
+        with pytest.raises(pydantic.ValidationError, match=r"a seed must be from 0 to 2\*\*32 - 1"):
+            entry.validate({name: value})
+    with pytest.raises(pydantic.ValidationError, match="split_seed"):
+        datasets.get("digits").validate({"split_seed": 2**64})
