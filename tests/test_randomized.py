@@ -6,7 +6,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.attacks import get_attack
@@ -22,7 +21,7 @@ from bench.report import leaderboard_tables
 from tests.conftest import trained_defense
 from bench.runner.context import seeded_randomness
 from bench.training import predict
-from defenses.randomized import FIXED_DRAW_COUNTS, NoiseLayer, SampledLayer, random_layers
+from defenses.randomized import FIXED_DRAW_COUNTS, NoiseLayer, SampledLayer
 
 CPU = torch.device("cpu")
 # Loud noise, so that one draw's gradient is a poor guide (what EOT is for); ~83% clean on the 8x8 digits.
