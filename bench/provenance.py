@@ -1,5 +1,6 @@
-"""What every stored row records about where it came from: package versions and git commit, and any
-dataset read without torchvision's checksum check (``verify: false``)."""
+"""What every stored row records about where it came from: package versions and git commit, the
+environment that can change a number (torch build, CPU, threads, determinism), and any dataset read
+without torchvision's checksum check (``verify: false``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,31 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def environment() -> dict[str, str]:
+    """What besides package versions can change a number (issue 16), as ``env:`` entries stored with the
+    versions: torch's build (CUDA or CPU, MKL, oneDNN), the CPU model, torch's thread count and whether
+    deterministic algorithms are enforced. Read per call: the thread count and the setting can change."""
+    import torch
+
+    backends = [name for name, on in (("MKL", torch.backends.mkl.is_available()),
+                                      ("oneDNN", torch.backends.mkldnn.is_available())) if on]
+    build = f"{torch.__version__} ({f'CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU only'}" + \
+        "".join(f", {b}" for b in backends) + ")"
+    return {"env:torch-build": build, "env:cpu": _cpu_model(), "env:threads": str(torch.get_num_threads()),
+            "env:deterministic": str(torch.are_deterministic_algorithms_enabled()).lower()}
+
+
+@lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:  # Linux names the model here; platform.processor() is often empty or just the architecture
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 @lru_cache(maxsize=1)

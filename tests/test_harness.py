@@ -62,6 +62,13 @@ def test_run_stores_every_cell_then_rerun_does_nothing(write_suite, tmp_path, co
         assert by_cell[(defense, "pgd-linf", 0.3, "white-box")][4] <= fgsm_big + 0.05
     assert by_cell[("gauss", "fgsm-transfer", 0.3, "transfer:undefended")][6] == 60
     assert all(r[7] == "tiny" and "torch" in json.loads(r[8]) and r[9] for r in rows)
+    # What besides package versions can change a number (issue 16): torch's build, the CPU, threads, determinism.
+    import torch
+
+    environment = json.loads(rows[0][8])
+    assert environment["env:threads"] == str(torch.get_num_threads())
+    assert environment["env:deterministic"] in ("true", "false")
+    assert environment["env:torch-build"].startswith(torch.__version__) and environment["env:cpu"]
     board = tmp_path / "board"
     readme = (board / "README.md").read_text()
     assert "digits" in readme and "undefended" in readme and (board / "index.html").exists()

@@ -19,7 +19,7 @@ from ..data import DataContext, DatasetSplits, load_dataset
 from ..defense import Defense
 from ..errors import UserError
 from ..plan import Task
-from ..provenance import git_commit, package_versions
+from ..provenance import environment, git_commit, package_versions
 from ..registry import defenses
 from ..store import load_artifact
 
@@ -34,7 +34,7 @@ class RunContext:
     suite: str = ""
 
     def provenance(self) -> dict[str, Any]:
-        return {"suite": self.suite, "versions": package_versions(), "git_commit": git_commit()}
+        return {"suite": self.suite, "versions": {**package_versions(), **environment()}, "git_commit": git_commit()}
 
 
 def resolve_device(requested: str) -> str:
