@@ -49,6 +49,14 @@ def write_suite(tmp_path: Path):
     return write
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's 8x8 digits (1,437 train / 360 test), loaded once per test module."""
+    from bench.data import DataContext, load_dataset
+
+    return load_dataset("digits", {}, DataContext("data"))
+
+
 def trained_defense(data, name: str, seed: int = 0, **params):
     """Registered defense ``name`` built with ``params``, set up for ``data`` and trained on it (CPU, quiet)."""
     from bench.registry import defenses

@@ -9,7 +9,6 @@ from torch import nn
 
 from bench.attacks import get_attack
 from bench.cli import main
-from bench.data import DataContext, load_dataset
 from bench.diversity import interrater_agreement, member_agreement
 from bench.registry import defenses
 from tests.conftest import trained_defense
@@ -19,11 +18,6 @@ from defenses.gaussian_augment import GaussianAugment
 
 CPU = torch.device("cpu")
 FAST = {"epochs": 2, "batch_size": 64}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", {}, DataContext("data"))
 
 
 trained = trained_defense

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import DataContext, load_dataset
 from bench.models import InputSpec, build_architecture
 from bench.registry import architectures, defenses
 
@@ -44,11 +43,6 @@ def test_mixed_architecture_variants_change_the_net():
     assert n_params(build_architecture("strauss-mnist", MNIST, {"extra_filters": 4})) > base
     assert n_params(build_architecture("strauss-mnist", MNIST, {"extra_conv": True})) != base
     assert "strauss-mnist" in architectures.names()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", {}, DataContext("data"))
 
 
 @pytest.fixture(scope="module")

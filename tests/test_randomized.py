@@ -12,7 +12,6 @@ from bench.attacks import get_attack
 from bench.attacks.backends import attack_loss, eot_attack_loss
 from bench.cli import main
 from bench.config import load_suite
-from bench.data import DataContext, load_dataset
 from bench.diversity import member_agreement
 from bench.metrics import repeated_cell_metrics
 from bench.plan import build_plan
@@ -27,11 +26,6 @@ CPU = torch.device("cpu")
 # Loud noise, so that one draw's gradient is a poor guide (what EOT is for); ~83% clean on the 8x8 digits.
 RSE = {"init_noise": 0.4, "inner_noise": 0.3, "ensemble_size": 8, "epochs": 5, "batch_size": 64}
 RLS = {"sub_models": 2, "train_samples": 3, "test_samples": 8, "epochs": 6, "batch_size": 64, "lr": 3e-3}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", {}, DataContext("data"))
 
 
 trained = trained_defense
