@@ -11,6 +11,10 @@ Baselines, run in the same process:
 ``advbench bench ensembles`` (``run_ensemble_benchmark``): an ensemble's members in a Python loop vs
 batched in one vmap call, forward and input gradient.
 
+``advbench bench numerics`` (``run_numerics_benchmark``): the undefended CNN trained in fresh processes
+with native and portable CPU numerics (bench/numerics.py) at 1 and 2 threads: whether the weights are
+equal, and portable's cost.
+
 Timings are the best of ``repeats`` runs after a warm-up, alternating harness
 and baseline, so a background hiccup does not decide a ratio. The model is the Strauss et al. Table 1 CNN
 trained briefly on the embedded MNIST.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +44,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .data import DataContext, load_dataset
+from .numerics import PORTABLE_ENV, numerics_mode
 from .provenance import git_commit, package_versions
 from .models import build_architecture
 from .registry import attacks
@@ -136,6 +142,48 @@ def cases(device: str) -> list[Case]:
              _art_baseline(lambda clf: DeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=256,
                                                 verbose=False)),
              "faster", baseline_n=64),
+        *autoattack_cases(),
+    ]
+
+
+def _harness(name: str, params: dict, budget: float) -> Callable:
+    """A baseline that is another backend of a registered attack, run through the harness."""
+    return lambda m, x, y: attacks.get(name).build(**params).run(m, x, y, budget, batch_size=len(x),
+                                                                 device=x.device, seed=0)
+
+
+def _members_alone(name: str, params: dict, budget: float) -> Callable:
+    """AutoAttack's members each run alone on every example, their per-example worst case taken after."""
+    def run(m, x, y):
+        out, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for member in attacks.get(name).build(**params).members(params["version"]):
+            adv = member.run(m, x, y, budget, batch_size=len(x), device=x.device, seed=0).to(x.device)
+            new = (predict(m, adv, device=x.device) != y.cpu()).to(x.device) & ~done
+            out[new], done = adv[new], done | new
+        return out
+    return run
+
+
+def autoattack_cases() -> list[Case]:
+    """AutoAttack's members: the plain-PyTorch loops against ART's versions at AutoAttack's settings (100
+    APGD steps, 1 restart; Square's p_init 0.8), and AutoAttack (members on the survivors) against its members
+    each run on every example."""
+    aa = {"version": "standard", "steps": 100, "square_queries": 1000}
+    return [
+        *[Case(f"{name} eps={eps} 100 steps", name, {"steps": 100}, eps, "ART AutoProjectedGradientDescent",
+               _harness(name, {"steps": 100, "backend": "art"}, eps), "equal strength")
+          for name, eps in (("apgd-ce", 0.1), ("apgd-dlr", 0.1), ("apgd-ce-l2", 1.0), ("apgd-dlr-l2", 1.0))],
+        *[Case(f"{name} eps={eps} 1000 queries", name, {"queries": 1000}, eps, "ART SquareAttack",
+               _harness(name, {"queries": 1000, "backend": "art"}, eps), "equal strength", baseline_n=64)
+          for name, eps in (("square", 0.1), ("square-l2", 1.0))],
+        Case("apgd-t eps=0.1 100 steps x 9 targets", "apgd-t", {"steps": 100}, 0.1, "apgd-ce (same steps)",
+             _harness("apgd-ce", {"steps": 100}, 0.1), "stronger"),
+        Case("fab-t eps=0.1 100 steps x 9 targets", "fab-t", {"steps": 100}, 0.1, "apgd-ce (same steps)",
+             _harness("apgd-ce", {"steps": 100}, 0.1), "-"),
+        Case("autoattack eps=0.1 standard", "autoattack", aa, 0.1, "members each on all examples",
+             _members_alone("autoattack", aa, 0.1), "faster, equal strength"),
+        Case("autoattack-l2 eps=1.0 standard", "autoattack-l2", aa, 1.0, "members each on all examples",
+             _members_alone("autoattack-l2", aa, 1.0), "faster, equal strength", baseline_n=64),
     ]
 
 
@@ -267,3 +315,65 @@ def run_ensemble_benchmark(members: tuple[int, ...] | list[int] = (3, 10), n: in
         write_results("ensembles", rows, out_dir, device=device, n=len(x), repeats=repeats,
                       model="random-init ensembles of strauss-mnist (untrained)")
     return rows
+
+
+# ---- ``advbench bench numerics``: the measurement behind bench/numerics.py --------------------------------
+
+# (label, environment, torch threads): each probe trains in a fresh process, since the kernels a process
+# uses are fixed when torch loads (the environment is set before the child starts).
+NUMERICS_PROBES = (("native", {}, 1), ("native", {}, 2), ("portable", PORTABLE_ENV, 1),
+                   ("portable", PORTABLE_ENV, 2), ("no-vector ATen", {"ATEN_CPU_CAPABILITY": "default"}, 2))
+
+
+def numerics_probe(threads: int, epochs: int) -> dict:
+    """Train the mnist-quick undefended CNN in this process; its weights' hash, clean accuracy and time."""
+    import hashlib
+
+    from .registry import defenses
+
+    torch.set_num_threads(threads)
+    data = load_dataset("mnist5k", {"test_fraction": 0.2}, DataContext("data"))
+    defense = defenses.get("undefended").build(epochs=epochs, batch_size=64)
+    defense.setup(data.input_spec(), seed=0, device=torch.device("cpu"))
+    start = time.perf_counter()
+    defense.fit(data, seed=0, progress=False)
+    seconds = time.perf_counter() - start
+    digest = hashlib.sha256()
+    for name, tensor in sorted(defense.deployed().state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    pred = predict(defense.deployed(), data.test_x, device=torch.device("cpu"), batch_size=500)
+    return {"weights_sha256": digest.hexdigest()[:16], "clean_acc": round(float((pred == data.test_y).float().mean()), 4),
+            "train_s": round(seconds, 2), "aten_isa": torch.backends.cpu.get_cpu_capability(),
+            "numerics": numerics_mode()}
+
+
+def run_numerics_benchmark(*, epochs: int = 2, repeats: int = 2, out_dir: str | Path | None = None) -> list[dict]:
+    """Each probe in its own process, alternating, best time of ``repeats``: does the weights' hash depend on
+    the thread count and the ISA in each mode, and what does portable cost against native at equal threads?"""
+    import subprocess
+    import sys
+
+    best: dict[int, dict] = {}
+    for _ in range(repeats):
+        for i, (label, env, threads) in enumerate(NUMERICS_PROBES):
+            child_env = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
+            child_env.update(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            out = subprocess.run([sys.executable, "-m", "bench.benchmark", "numerics-probe", str(threads), str(epochs)],
+                                 env=child_env, capture_output=True, text=True, check=True).stdout
+            row = {"probe": label, "threads": threads, **json.loads(out.strip().splitlines()[-1])}
+            if i in best and row["weights_sha256"] != best[i]["weights_sha256"]:
+                raise RuntimeError(f"{label} with {threads} threads gave other weights on a rerun")
+            best[i] = min(best.get(i, row), row, key=lambda r: r["train_s"])
+    rows = [best[i] for i in range(len(NUMERICS_PROBES))]
+    native = {r["threads"]: r["train_s"] for r in rows if r["probe"] == "native"}
+    for r in rows:
+        r["time / native"] = round(r["train_s"] / native[r["threads"]], 2)
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(f"undefended CNN, {epochs} epoch(s) on mnist5k; best of {repeats} alternating runs, each in its own process")
+    if out_dir is not None:
+        write_results("numerics", rows, out_dir, epochs=epochs, repeats=repeats)
+    return rows
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["numerics-probe"]:  # a child of run_numerics_benchmark
+    print(json.dumps(numerics_probe(int(sys.argv[2]), int(sys.argv[3]))))

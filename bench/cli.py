@@ -5,8 +5,11 @@
     advbench list defenses|attacks|datasets|architectures|baseline-detectors|executors|views
     advbench leaderboard               rebuild leaderboard/ from the store
     advbench store check [--repair]    artifacts against their recorded hashes, orphans, failed tasks
+    advbench export --format csv|json|parquet   the stored results as a file (bench.api)
+    advbench compare OLD.csv NEW.csv   two leaderboards' numbers: exit 1 if one moved beyond its 95% interval
     advbench bench attacks             throughput and strength of each attack vs a baseline
     advbench bench ensembles           ensemble members in a loop vs batched (vmap): forward and input gradient
+    advbench bench numerics            portable vs native CPU numerics: weights' hash per thread count and ISA, cost
 
 User errors print one line and exit 2; a run with failed tasks exits 1;
 Ctrl-C exits 130 and the next run resumes.
@@ -45,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", default="local",
                      help="local: in this process (default); ray: tasks on a Ray cluster (pip install 'advbench[ray]'); "
                           "or one a plugin registers (advbench list executors)")
+    run.add_argument("--numerics", choices=["native", "portable"],
+                     help="portable: pin CPU kernels to AVX2 so any x86-64 machine computes the same numbers; "
+                          "native: the fastest kernels for this CPU (default: the suite's numerics, else native)")
     run.add_argument("--dry-run", action="store_true", help="print the planned tasks and how many are done")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_args(run)
@@ -68,8 +74,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="drop what is broken (artifacts and their tasks, orphan files, failed tasks' records) so "
                          "the next run recomputes it")
 
+    cmp = sub.add_parser("compare", help="compare two leaderboards' numbers.csv: exit 1 if a number moved beyond "
+                                         "the 95% intervals")
+    cmp.add_argument("baseline", type=Path, help="the earlier numbers.csv (e.g. the committed leaderboard's)")
+    cmp.add_argument("current", type=Path, help="the new numbers.csv")
+
+    ex = sub.add_parser("export", help="write the stored results (and detection results) as CSV, JSON or Parquet")
+    ex.add_argument("--store", default=DEFAULT_STORE)
+    ex.add_argument("--format", default="csv", choices=["csv", "json", "parquet"],
+                    help="csv (default), json (a list of records) or parquet (needs pyarrow)")
+    ex.add_argument("--out", help="the results file (detection rows beside it as <stem>.detection<suffix>); "
+                                  "default: <store>/export/results.<format>")
+    ex.add_argument("--suite", help="only this suite's results (default: every suite's latest plan)")
+
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["attacks", "ensembles"])
+    bench.add_argument("what", choices=["attacks", "ensembles", "numerics"])
+    bench.add_argument("--epochs", type=int, default=2, help="numerics: training epochs per probe")
     bench.add_argument("--n", type=int, default=256, help="examples per attack or timed ensemble pass")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--attacks", nargs="*", help="subset of benchmark names")
@@ -186,6 +206,12 @@ def cmd_store(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .numerics import pin_portable_numerics, requested_mode
+
+    # Before anything imports torch: the kernel choice is read once (bench/numerics.py).
+    if (args.numerics or requested_mode(args.suite)) == "portable":
+        pin_portable_numerics(where=f"{args.suite}: numerics" if args.numerics is None else "--numerics")
+
     from .config import load_suite
     from .plan import build_plan
     from .runner import RunContext, get_executor, resolve_device
@@ -239,9 +265,39 @@ def cmd_run(args) -> int:
     return 0 if summary.ok else 1
 
 
+def cmd_compare(args) -> int:
+    """Exit 1 if a number moved beyond the intervals (each value outside the other's 95% interval)."""
+    from .report.numbers import compare_numbers, read_numbers
+
+    current = read_numbers(args.current)
+    if current is None:
+        raise UserError(f"{args.current}: no numbers there (a leaderboard build writes numbers.csv)")
+    baseline = read_numbers(args.baseline)
+    if baseline is None:
+        print(f"compare: no baseline numbers at {args.baseline}; nothing to compare")
+        return 0
+    comparison = compare_numbers(baseline, current)
+    for line in comparison.lines():
+        print(line)
+    return 0 if comparison.ok else 1
+
+
+def cmd_export(args) -> int:
+    from .api import export
+
+    for path in export(args.store, fmt=args.format, out=args.out, suite=args.suite):
+        print(f"export: {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .benchmark import run_attack_benchmark, run_ensemble_benchmark
 
+    if args.what == "numerics":  # trains in child processes: the kernel choice is fixed per process
+        from .benchmark import run_numerics_benchmark
+
+        run_numerics_benchmark(epochs=args.epochs, out_dir=args.out)
+        return 0
     if args.what == "ensembles":
         run_ensemble_benchmark(members=args.members, n=args.n, device=args.device, out_dir=args.out)
     else:
@@ -250,7 +306,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
-            "bench": cmd_bench, "store": cmd_store}
+            "bench": cmd_bench, "store": cmd_store, "export": cmd_export, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,20 @@ class DatasetEntry(_Strict):
     verify: bool = Field(True, description="check the files against torchvision's MD5 checksums; false accepts a "
                                            "local copy that differs (the structural checks still run, and each "
                                            "result records it)")
+    out_distribution: OutDistributionEntry | None = Field(
+        None, description="an out-distribution test set scored on every defense (Acc./Rej./Err.)")
+
+
+class OutDistributionEntry(_Strict):
+    """A dataset's out-distribution test set (Abbasi et al. 2018): a registered dataset, optionally without some
+    classes, whose test split every defense is scored on; only a rejection is a right answer there."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    exclude_classes: list[str] = Field(default_factory=list, description="class names to drop (for cifar100 also "
+                                                                         "superclass names, e.g. vehicles_1)")
+    test_size: int | None = Field(None, gt=0, description="random subset of its test split")
+    subset_seed: Seed = 0
 
 
 class DefenseEntry(_Strict):
@@ -150,6 +164,9 @@ class Suite(_Strict):
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: int = Field(256, gt=0, description="attack and evaluation batch size")
+    numerics: Literal["native", "portable"] = Field(
+        "native", description="portable: CPU kernels pinned to AVX2 so any x86-64 machine computes the same "
+                              "numbers (bench/numerics.py); native: the fastest kernels for this CPU")
     datasets: list[DatasetEntry] = Field(min_length=1)
     defenses: list[DefenseEntry] = Field(default_factory=list)
     attacks: list[AttackEntry] = Field(default_factory=list)
@@ -161,6 +178,8 @@ class Suite(_Strict):
     headline: dict[str, float] = Field(
         default_factory=dict, description="per threat model (linf, l2, ...), the eps budget of the leaderboard's "
                                           "headline; default: the largest budget every attack of a table ran at")
+    checks: bool = Field(True, description="soundness checks (bench.checks): a few cheap extra tasks per attacked "
+                                           "defense and threat model, and a flag on every row that fails one")
     path: str = Field("", exclude=True)
 
 
@@ -232,6 +251,12 @@ def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
     if not isinstance(raw, dict):
         raise UserError(f"{shown}: a suite must be a mapping with keys name, datasets, defenses, attacks")
     raw.setdefault("name", path.stem)
+    return suite_from_mapping(raw, shown=shown, data_ctx=data_ctx)
+
+
+def suite_from_mapping(raw: dict[str, Any], *, shown: str, data_ctx=None) -> Suite:
+    """A suite given as a mapping (``bench.evaluate`` builds one), validated as ``load_suite`` validates a
+    file's; ``shown`` names it in error messages."""
     try:
         suite = Suite(**raw)
     except pydantic.ValidationError as e:
@@ -365,6 +390,9 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 check_available(ds.name, ds.params, dataclasses.replace(data_ctx, verify=ds.verify))
             except UserError as e:
                 errors.append(f"{path}: datasets[{i}]: {e}")
+        if ds.out_distribution is not None:
+            _check_out_distribution(ds.out_distribution, shapes[ds.label], f"datasets[{i}].out_distribution", path,
+                                    errors, data_ctx)
 
     surfaces: dict[str, set[str]] = {}
     loss_surfaces: dict[str, set[str]] = {}
@@ -376,6 +404,15 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         elif defense is not None:
             surfaces[d.label] = set(defense.surface_names())
             loss_surfaces[d.label] = set(defense.loss_surface_names())
+            # A defense built from the user's own network (``pretrained``) checks it takes each dataset's images.
+            check_shape = getattr(defense, "check_input_shape", None)
+            for label, shape in shapes.items() if check_shape is not None else ():
+                try:
+                    if shape is not None:
+                        check_shape(shape)
+                except (ValueError, UnknownName) as e:
+                    errors.append(f"{path}: defenses[{i}].params: dataset {label!r}: {e}")
+                    break
 
     labels = [d.label for d in suite.defenses]
     for i, a in enumerate(suite.attacks):
@@ -424,6 +461,35 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                 break
     _check_detectors(suite, path, errors, shapes, train_splits)
     return errors
+
+
+def _check_out_distribution(out: OutDistributionEntry, shape: tuple[int, ...] | None, key: str, path: str,
+                            errors: list[str], data_ctx) -> None:
+    """An out-distribution test set: a registered dataset with valid parameters, images of the in-distribution
+    shape, test_size within its test split (where known), and on disk."""
+    entry = _check_entry(datasets, out, key, path, errors)
+    if entry is None:
+        return
+    theirs = entry.meta.get("shape")
+    if theirs is not None and shape is not None and tuple(theirs) != tuple(shape):
+        errors.append(f"{path}: {key}.name: {out.name!r} has {'x'.join(map(str, theirs))} images, the dataset "
+                      f"{'x'.join(map(str, shape))}")
+    sizes = entry.meta.get("sizes")
+    if sizes is not None and out.test_size is not None:
+        try:
+            test = sizes(out.params)[1]
+            if out.test_size > test:
+                errors.append(f"{path}: {key}.test_size: {out.test_size}, but the test split of {out.name!r} "
+                              f"has {test}")
+        except ValueError as e:
+            errors.append(f"{path}: {key}.params: {e}")
+    if data_ctx is not None:
+        from .data import check_available
+
+        try:
+            check_available(out.name, out.params, data_ctx)
+        except UserError as e:
+            errors.append(f"{path}: {key}: {e}")
 
 
 def _check_sizes(entry, ds: DatasetEntry, key: str, path: str, errors: list[str]) -> int | None:

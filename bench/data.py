@@ -643,3 +643,143 @@ def stl10(ctx: DataContext) -> DatasetSplits:
     # torchvision returns NCHW already; class_names.txt is optional, the order is fixed by the dataset
     return DatasetSplits(_unit_images(train.data), _labels(train.labels), _unit_images(test.data),
                          _labels(test.labels), 10, list(getattr(train, "classes", STL10_CLASSES)))
+
+
+# ---- NotMNIST (a folder of PNGs per letter) -------------------------------------------------------
+#
+# Yaroslav Bulatov's NotMNIST (the out-distribution set of Abbasi et al. 2018 for MNIST): letters A-J in
+# many fonts, 28x28 grayscale, distributed as a tarball that unpacks to ``notMNIST_small/A/<name>.png``
+# ... ``notMNIST_small/J/<name>.png`` (18,724 images; ``notMNIST_large``: ~530,000). Not fetchable here:
+# a user unpacks it under --data-dir. It has no official train/test split: a seeded stratified split.
+
+NOTMNIST_LETTERS = list("ABCDEFGHIJ")
+
+
+def _notmnist_check(ctx: DataContext) -> str | None:
+    # Every folder the suite could name is checked when it loads; the default one is checked here.
+    return _notmnist_folder_problem(ctx.data_dir / "notMNIST_small")
+
+
+def _notmnist_folder_problem(root: Path) -> str | None:
+    how = "unpack notMNIST_small.tar.gz under --data-dir"
+    if not root.is_dir():
+        return f"not found: expected {root} with one folder of PNGs per letter, A to J ({how})"
+    missing = [letter for letter in NOTMNIST_LETTERS if not (root / letter).is_dir()]
+    if missing:
+        return f"{root} lacks the folder{'s' if len(missing) > 1 else ''} {', '.join(missing)} of PNGs ({how})"
+    return None
+
+
+def read_notmnist_folder(root: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 images (N, 28, 28), labels 0..9 for A..J, number of unreadable files skipped) of a NotMNIST folder.
+
+    The official notMNIST_small holds two empty PNGs (A/RGVtb2NyYXRpY2FCb2xkT2xkc3R5bGUgQm9sZC50dGY=.png and
+    F/Q3Jvc3NvdmVyIEJvbGRPYmxpcXVlLnR0Zg==.png): files PIL cannot read are skipped and counted, as every user
+    of the set does; an image that reads but is not 28x28 is refused (not NotMNIST).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    problem = _notmnist_folder_problem(root)
+    if problem:
+        raise UserError(f"dataset 'notmnist': {problem}")
+    images, labels, skipped = [], [], 0
+    for label, letter in enumerate(NOTMNIST_LETTERS):
+        for path in sorted((root / letter).glob("*.png")):
+            try:
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError):
+                skipped += 1
+                continue
+            if pixels.shape != (28, 28):
+                raise UserError(f"dataset 'notmnist': {path}: a {pixels.shape[1]}x{pixels.shape[0]} image; NotMNIST's "
+                                "are 28x28")
+            images.append(pixels)
+            labels.append(label)
+    if not images:
+        raise UserError(f"dataset 'notmnist': no readable PNG under {root}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), skipped
+
+
+@datasets.register("notmnist", source="NotMNIST PNG folders A..J under --data-dir (notMNIST_small)",
+                   check=_notmnist_check, shape=(1, 28, 28),
+                   sizes=None)  # as many as the user's folders hold: subset sizes are checked when it loads
+def notmnist(ctx: DataContext, *, folder: str = "notMNIST_small", split_seed: int = 0,
+             test_fraction: float = 0.45) -> DatasetSplits:
+    """NotMNIST letters A-J (28x28, from PNG folders), split by a seeded stratified shuffle.
+
+    ``test_fraction`` 0.45 of notMNIST_small leaves ~10,300 training images, enough for Abbasi et al.'s
+    10,000 out-distribution training images, and ~8,400 test images (the paper: "the remaining ~8K").
+    """
+    images, labels, _ = read_notmnist_folder(ctx.data_dir / folder)
+    x = images[:, None].astype(np.float32) / 255
+    return _split_embedded("notmnist", x, labels, split_seed, test_fraction, NOTMNIST_LETTERS)
+
+
+# ---- out-distribution sets: a registered dataset with classes removed ----------------------------
+
+# CIFAR-100's 20 superclasses (Krizhevsky 2009, its meta file's coarse labels) by their fine classes, so that
+# an out-distribution set can drop whole superclasses by name.
+CIFAR100_SUPERCLASSES: dict[str, list[str]] = {
+    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+# The superclasses Abbasi et al. (2018, Sec. VI) drop from CIFAR-100 as conceptually close to CIFAR-10's classes.
+CIFAR10_OVERLAP_SUPERCLASSES = ["vehicles_1", "vehicles_2", "medium_mammals", "small_mammals", "large_carnivores"]
+
+
+def excluded_labels(class_names: Sequence[str] | None, exclude: Sequence[str], dataset: str) -> list[int]:
+    """The label indices that ``exclude`` names: class names, or CIFAR-100 superclass names (all their classes).
+
+    UserError naming an unknown class, with the known ones."""
+    if not exclude:
+        return []
+    names = list(class_names or [])
+    out: list[int] = []
+    for item in exclude:
+        members = CIFAR100_SUPERCLASSES.get(item, [item]) if dataset == "cifar100" else [item]
+        for name in members:
+            if name not in names:
+                known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+                raise UserError(f"dataset {dataset!r}: exclude_classes: no class {name!r} "
+                                f"(classes: {known or 'unnamed'}"
+                                + ("; or a CIFAR-100 superclass" if dataset == "cifar100" else "") + ")")
+            out.append(names.index(name))
+    return sorted(set(out))
+
+
+def without_classes(data: DatasetSplits, exclude: Sequence[str], dataset: str) -> DatasetSplits:
+    """``data`` without the examples of the classes ``exclude`` names (``excluded_labels``); labels unchanged,
+    so an out-distribution set keeps saying which of its own classes each image came from."""
+    drop = excluded_labels(data.class_names, exclude, dataset)
+    if not drop:
+        return data
+    dropped = torch.tensor(drop)
+    keep_train, keep_test = ~torch.isin(data.train_y, dropped), ~torch.isin(data.test_y, dropped)
+    return DatasetSplits(data.train_x[keep_train], data.train_y[keep_train], data.test_x[keep_test],
+                         data.test_y[keep_test], data.num_classes, data.class_names)
+
+
+def load_out_distribution(name: str, params: dict | None, exclude: Sequence[str], ctx: DataContext) -> DatasetSplits:
+    """An out-distribution set: registered dataset ``name`` (``params``) without the classes ``exclude`` names
+    (e.g. ``cifar100`` without ``CIFAR10_OVERLAP_SUPERCLASSES``). Abbasi et al. train the dustbin on its
+    training split and score rejection on its test split."""
+    return without_classes(load_dataset(name, params, ctx), exclude, name)

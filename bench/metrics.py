@@ -79,8 +79,22 @@ RESULT_METRICS: tuple[MetricSpec, ...] = (
                in_cell_metrics=False, detail=True, appended=True),
     MetricSpec("robust_acc_spread", "SD over repeats (%)", "pct", None, "mean", type=float | None,
                in_cell_metrics=False, detail=True, appended=True),
+    # The three outcomes of a decision (Abbasi et al. 2018, Table I): correct (Acc.), rejected (Rej.: a
+    # reject option's extra class) and wrong (Err. = 1 - Acc. - Rej.), each with its 95% Wilson interval.
+    # Rej. is None for a defense without a reject option. ``rejection_outcome`` computes them.
+    *(spec for name, label, better in (("acc_rate", "Acc. (%)", True), ("reject_rate", "Rej. (%)", None),
+                                       ("error_rate", "Err. (%)", False))
+      for spec in (MetricSpec(name, label, "pct", better, "counts", type=float | None, appended=True),
+                   MetricSpec(f"{name}_ci_low", f"{label} 95% CI low", "pct", better, "none", type=float | None,
+                              appended=True),
+                   MetricSpec(f"{name}_ci_high", f"{label} 95% CI high", "pct", better, "none", type=float | None,
+                              appended=True))),
 )
 METRICS: dict[str, MetricSpec] = {m.name: m for m in RESULT_METRICS}
+# The Acc. / Rej. / Err. metrics and their intervals (``rejection_outcome``'s keys): also columns of the detector
+# track's rows, whose guarded classifier is a reject option too.
+REJECTION_FIELDS: tuple[str, ...] = tuple(f"{m}{suffix}" for m in ("acc_rate", "reject_rate", "error_rate")
+                                          for suffix in ("", "_ci_low", "_ci_high"))
 
 
 def _check(specs: tuple[MetricSpec, ...]) -> None:
@@ -112,6 +126,46 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (low, high)
 
 
+# The ``attack`` of a result row scored on a dataset's out-distribution test set (its ``out_distribution:``).
+OUT_DISTRIBUTION_ATTACK = "out-distribution"
+
+# How a reject option counts, stated once for the whole leaderboard (robustness tables and the detector track).
+REJECTION_CONVENTION = ("Reject option (Acc. / Rej. / Err., Abbasi et al. 2018): a rejected adversarial or "
+                        "out-distribution example counts as defended in robust accuracy; a rejected clean "
+                        "in-distribution example counts as an error in clean accuracy; Err. = 1 − Acc. − Rej. "
+                        "is the share of wrong decisions.")
+
+
+def defended_mask(pred: np.ndarray, y: np.ndarray, reject_class: int | None = None, *,
+                  attacked: bool = True) -> np.ndarray:
+    """Per example, whether the defense held: predicted its class, or (``attacked`` and a reject option
+    ``reject_class``) rejected it. A clean in-distribution example is held only if classified correctly
+    (``REJECTION_CONVENTION``). Works on numpy arrays and torch tensors alike."""
+    correct = pred == y
+    if reject_class is None or not attacked:
+        return correct
+    return correct | (pred == reject_class)
+
+
+def rejection_outcome(pred: np.ndarray, y: np.ndarray, reject_class: int | None = None) -> dict[str, float | None]:
+    """Acc. (predicted y), Rej. (predicted ``reject_class``; None without a reject option) and Err. (neither),
+    as fractions of the n examples, each with its 95% Wilson interval: the ``*_rate`` and ``*_rate_ci_*``
+    metrics. Labels y = -1 (an out-distribution image: no class is right) make rejection the only right answer."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    n = int(len(y))
+    counts = {"acc_rate": int((pred == y).sum()),
+              "reject_rate": None if reject_class is None else int((pred == reject_class).sum())}
+    counts["error_rate"] = n - counts["acc_rate"] - (counts["reject_rate"] or 0)
+    out: dict[str, float | None] = {}
+    for name, count in counts.items():
+        if count is None:
+            out[name] = out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = None
+            continue
+        out[name] = count / n if n else 0.0
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = wilson_interval(count, n)
+    return out
+
+
 def _as_dict(self) -> dict:
     return asdict(self)
 
@@ -132,18 +186,20 @@ def _summary(values: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
-                 pred_adv: np.ndarray, targets: np.ndarray | None = None) -> CellMetrics:
+                 pred_adv: np.ndarray, targets: np.ndarray | None = None, *, reject_class: int | None = None,
+                 attacked: bool = True) -> CellMetrics:
     """Metrics from clean inputs, adversarial inputs, labels and both predictions.
 
     An attack succeeds on an example the defense classified correctly when clean
     and (untargeted) misclassifies after the attack, or (targeted) assigns the target.
-    A defense with a reject class is scored by its predicted label: a rejection
-    (label == num_classes) is never equal to y, so it counts as not correct;
-    how a rejection should count is that defense's report's business.
+    A defense with a reject option passes its reject label (``reject_class``, = K): on ``attacked``
+    examples a rejection counts as defended (robust accuracy, attack success), on clean ones
+    (``attacked`` False: ``x_adv`` is ``x``) as an error (``REJECTION_CONVENTION``); Acc./Rej./Err.
+    (``rejection_outcome``) keep the three apart.
     """
     n = int(len(y))
     clean_correct = pred_clean == y
-    adv_correct = pred_adv == y
+    adv_correct = defended_mask(pred_adv, y, reject_class, attacked=attacked)
     fooled = (pred_adv == targets) if targets is not None else ~adv_correct
     success = clean_correct & fooled
     delta = (x_adv - x).reshape(n, -1).astype(np.float64)
@@ -163,11 +219,13 @@ def cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np
         l2_mean=_summary(l2)[0], l2_median=_summary(l2)[1],
         linf_mean=_summary(linf)[0], linf_median=_summary(linf)[1],
         mse_mean=_summary(mse)[0], mse_median=_summary(mse)[1],
+        **rejection_outcome(pred_adv, y, reject_class),
     )
 
 
 def repeated_cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
-                          pred_adv: np.ndarray, targets: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+                          pred_adv: np.ndarray, targets: np.ndarray | None = None, *, reject_class: int | None = None,
+                          attacked: bool = True) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of a stochastic defense scored ``repeats`` times: predictions shaped (repeats, N).
 
     Every metric of :func:`cell_metrics` is its mean over the repeats (the expected value of one
@@ -178,13 +236,14 @@ def repeated_cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_
     """
     pred_clean, pred_adv = np.atleast_2d(pred_clean), np.atleast_2d(pred_adv)
     repeats, n = pred_adv.shape
-    each = [cell_metrics(x, x_adv, y, c, a, targets).as_dict() for c, a in zip(pred_clean, pred_adv)]
+    each = [cell_metrics(x, x_adv, y, c, a, targets, reject_class=reject_class, attacked=attacked).as_dict()
+            for c, a in zip(pred_clean, pred_adv)]
     values: dict[str, Any] = {}
     for name in each[0]:
         known = [v[name] for v in each if v[name] is not None]
         values[name] = float(np.mean(known)) if known else None
     values["n"] = n
-    correct = pred_adv == y
+    correct = defended_mask(pred_adv, y, reject_class, attacked=attacked)
     values["robust_ci_low"], values["robust_ci_high"] = wilson_interval(round(correct.mean(0).sum()), n)
     strict = correct.all(axis=0)
     values["repeats"] = repeats

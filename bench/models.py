@@ -7,7 +7,9 @@ per-channel mean/std) and returns an ``nn.Module`` mapping images in [0, 1]
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -122,6 +124,38 @@ def monteiro_cnn(spec: InputSpec, *, normalize: bool = False) -> nn.Module:
     return _with_normalization(spec, net, normalize)
 
 
+
+@contextlib.contextmanager
+def _own_init(init_seed: int | None) -> Iterator[None]:
+    """Parameters built inside are drawn from ``init_seed`` (None: from the caller's generator, as always);
+    the caller's generator state is restored after."""
+    if init_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        yield
+
+
+@architectures.register("abbasi-mnist")
+def abbasi_mnist(spec: InputSpec, *, dropout: float = 0.5, init_seed: int | None = None,
+                 normalize: bool = False) -> nn.Module:
+    """Abbasi et al. 2018's MNIST CNN (cuda-convnet's layers-18pct): three 5x5 conv layers of 32, 32 and 64
+    filters, each ReLU and 2x2 max-pool, then one fully connected layer with dropout (p = 0.5) before it.
+
+    ``init_seed`` draws the parameters from their own seed: an independently initialised instance (the
+    paper's black-box surrogate) of a model that is otherwise configured like another.
+    """
+    with _own_init(init_seed):
+        features = nn.Sequential(
+            nn.Conv2d(spec.channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        net = nn.Sequential(features, nn.Dropout(dropout), nn.Linear(_flat_features(features, spec), spec.num_classes))
+    return _with_normalization(spec, net, normalize)
+
 @architectures.register("monteiro-mlp")
 def monteiro_mlp(spec: InputSpec, *, normalize: bool = False) -> nn.Module:
     """Monteiro et al. 2019 MNIST MLP: fc320-dropout-fc50-dropout-fc."""
@@ -136,12 +170,17 @@ def monteiro_mlp(spec: InputSpec, *, normalize: bool = False) -> nn.Module:
 
 
 @architectures.register("vgg16")
-def vgg16(spec: InputSpec, *, batch_norm: bool = True, normalize: bool = True) -> nn.Module:
-    """CIFAR-style VGG-16: torchvision's VGG-16 feature stack with a 512-unit linear head."""
-    features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=batch_norm)
-    features[0] = nn.Conv2d(spec.channels, 64, 3, padding=1)
-    pooled = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    net = nn.Sequential(pooled, nn.Linear(512, spec.num_classes))
+def vgg16(spec: InputSpec, *, batch_norm: bool = True, normalize: bool = True,
+          init_seed: int | None = None) -> nn.Module:
+    """CIFAR-style VGG-16: torchvision's VGG-16 feature stack with a 512-unit linear head.
+
+    ``init_seed``: parameters drawn from their own seed (an independently initialised instance, e.g. a
+    black-box surrogate of a model otherwise configured alike)."""
+    with _own_init(init_seed):
+        features = tv_vgg.make_layers(tv_vgg.cfgs["D"], batch_norm=batch_norm)
+        features[0] = nn.Conv2d(spec.channels, 64, 3, padding=1)
+        pooled = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        net = nn.Sequential(pooled, nn.Linear(512, spec.num_classes))
     return _with_normalization(spec, net, normalize)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite
 from .labels import budget_label
+from .metrics import OUT_DISTRIBUTION_ATTACK
 from .registry import attacks, datasets, defenses, task_steps
 
 
@@ -60,13 +61,26 @@ def _dataset_config(ds: DatasetEntry) -> dict[str, Any]:
             **({} if ds.verify else {"verify": False})}
 
 
+def _out_distribution_config(ds: DatasetEntry) -> dict[str, Any]:
+    out = ds.out_distribution
+    return {"name": out.name, "version": datasets.get(out.name).version, "params": out.params,
+            "exclude_classes": out.exclude_classes, "test_size": out.test_size, "subset_seed": out.subset_seed}
+
+
 def _defense_config(d: DefenseEntry) -> dict[str, Any]:
-    return {"name": d.name, "version": defenses.get(d.name).version, "params": d.params}
+    entry = defenses.get(d.name)
+    # A defense whose output depends on a file its parameters name (``pretrained``'s weights) pins the file's
+    # content in (its ``resolve_params``: the SHA-256), so a changed file changes the keys.
+    resolve = getattr(entry.factory, "resolve_params", None)
+    return {"name": d.name, "version": entry.version, "params": resolve(d.params) if resolve else d.params}
 
 
-def _attack_config(a: AttackEntry) -> dict[str, Any]:
+def _attack_config(a: AttackEntry, defense: DefenseEntry | None = None) -> dict[str, Any]:
     entry = attacks.get(a.name)
     params = dict(a.params)
+    resolve = getattr(entry.factory, "params_for_defense", None)
+    if resolve is not None and defense is not None:  # per attacked defense (autoattack's version: auto -> rand)
+        params = resolve(params, stochastic=bool(getattr(defenses.get(defense.name).factory, "stochastic", False)))
     if "backend" in params and params["backend"] is None:  # resolve the default: it changes the output
         params["backend"] = entry.build(**a.params).backend  # the class's first, or what eot needs
     if params.get("eot") == 1:
@@ -134,16 +148,24 @@ def build_plan(suite: Suite) -> Plan:
                                  info={"dataset": ds.label, "defense": d.label, "seed": seed, "attack": None,
                                        "evaluated_on": surface})
                     score[clean.key] = clean
+                if ds.out_distribution is not None:  # rejection of out-distribution images (Abbasi et al. Table I)
+                    out_cfg = {"examples": "out-distribution", "out_distribution": _out_distribution_config(ds),
+                               "seed": seed, **_repeats(suite, d)}
+                    out = Task("score", task_key("score", out_cfg, [key]),
+                               f"score {d.label} on out-distribution {ds.out_distribution.name} "
+                               f"({ds.label}, seed {seed})",
+                               out_cfg, [key], info={"dataset": ds.label, "defense": d.label, "seed": seed,
+                                                     "attack": OUT_DISTRIBUTION_ATTACK, "evaluated_on": "deployed"})
+                    score[out.key] = out
 
             for a in suite.attacks:
-                a_cfg = _attack_config(a)
                 targets = a.defenses or [d.label for d in suite.defenses]
                 for budget in a.budgets:
                     for target in targets:
                         source = a.transfer_from or target
                         source_train = train[(ds.label, source, seed)]
-                        c_cfg = {"attack": a_cfg, "budget": budget, "surface": a.surface,
-                                 "eval": eval_cfg, "seed": seed}
+                        c_cfg = {"attack": _attack_config(a, defense_by_label[source]), "budget": budget,
+                                 "surface": a.surface, "eval": eval_cfg, "seed": seed}
                         c_key = task_key("craft", c_cfg, [source_train.key])
                         if c_key not in craft:
                             craft[c_key] = Task(
@@ -169,10 +191,82 @@ def build_plan(suite: Suite) -> Plan:
                                       "source": f"transfer:{source}" if a.transfer_from else "white-box",
                                       "evaluated_on": scored_on}))
     detection = _plan_detectors(suite, train)
+    # Soundness checks' evidence last: where one's key is a suite task's, the suite's task (and label) is kept.
+    extra = _plan_checks(suite, train) if suite.checks else []
     unique: dict[str, Task] = {}
-    for task in [*train.values(), *craft.values(), *score.values(), *detection]:
+    for task in [*train.values(), *craft.values(), *score.values(), *detection, *extra]:
         unique.setdefault(task.key, task)  # two labels for one config: one task
     return Plan(suite, list(unique.values()))
+
+
+def _plan_checks(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[Task]:
+    """The soundness checks' extra tasks (``bench.checks``): per dataset, seed, defense and threat model the suite
+    attacks it in with an iterative gradient attack, that attack unbounded and with more steps and FGSM at the
+    headline budget (craft and score tasks), random noise there (a ``check-noise`` task), each on
+    ``CHECK_EXAMPLES`` examples and stored as ``check:*`` rows; and one probe of the defense. No suite task's key
+    changes."""
+    from . import checks
+
+    crafts: list[Task] = []
+    scores: list[Task] = []
+    probes: list[Task] = []
+    for ds in suite.datasets:
+        ds_cfg = _dataset_config(ds)
+        eval_cfg = {"dataset": ds_cfg, "eval_size": min(ds.eval_size, checks.CHECK_EXAMPLES)}
+        shape = datasets.get(ds.name).meta.get("shape")
+        for seed in suite.seeds:
+            for d in suite.defenses:
+                train_task = train[(ds.label, d.label, seed)]
+                where = f"({ds.label}, seed {seed})"
+                covered = False
+                for tm in checks.NOISE_ATTACKS:
+                    base = checks.base_attack(suite.attacks, d.label, tm)
+                    if base is None:
+                        continue
+                    covered = True
+                    budget = checks.headline_budget(base, suite.headline, tm)
+                    eot = {"eot": base.params["eot"]} if (base.params.get("eot") or 1) > 1 else {}
+                    variants = [(checks.UNBOUNDED, base.name, base.label, checks.unbounded_params(base.params),
+                                 checks.unbounded_budget(tm, shape), base.surface),
+                                (checks.STRONGER, base.name, base.label, checks.stronger_params(base.params), budget,
+                                 base.surface)]
+                    if tm in checks.SINGLE_STEP_ATTACKS:
+                        name = checks.SINGLE_STEP_ATTACKS[tm]
+                        variants.append((checks.SINGLE_STEP, name, name, eot, budget, base.surface))
+                    for source, name, label, params, b, surface in variants:
+                        if b is None:  # no unbounded budget for images of unknown shape
+                            continue
+                        entry = base.model_copy(update={"name": name, "label": label, "budgets": [b],
+                                                        "surface": surface, "params": attacks.get(name).validate(params)})
+                        c_cfg = {"attack": _attack_config(entry, d), "budget": b, "surface": surface, "eval": eval_cfg,
+                                 "seed": seed}
+                        c_key = task_key("craft", c_cfg, [train_task.key])
+                        what = f"{label} {_budget_label(entry, b)} on {d.label}.{surface} {where}"
+                        crafts.append(Task("craft", c_key, f"check: craft {what}", c_cfg, [train_task.key],
+                                           info={"dataset": ds.label, "defense": d.label, "seed": seed,
+                                                 "attack": checks.check_label(label, source)}))
+                        s_cfg = {"examples": "crafted", **_repeats(suite, d)}
+                        s_deps = [train_task.key, c_key]
+                        scores.append(Task("score", task_key("score", s_cfg, s_deps), f"check: score {what}", s_cfg,
+                                           s_deps, info={"dataset": ds.label, "defense": d.label, "seed": seed,
+                                                         "attack": checks.check_label(label, source),
+                                                         "attack_name": name, "budget": b,
+                                                         "surface": surface, "source": source,
+                                                         "evaluated_on": "deployed"}))
+                    n_cfg = {"noise": checks.NOISE_ATTACKS[tm], "draws": checks.NOISE_DRAWS, "budget": budget,
+                             "eval": eval_cfg, "seed": seed, **_repeats(suite, d)}
+                    scores.append(Task("check-noise", task_key("check-noise", n_cfg, [train_task.key]),
+                                       f"check: {n_cfg['noise']} eps={budget:g} on {d.label} {where}", n_cfg,
+                                       [train_task.key], info={"dataset": ds.label, "defense": d.label, "seed": seed,
+                                                               "attack": n_cfg["noise"], "budget": budget,
+                                                               "source": checks.NOISE}))
+                if covered:
+                    p_cfg = {"eval": eval_cfg, "passes": checks.PROBE_PASSES,
+                             "vanishing_below": checks.VANISHING_GRADIENT, "seed": seed, **_repeats(suite, d)}
+                    probes.append(Task("probe", task_key("probe", p_cfg, [train_task.key]),
+                                       f"check: probe {d.label} {where}", p_cfg, [train_task.key],
+                                       info={"dataset": ds.label, "defense": d.label, "seed": seed}))
+    return [*crafts, *scores, *probes]
 
 
 def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[Task]:

@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
+from .numerics import numerics_mode
+
 PACKAGES = ("advbench", "torch", "torchvision", "adversarial-robustness-toolbox", "foolbox", "numpy",
             "scikit-learn", "pandas")
 
@@ -37,7 +39,8 @@ def environment() -> dict[str, str]:
     build = f"{torch.__version__} ({f'CUDA {torch.version.cuda}' if torch.version.cuda else 'CPU only'}" + \
         "".join(f", {b}" for b in backends) + ")"
     return {"env:torch-build": build, "env:cpu": _cpu_model(), "env:threads": str(torch.get_num_threads()),
-            "env:deterministic": str(torch.are_deterministic_algorithms_enabled()).lower()}
+            "env:deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+            "env:numerics": numerics_mode()}
 
 
 @lru_cache(maxsize=1)

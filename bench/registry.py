@@ -260,7 +260,8 @@ baseline_detectors = Registry("baseline detector", "advbench.baseline_detectors"
 task_steps = Registry("task kind", "advbench.task_steps", ("bench.runner.steps", "bench.runner.detector_steps"))
 # and what runs a plan's tasks (``advbench run --executor NAME``).
 executors = Registry("executor", "advbench.executors", ("bench.runner.local", "bench.runner.ray_executor"))
-views = Registry("view", "advbench.views", ("bench.report.views", "bench.report.randomized_views"))
+views = Registry("view", "advbench.views", ("bench.report.views", "bench.report.randomized_views",
+                                           "bench.report.dustbin_views"))
 
 REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks,
               "baseline-detectors": baseline_detectors, "executors": executors, "views": views}

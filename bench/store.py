@@ -21,16 +21,17 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from .errors import UserError
-from .metrics import RESULT_METRICS
+from .metrics import REJECTION_FIELDS, RESULT_METRICS
 
 # The results table: what a row is about, its metrics (one per spec of bench.metrics.RESULT_METRICS),
 # where it came from. SQLite appends a column added after the first schema (ALTER TABLE ... ADD COLUMN),
@@ -62,6 +63,8 @@ DETECTION_COLUMNS = [
     "attack_success_rate", "mse_mean", "adversarial_fraction", "clean_acc", "clean_rejected", "model_clean_acc",
     "model_robust_acc", "robust_acc", "threshold",
     "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
+    # The guarded classifier's Acc. / Rej. / Err. under attack (bench.metrics.rejection_outcome), added later.
+    *REJECTION_FIELDS,
 ]
 
 # A task's status row. ``inputs``: the SHA-256 of each upstream artifact as the task read it ({key: hash}),
@@ -88,6 +91,8 @@ CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
                                       created_at TEXT);
 CREATE TABLE IF NOT EXISTS suite_settings (suite TEXT PRIMARY KEY, settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL,
+                                   pid INTEGER NOT NULL, heartbeat REAL NOT NULL);
 """
 
 
@@ -256,6 +261,38 @@ class Store:
         """Each suite's report settings as its latest run stored them."""
         return {s: json.loads(v) for s, v in self._db.execute("SELECT suite, settings FROM suite_settings")}
 
+    # ---- claims: which run is working on a task (bench/runner/claims.py) ----------------------
+    def claim(self, key: str, owner: str, host: str, pid: int, *, stale: Callable[[dict], bool]) -> str:
+        """Claim task ``key`` for ``owner``, atomically: "claimed", "done" (stored meanwhile: nothing to do),
+        or "held" (another live run holds it). A claim that ``stale(claim)`` judges abandoned is taken over."""
+        with self._transaction() as db:
+            status = db.execute("SELECT status FROM tasks WHERE key = ?", (key,)).fetchone()
+            if status is not None and status[0] == "done":
+                return "done"
+            row = db.execute("SELECT owner, host, pid, heartbeat FROM claims WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] != owner and not stale(dict(zip(("owner", "host", "pid", "heartbeat"), row))):
+                return "held"
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)", (key, owner, host, pid, time.time()))
+            return "claimed"
+
+    def release(self, owner: str, key: str | None = None) -> None:
+        """Drop ``owner``'s claim on ``key`` (all its claims if None)."""
+        with self._transaction() as db:
+            if key is None:
+                db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+            else:
+                db.execute("DELETE FROM claims WHERE owner = ? AND key = ?", (owner, key))
+
+    def touch_claims(self, owner: str) -> None:
+        """The heartbeat that keeps ``owner``'s claims from looking abandoned."""
+        with self._transaction() as db:
+            db.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
+
+    def claims_held(self, keys: list[str]) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT key, owner, host, pid, heartbeat FROM claims").fetchall()
+        wanted = set(keys)
+        return [dict(zip(("key", "owner", "host", "pid", "heartbeat"), r)) for r in rows if r[0] in wanted]
+
     # ---- artifacts ---------------------------------------------------------------------------
     def artifact_path(self, key: str) -> Path:
         return self.artifacts / f"{key}.pt"
@@ -263,11 +300,15 @@ class Store:
     def save_artifact(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
         """Write an artifact atomically and record its SHA-256 and size (checked whenever it is read)."""
         final = self.artifact_path(key)
+        # Serialised in memory: saved to a path, torch names the archive's root folder after the (random)
+        # temporary file, so equal tensors would give different bytes and hashes on every run.
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        data = buffer.getvalue()
         fd, tmp = tempfile.mkstemp(dir=self.artifacts, prefix=f".{key}.", suffix=".tmp")
-        os.close(fd)
         try:
-            torch.save(tensors, tmp)
-            data = Path(tmp).read_bytes()
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):

@@ -15,6 +15,7 @@ name: tiny
 seeds: [0]
 device: cpu
 batch_size: 128
+checks: false            # the harness's mechanics; the soundness checks' tasks: tests/test_checks.py
 datasets:
   - name: digits
     eval_size: 60

@@ -73,6 +73,8 @@ STORE_RESULT_COLUMNS = [
     "robust_ci_low", "robust_ci_high", "attack_success_rate", "l2_mean", "l2_median", "linf_mean",
     "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
     "evaluated_on", "diversity_kappa", "repeats", "robust_acc_strict", "robust_acc_spread",
+    "acc_rate", "acc_rate_ci_low", "acc_rate_ci_high", "reject_rate", "reject_rate_ci_low", "reject_rate_ci_high",
+    "error_rate", "error_rate_ci_low", "error_rate_ci_high",
 ]
 
 
@@ -100,4 +102,6 @@ def test_cell_metrics_fields_are_the_specs_it_computes():
     x = np.zeros((2, 1, 1, 1), dtype=np.float32)
     keys = list(cell_metrics(x, x, np.array([0, 1]), np.array([0, 1]), np.array([0, 1])).as_dict())
     assert keys == ["n", "clean_acc", "robust_acc", "robust_ci_low", "robust_ci_high", "attack_success_rate",
-                    "l2_mean", "l2_median", "linf_mean", "linf_median", "mse_mean", "mse_median"]
+                    "l2_mean", "l2_median", "linf_mean", "linf_median", "mse_mean", "mse_median",
+                    "acc_rate", "acc_rate_ci_low", "acc_rate_ci_high", "reject_rate", "reject_rate_ci_low",
+                    "reject_rate_ci_high", "error_rate", "error_rate_ci_low", "error_rate_ci_high"]

@@ -151,7 +151,7 @@ def test_every_module_in_defenses_is_discovered():
 
 
 def _non_finite_value(annotation, value: float):
-    """``value`` shaped for a parameter annotated ``annotation`` (a float, a list of floats, either optional),
+    """``value`` shaped for a parameter annotated ``annotation`` (a float, a list or dict of floats, optional),
     or None if it takes no float."""
     import typing
 
@@ -161,6 +161,9 @@ def _non_finite_value(annotation, value: float):
     if typing.get_origin(annotation) is list:
         inner = _non_finite_value(args[0], value)
         return None if inner is None else [inner]
+    if typing.get_origin(annotation) is dict:  # e.g. normalize: {mean: [...], std: [...]}
+        inner = _non_finite_value(args[1], value)
+        return None if inner is None else {"mean": inner}
     for arg in args:  # a Union: the first of its members that takes a float
         if arg is not type(None) and (shaped := _non_finite_value(arg, value)) is not None:
             return shaped

@@ -306,7 +306,7 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
 
     assert REGISTRIES["views"] is views
     built_in = ["strauss-table-2", "strauss-table-4", "lee-table-2", "lee-table-4", "test-time-samples", "lee-table-5",
-                "liu-cw"]
+                "liu-cw", "abbasi-table-1"]
     assert [e.name for e in registered_views()] == built_in
 
     def count_view(dataset, results):

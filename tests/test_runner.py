@@ -15,7 +15,8 @@ from bench.runner.local import LocalExecutor
 from bench.store import TABLES, Store
 
 # The step versions are part of every stored task key: changing one re-runs every task of that kind.
-STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "3"}
+STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "4",
+                 "probe": "1", "check-noise": "1"}
 
 
 def test_every_task_kind_is_registered_with_its_version_and_a_known_table():
@@ -104,6 +105,7 @@ def test_craft_tasks_show_their_batches_under_the_attack_budget_and_defense(writ
         seeds: [0]
         device: cpu
         batch_size: 4
+        checks: false
         datasets:
           - {name: digits, train_size: 300, test_size: 40, eval_size: 10}
         defenses:

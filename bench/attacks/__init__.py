@@ -40,9 +40,12 @@ from .backends import (art_generate, attack_loss, foolbox_keep_failures_clean, f
 from .base import (BUDGET_KINDS, Attack, AttackJob, Bound, BudgetKind, attack_context, check_images,
                    check_positive, eval_mode, get_attack, make_targets, model_device, project, random_targets)
 # Importing the family modules registers their attacks (bench.registry imports this package lazily).
+from .autoattack import (APGDCE, APGDDLR, APGDT, FABT, APGDCEL2, APGDDLRL2, APGDTL2, AutoAttack, AutoAttackL2, FABTL2,
+                         Square, SquareL2)
 from .corruption import GaussianBlur, GaussianNoise, SaltAndPepper
 from .gradient import BIM, FGSM, PGDL2, FGSMTargeted, PGDLinf
 from .minimization import EAD, CarliniWagnerL2, DeepFool
+from .noise import NoiseL2, NoiseLinf
 from .sparse import JSMA
 
 THREAT_MODELS = tuple(t.value for t in ThreatModel)  # compatibility: the plain values
@@ -58,4 +61,7 @@ __all__ = [
     "art_generate", "foolbox_run", "foolbox_keep_failures_clean", "torch_gradient_attack", "torch_carlini_wagner_l2",
     "FGSM", "FGSMTargeted", "BIM", "PGDLinf", "PGDL2", "DeepFool", "CarliniWagnerL2", "EAD", "JSMA",
     "GaussianBlur", "GaussianNoise", "SaltAndPepper",
+    "NoiseLinf", "NoiseL2",
+    "APGDCE", "APGDCEL2", "APGDDLR", "APGDDLRL2", "APGDT", "APGDTL2", "FABT", "FABTL2", "Square", "SquareL2",
+    "AutoAttack", "AutoAttackL2",
 ]

@@ -140,6 +140,12 @@ class Attack:
     # of its own on the logits (C&W): only then do a surface's loss settings change the result.
     ascends_attack_loss: ClassVar[bool] = False
     targeted: ClassVar[bool] = False
+    # One gradient step (FGSM): the soundness checks (bench.checks, check 4) flag a row where it beats an
+    # iterative attack at the same budget, a sign that the iterative attack's gradient is masked.
+    single_step: ClassVar[bool] = False
+    # Whether the attack reads the surface's gradients; False for score-based black-box attacks (Square), which
+    # are therefore the check that a gradient attack's number is not inflated by a masked gradient.
+    uses_gradients: ClassVar[bool] = True
     # Parameters that make a run short, for tests and smoke checks (tests/test_attacks.py runs every
     # registered attack's default backend with them); not used by the harness.
     quick_params: ClassVar[dict[str, Any]] = {}

@@ -27,6 +27,7 @@ class FGSM(Attack):
     # torch 0.048 s, art 0.057 s, foolbox 0.075 s (128 MNIST images, small CNN, 2 CPU cores, best of 5).
     backends = ("torch", "foolbox", "art")
     ascends_attack_loss = True
+    single_step = True
 
     def __init__(self, *, backend: str | None = None, eot: int = 1):
         super().__init__(backend=backend)
@@ -62,6 +63,7 @@ class FGSMTargeted(Attack):
     # the single gradient step of fgsm (timings there); Foolbox runs it as a 1-step targeted BIM.
     backends = ("torch", "foolbox", "art")
     ascends_attack_loss = True
+    single_step = True
 
     def __init__(self, *, backend: str | None = None,
                  target: Literal["random", "next", "least-likely"] = "random", eot: int = 1):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .. import checks
+from ..metrics import OUT_DISTRIBUTION_ATTACK, REJECTION_CONVENTION
 from . import detection, robustness
 from .legend import model_legend
 from .model import Leaderboard
+from .soundness import LEGEND as CHECKS_LEGEND
 from .views import view_tables
 
 DEFAULT_TITLE = "advbench leaderboard"
@@ -18,30 +21,49 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
     detectors = detection.detector_sections(detections)
     results, problems = robustness.screen(results) if results is not None else (results, [])
+    legend = robustness.LEGEND + (f" {REJECTION_CONVENTION}" if _has_rejections(results, detections) else "")
     if results is None or results.empty:
         produced = detection.produced_line(detections) if detectors else ""
-        return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, detectors=detectors,
+        return Leaderboard(title=title, produced=produced, legend=legend, detectors=detectors,
                            problems=problems)
     taken_files: set[str] = set()
     sections = []
+    flagged = False  # some row failed a soundness check: the legend says what its mark means
     shown: dict[object, robustness.Row] = {}  # every row some section shows, once (a row two suites share)
     parts = suite_frames(results)
     for suite, frame in parts:
         headline = ((settings or {}).get(suite) or {}).get("headline") or {}
         frame = robustness.separate_models(frame)  # one row per trained model, also in the views
-        suite_rows = robustness.dedupe(robustness.normalize(frame))
+        verdicts = checks.evaluate(frame)  # where the suite ran its soundness checks
+        frame = checks.split(frame)[0]  # their rows are evidence for the verdicts, not table rows
+        # Out-distribution rows have no class to be right about: the reject-option view shows them, not the tables.
+        suite_rows = robustness.dedupe(robustness.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
         shown.update((r.key or id(r), r) for r in suite_rows)
         for dataset in sorted({r.dataset for r in suite_rows}):
             name = f"{suite} — {dataset}" if len(parts) > 1 else dataset
             mine = frame[frame["dataset"] == dataset]
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
-                views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline))
-    produced = robustness.produced_line(list(shown.values()), total=len(results))
+                views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline,
+                verdicts=[v for v in verdicts if v.dataset == dataset]))
+        flagged = flagged or any(v.failed for v in verdicts)
+    # Out-distribution rows are not counted as superseded for not being in the tables.
+    produced = robustness.produced_line(list(shown.values()),
+                                        total=int(((results["attack"] != OUT_DISTRIBUTION_ATTACK)
+                                                   & ~checks.is_check_row(results)).sum()))
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
-    return Leaderboard(title=title, produced=produced, legend=robustness.LEGEND, datasets=sections,
+    legend += f" {CHECKS_LEGEND}" if flagged else ""
+    return Leaderboard(title=title, produced=produced, legend=legend, datasets=sections,
                        detectors=detectors, problems=problems)
+
+
+def _has_rejections(results: pd.DataFrame | None, detections: pd.DataFrame | None) -> bool:
+    """Whether a model with a reject option is shown: a dustbin's rows, or a detector-guarded classifier's."""
+    rejecting = results is not None and "reject_rate" in results.columns and results["reject_rate"].notna().any()
+    guarded = detections is not None and "evaluation" in detections.columns and \
+        detections["evaluation"].isin(["adaptive", "non-adaptive"]).any()
+    return bool(rejecting or guarded)
 
 
 def suite_frames(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

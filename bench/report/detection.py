@@ -125,6 +125,9 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
                                                f"[{pct(r['robust_ci_low'])}, {pct(r['robust_ci_high'])}]",
                     "Model alone robust acc. (%)": pct(r["model_robust_acc"]),
                     "Undetected errors (%)": pct(r["attack_success_rate"]),
+                    # The reject option's three outcomes, as the dustbin's (bench.metrics.rejection_outcome).
+                    "Acc. / Rej. / Err. (%)": " / ".join(pct(r.get(m))
+                                                         for m in ("acc_rate", "reject_rate", "error_rate")),
                     "Clean acc. guarded (%)": pct(r["clean_acc"]),
                     "Clean rejected (%)": pct(r["clean_rejected"]),
                     "Clean acc. model alone (%)": pct(r["model_clean_acc"]),

@@ -28,6 +28,7 @@ from tabulate import tabulate
 from .compute import DEFAULT_TITLE, compute_leaderboard
 from .format import MISSING, PLOTS_DIR
 from .model import Heatmap, Leaderboard, Plot, Table
+from .numbers import NUMBERS_FILE, numbers_csv
 
 TEMPLATE = "leaderboard.html.j2"  # in bench/report/templates/
 
@@ -269,7 +270,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
                       detections: pd.DataFrame | None = None, settings: dict | None = None,
                       on_problem: Callable[[str], None] | None = None) -> list[Path]:
-    """Write README.md, index.html and plots/*.png into `out_dir`; return the written paths.
+    """Write README.md, index.html, plots/*.png and numbers.csv into `out_dir`; return the written paths.
 
     A stored row that cannot be shown (``robustness.row_problem``) or a plot that cannot be drawn is
     left out, said on the page and passed to ``on_problem``; the rest is built.
@@ -299,6 +300,8 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     html_path, readme_path = out_dir / "index.html", out_dir / "README.md"
     _write_atomic(html_path, render_html(board).encode("utf-8"))
     _write_atomic(readme_path, render_markdown(board).encode("utf-8"))
+    numbers_path = out_dir / NUMBERS_FILE  # the same numbers as data, for CI's comparison (report/numbers.py)
+    _write_atomic(numbers_path, numbers_csv(results, detections))
 
     for problem in board.problems if on_problem is not None else ():
         on_problem(problem)
@@ -306,4 +309,4 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     for stale in plots_dir.glob("*.png"):
         if stale.is_file() and stale.name not in produced:
             stale.unlink()
-    return [readme_path, html_path, *written]
+    return [readme_path, html_path, *written, numbers_path]

@@ -53,11 +53,14 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from ..checks import Verdict
+from ..checks import flags as check_flags
 from ..labels import BUDGET_SYMBOLS, budget_label
 from ..metrics import METRICS, RESULT_METRICS, MetricSpec, wilson_interval
 from ..threat_models import ThreatModel
 from .format import MISSING, PCT, is_missing, metric_text, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
+from .soundness import checks_tables, flagged
 
 _REQUIRED_COLUMNS = ("dataset", "defense", "attack", "seed", "n", "robust_acc")
 # Older store rows may lack later columns; these defaults keep them usable (every metric: NaN).
@@ -467,8 +470,10 @@ def _headline_budget(columns: list[tuple], attacks_at: dict[tuple, list[str]],
 
 
 def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], clean: dict[str, _Cell],
-                 taken_files: set[str], headline_eps: float | None = None
-                 ) -> tuple[Table, list[list[str]], list[Plot]]:
+                 taken_files: set[str], headline_eps: float | None = None,
+                 flags: dict[str, list[int]] | None = None) -> tuple[Table, list[list[str]], list[Plot]]:
+    """One table of a dataset section; ``flags``: defense -> the soundness checks it failed in this threat
+    model (bench.checks), marked after its label and its headline."""
     threat_model, source, surface = group
     setting = _setting(threat_model, source, surface)
 
@@ -565,6 +570,11 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
             f"{pct(cell.acc)} [{pct(cell.interval[0])}, {pct(cell.interval[1])}]" if cell else MISSING
             for cell in (headline[d] for d in order)]
         table = dataclasses.replace(table, frame=frame)
+    if flags:  # a flagged row carries the flag after its label and its headline
+        frame = table.frame.copy()
+        for column in [frame.columns[0], *headline_columns]:
+            frame[column] = [flagged(text, flags.get(d)) for text, d in zip(frame[column], order)]
+        table = dataclasses.replace(table, frame=frame)
     plots = [plot for attack in dict.fromkeys(a for a, _ in columns)
              for plot in _plots(dataset, group, setting, attack, order, cells, clean, taken_files)]
     return table, details, plots
@@ -621,12 +631,16 @@ def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str,
 
 def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
                     views: Iterable[Table] = (), legend: Table | None = None,
-                    headline: dict[str, float] | None = None) -> DatasetSection:
+                    headline: dict[str, float] | None = None,
+                    verdicts: Iterable[Verdict] = ()) -> DatasetSection:
     """One dataset's tables (one per threat model/source/surface, then ``views``), details and plots.
 
     ``rows`` are the dataset's deduplicated rows; ``taken_files`` the plot file names used so far
-    (names stay unique across datasets).
+    (names stay unique across datasets); ``verdicts`` the dataset's soundness-check verdicts (bench.checks):
+    flagged rows are marked, and the checks tables follow the robustness tables.
     """
+    verdicts = list(verdicts)
+    failed = check_flags(verdicts)
     clean_rows: dict[str, list[Row]] = defaultdict(list)
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for row in rows:
@@ -640,11 +654,13 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
     details = [_detail_row("clean", d, CLEAN_ATTACK, MISSING, clean[d]) for d in sorted(clean)]
     plots: list[Plot] = []
     for group in sorted(groups, key=_group_order):
+        flags = {defense: numbers for (_, defense, tm), numbers in failed.items() if tm == group[0]}
         table, group_details, group_plots = _build_group(dataset, group, groups[group], clean, taken_files,
-                                                         (headline or {}).get(group[0]))
+                                                         (headline or {}).get(group[0]), flags)
         tables.append(table)
         details.extend(group_details)
         plots.extend(group_plots)
+    tables.extend(checks_tables(dataset, verdicts))
     tables.extend(views)
     if not tables:  # only clean rows so far: still show them
         values = pd.DataFrame({"Clean": [clean[d].acc for d in sorted(clean)]},

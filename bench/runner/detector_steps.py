@@ -116,7 +116,7 @@ def run_detect(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     return rows
 
 
-@task_steps.register("adaptive", version="3", table="detection_results")
+@task_steps.register("adaptive", version="4", table="detection_results")
 def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """The detector-aware attack next to the same attack on the guarded model alone.
 
@@ -127,7 +127,7 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     the examples that fool the model alone that the detector flags).
     """
     from ..detection.adaptive import guarded_classifier, guarded_predictions
-    from ..metrics import wilson_interval
+    from ..metrics import REJECTION_FIELDS, defended_mask, rejection_outcome, wilson_interval
 
     cfg = task.config
     train = upstream[task.deps[0]]
@@ -154,6 +154,9 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     device = torch.device(ctx.device)
     pred_model_clean = predict(model, x, device=device, batch_size=ctx.batch_size)
     pred_guarded_clean = guarded_predictions(guarded, x, batch_size=ctx.batch_size, device=device)
+    # The reject option counted as for a dustbin (one code path: bench.metrics): a rejected clean image is an
+    # error, a rejected attacked one defended.
+    clean = rejection_outcome(pred_guarded_clean.numpy(), y.numpy(), reject)
     attack_cfg = cfg["attack"]
     artifact: dict[str, torch.Tensor] = {"indices": idx}
     rows: list[dict[str, Any]] = []
@@ -172,7 +175,7 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
         pred_model = predict(model, x_adv, device=device, batch_size=ctx.batch_size)
         pred_guarded = guarded_predictions(guarded, x_adv, batch_size=ctx.batch_size, device=device)
         fooled_model = (pred_model != y) & (pred_model_clean == y)
-        defended = defended_by[evaluation] = (pred_guarded == y) | (pred_guarded == reject)
+        defended = defended_by[evaluation] = defended_mask(pred_guarded, y, reject)
         low, high = wilson_interval(int(defended.sum()), len(y))
         delta = (x_adv - x).flatten(1).double()
         rows.append(_detection_row(
@@ -183,8 +186,8 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
             if fooled_model.any() else None,
             attack_success_rate=float((~defended).float().mean()),
             mse_mean=float((delta[fooled_model] ** 2).mean(1).mean()) if fooled_model.any() else None,
-            clean_acc=float((pred_guarded_clean == y).float().mean()),
-            clean_rejected=float((pred_guarded_clean == reject).float().mean()),
+            clean_acc=clean["acc_rate"], clean_rejected=clean["reject_rate"],
+            **rejection_outcome(pred_guarded.numpy(), y.numpy(), reject),
             model_robust_acc=float((pred_model == y).float().mean()),
             model_clean_acc=float((pred_model_clean == y).float().mean()),
             robust_acc=float(defended.float().mean()), robust_ci_low=low, robust_ci_high=high,
@@ -195,6 +198,8 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
     low, high = wilson_interval(int(either.sum()), len(y))
     rows.append({**rows[-1], "evaluation": "worst-case", "key": f"{task.key}:worst-case", "detection_rate": None,
                  "mse_mean": None, "model_robust_acc": None, "attack_success_rate": float((~either).float().mean()),
+                 # Acc. / Rej. / Err. belong to one attack's examples; the per-image choice has none of its own.
+                 **dict.fromkeys(REJECTION_FIELDS),
                  "robust_acc": float(either.float().mean()), "robust_ci_low": low, "robust_ci_high": high})
     store.save_artifact(task.key, artifact)
     return rows

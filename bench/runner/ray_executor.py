@@ -11,7 +11,10 @@ each when the run's device is CUDA.
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
+from ..numerics import PORTABLE_ENV
 from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
@@ -40,7 +43,10 @@ class RayExecutor:
             raise UserError("--executor ray: Ray is not installed; pip install 'advbench[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            # Workers compute with the driver's pinned CPU kernels (bench/numerics.py), on every node.
+            pinned = {k: os.environ[k] for k in PORTABLE_ENV if k in os.environ}
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                     **({"runtime_env": {"env_vars": pinned}} if pinned else {}))
 
     def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
         ray = self.ray

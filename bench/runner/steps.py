@@ -19,18 +19,22 @@ from tqdm.auto import tqdm
 
 from ..errors import TaskFailed
 from ..labels import budget_label
-from ..metrics import cell_metrics, repeated_cell_metrics
+from ..data import load_out_distribution
+from ..metrics import OUT_DISTRIBUTION_ATTACK, cell_metrics, defended_mask, repeated_cell_metrics
 from ..plan import Task
 from ..registry import attacks, task_steps
 from ..store import Store
 from ..training import predict
 from .context import RunContext, build_defense, eval_indices, seeded_randomness, task_seed, trained_defense
+from .check_steps import run_check_noise, run_probe
 
 
 @task_steps.register("train", version="1", table=None, artifact=True)
 def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """Train a defense (dataset, defense config, seed) and store its checkpoint."""
     defense, data = build_defense(task, ctx)
+    if hasattr(defense, "data_context"):  # a defense that loads a second dataset (dustbin: out-distribution)
+        defense.data_context = ctx.data
     defense.fit(data, seed=task.config["seed"], progress=ctx.progress)
     store.save_artifact(task.key, defense.state_dict())
     return []
@@ -88,9 +92,20 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
         "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
         "evaluated_on": evaluated_on,
     }
-    if len(task.deps) == 1:  # clean accuracy on the whole test split
+    # A reject option's label (K): a rejected attacked example counts as defended, a rejected clean one
+    # as an error (bench.metrics.REJECTION_CONVENTION); Acc./Rej./Err. keep the three apart.
+    reject_class = defense.spec.num_classes if defense.has_reject_class else None
+    attacked = True
+    if task.config.get("examples") == "out-distribution":  # no class is right: only a rejection is
+        x = _out_distribution_test(task.config["out_distribution"], ctx)
+        y = torch.full((len(x),), -1, dtype=torch.int64)
+        x_adv, targets, craft_time = x, None, 0.0
+        row.update(attack=OUT_DISTRIBUTION_ATTACK,
+                   attack_config=json.dumps(task.config["out_distribution"], sort_keys=True), threat_model="none", surface="", source="", budget_param="", budget=None)
+    elif len(task.deps) == 1:  # clean accuracy on the whole test split
         x, y = data.test_x, data.test_y
         x_adv, targets, craft_time = x, None, 0.0
+        attacked = False
         row.update(attack="none", attack_config="{}", threat_model="none", surface="", source="",
                    budget_param="", budget=None)
     else:
@@ -113,11 +128,12 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     target_labels = None if targets is None else targets.numpy()
     if repeats == 1:
         row.update(cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean[0].numpy(), pred_adv[0].numpy(),
-                                target_labels).as_dict())
-        row["correct"] = (pred_adv[0] == y).numpy()
+                                target_labels, reject_class=reject_class, attacked=attacked).as_dict())
+        row["correct"] = defended_mask(pred_adv[0], y, reject_class, attacked=attacked).numpy()
     else:  # means over the repeats; an example counts as correct only if it is in every repeat
         values, row["correct"] = repeated_cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(),
-                                                       pred_adv.numpy(), target_labels)
+                                                       pred_adv.numpy(), target_labels, reject_class=reject_class,
+                                                       attacked=attacked)
         row.update(values)
     members = defense.member_models() if evaluated_on == "deployed" else []
     if len(members) >= 2:  # diversity of the members' votes on the scored inputs
@@ -126,3 +142,18 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
         row["diversity_kappa"] = member_agreement(members, x_adv, y, device)
     row["upstream_wall_time_s"] = craft_time
     return [row]
+
+
+def _out_distribution_test(cfg: dict[str, Any], ctx: RunContext) -> torch.Tensor:
+    """The test images of a dataset entry's ``out_distribution`` (a random ``test_size`` subset, seeded)."""
+    out = load_out_distribution(cfg["name"], cfg["params"], cfg["exclude_classes"], ctx.data)
+    x = out.test_x
+    if cfg.get("test_size") is not None and cfg["test_size"] < len(x):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.get("subset_seed", 0)))
+        x = x[order[: cfg["test_size"]].sort().values]
+    return x
+
+
+# The soundness checks' own evidence (bench.checks): a probe of clean passes and input gradients, and noise.
+task_steps.register("probe", version="1", table="results")(run_probe)
+task_steps.register("check-noise", version="1", table="results")(run_check_noise)
