@@ -47,3 +47,9 @@ def member_agreement(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, 
     y = torch.as_tensor(y).cpu()
     rows = [(predict(m, x, device=device, batch_size=batch_size) == y).numpy() for m in models]
     return interrater_agreement(np.array(rows, dtype=bool).reshape(len(models), len(y)))
+
+
+def defense_kappa(defense, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """``{"diversity_kappa": κ}`` of an ensemble defense's members on ``x`` (two or more members), else {}."""
+    members = defense.member_models()
+    return {"diversity_kappa": member_agreement(members, x, y, device)} if len(members) >= 2 else {}

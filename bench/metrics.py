@@ -250,3 +250,19 @@ def repeated_cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_
     values["robust_acc_strict"] = float(strict.mean()) if n else 0.0
     values["robust_acc_spread"] = float(correct.mean(axis=1).std(ddof=1)) if repeats > 1 else 0.0
     return values, strict
+
+
+def row_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray,
+                targets: np.ndarray | None = None, *, reject_class: int | None = None,
+                attacked: bool = True) -> dict[str, Any]:
+    """A result row's metric columns and per-example ``correct`` flags from predictions shaped (repeats, N):
+    :func:`cell_metrics` for one prediction per example, :func:`repeated_cell_metrics` for several. The score
+    step and the soundness checks' steps score rows alike through this."""
+    if len(pred_adv) == 1:
+        values = cell_metrics(x, x_adv, y, pred_clean[0], pred_adv[0], targets, reject_class=reject_class,
+                              attacked=attacked).as_dict()
+        values["correct"] = defended_mask(pred_adv[0], y, reject_class, attacked=attacked)
+        return values
+    values, values["correct"] = repeated_cell_metrics(x, x_adv, y, pred_clean, pred_adv, targets,
+                                                      reject_class=reject_class, attacked=attacked)
+    return values

@@ -30,8 +30,8 @@ from ..attacks.base import attack_context
 from ..attacks.noise import NoiseL2, NoiseLinf
 from ..checks import NOISE as NOISE_SOURCE
 from ..checks import PROBE, PROBE_ATTACK
-from ..diversity import member_agreement
-from ..metrics import cell_metrics, repeated_cell_metrics
+from ..diversity import defense_kappa
+from ..metrics import row_metrics
 from ..plan import Task
 from ..store import Store
 from ..training import predict
@@ -107,15 +107,8 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
                                      "found": found}, sort_keys=True),
     }
     scored = preds[:repeats].numpy()
-    if repeats == 1:
-        row.update(cell_metrics(x.numpy(), x.numpy(), y.numpy(), scored[0], scored[0]).as_dict())
-        row["correct"] = scored[0] == y.numpy()
-    else:
-        values, row["correct"] = repeated_cell_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored)
-        row.update(values)
-    members = defense.member_models()
-    if len(members) >= 2:
-        row["diversity_kappa"] = member_agreement(members, x, y, device)
+    row.update(row_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored))
+    row.update(defense_kappa(defense, x, y, device))
     return [row]
 
 
@@ -148,14 +141,6 @@ def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, stor
         "surface": "deployed", "source": NOISE_SOURCE, "budget_param": "eps", "budget": cfg["budget"],
         "attack_config": json.dumps({"name": cfg["noise"], "params": {"draws": cfg["draws"]}}, sort_keys=True),
     }
-    if repeats == 1:
-        row.update(cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean[0].numpy(), preds[0].numpy()).as_dict())
-        row["correct"] = (preds[0] == y).numpy()
-    else:
-        values, row["correct"] = repeated_cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean.numpy(),
-                                                       preds.numpy())
-        row.update(values)
-    members = defense.member_models()
-    if len(members) >= 2:  # as the score step: the members' agreement on the scored inputs
-        row["diversity_kappa"] = member_agreement(members, x_adv, y, device)
+    row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean.numpy(), preds.numpy()))
+    row.update(defense_kappa(defense, x_adv, y, device))  # as the score step: the members' agreement
     return [row]

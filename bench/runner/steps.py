@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from ..errors import TaskFailed
 from ..labels import budget_label
 from ..data import load_out_distribution
-from ..metrics import OUT_DISTRIBUTION_ATTACK, cell_metrics, defended_mask, repeated_cell_metrics
+from ..diversity import defense_kappa
+from ..metrics import OUT_DISTRIBUTION_ATTACK, row_metrics
 from ..plan import Task
 from ..registry import attacks, task_steps
 from ..store import Store
@@ -125,21 +126,12 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
                                   for _ in range(repeats)])
         pred_adv = pred_clean if x_adv is x else torch.stack(
             [predict(scorer, x_adv, device=device, batch_size=ctx.batch_size) for _ in range(repeats)])
-    target_labels = None if targets is None else targets.numpy()
-    if repeats == 1:
-        row.update(cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean[0].numpy(), pred_adv[0].numpy(),
-                                target_labels, reject_class=reject_class, attacked=attacked).as_dict())
-        row["correct"] = defended_mask(pred_adv[0], y, reject_class, attacked=attacked).numpy()
-    else:  # means over the repeats; an example counts as correct only if it is in every repeat
-        values, row["correct"] = repeated_cell_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(),
-                                                       pred_adv.numpy(), target_labels, reject_class=reject_class,
-                                                       attacked=attacked)
-        row.update(values)
-    members = defense.member_models() if evaluated_on == "deployed" else []
-    if len(members) >= 2:  # diversity of the members' votes on the scored inputs
-        from ..diversity import member_agreement
-
-        row["diversity_kappa"] = member_agreement(members, x_adv, y, device)
+    # Several repeats: means over them; an example counts as correct only if it is in every repeat.
+    row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
+                           None if targets is None else targets.numpy(), reject_class=reject_class,
+                           attacked=attacked))
+    if evaluated_on == "deployed":  # diversity of the members' votes on the scored inputs
+        row.update(defense_kappa(defense, x_adv, y, device))
     row["upstream_wall_time_s"] = craft_time
     return [row]
 
