@@ -7,6 +7,11 @@ Baselines, run in the same process:
 * C&W-L2, EAD and DeepFool: ART's numpy implementation with the same
   hyperparameters; target for C&W and EAD: >= 10x faster at equal or better
   strength (robust accuracy no higher, median L2 of successful examples no larger).
+* AutoAttack's members: ART's versions (``autoattack_cases``) and, where torchattacks is installed (optional,
+  not a dependency), torchattacks' (``torchattacks_cases``; ``--attacks torchattacks`` selects them).
+
+Every row gives the baseline's robust accuracy with its 95% Wilson interval, whether the harness lies above
+it (weaker), below it (stronger) or inside, and how many examples only one of the two fooled.
 
 ``advbench bench ensembles`` (``run_ensemble_benchmark``): an ensemble's members in a Python loop vs
 batched in one vmap call, forward and input gradient.
@@ -143,6 +148,7 @@ def cases(device: str) -> list[Case]:
                                                 verbose=False)),
              "faster", baseline_n=64),
         *autoattack_cases(),
+        *torchattacks_cases(),
     ]
 
 
@@ -187,6 +193,62 @@ def autoattack_cases() -> list[Case]:
     ]
 
 
+TORCHATTACKS_SUFFIX = " [vs torchattacks]"  # tells these rows from the ART ones in --attacks and the table
+
+
+def _torchattacks_baseline(make: Callable) -> Callable:
+    """A torchattacks attack built on the model at each call (it takes the model's device), run on (x, y)."""
+    return lambda m, x, y: make(m)(x, y).detach()
+
+
+def torchattacks_cases() -> list[Case]:
+    """The harness's AutoAttack members against torchattacks (Kim 2020, "Torchattacks: A PyTorch Repository
+    for Adversarial Attacks"), a port of fra31/auto-attack, at the settings of ``autoattack_cases``: 100
+    steps, 1 restart, the top 9 rival classes (n_classes=10), Square's p_init 0.8 and 1000 queries, seed 0.
+    torchattacks is optional and not a dependency: without it these cases are absent. ``AutoAttack`` as
+    torchattacks ships it runs 10 steps per gradient member (its members' default) and Square with 5000
+    queries, so it is measured twice: members at the harness's settings (a ``MultiAttack``), and as
+    shipped against the harness at its defaults."""
+    try:
+        import torchattacks as ta
+    except ImportError:
+        return []
+
+    def members(m, norm: str, eps: float, steps: int, queries: int) -> list:
+        return [ta.APGD(m, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce"),
+                ta.APGDT(m, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=0, n_classes=10),
+                ta.FAB(m, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=0, multi_targeted=True, n_classes=10),
+                ta.Square(m, norm=norm, eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, loss="margin", seed=0)]
+
+    out = []
+    for suffix, norm, eps in (("", "Linf", 0.1), ("-l2", "L2", 1.0)):
+        def case(label: str, attack: str, params: dict, baseline: str, make: Callable) -> Case:
+            return Case(label + TORCHATTACKS_SUFFIX, attack + suffix, params, eps, f"torchattacks {baseline}",
+                        _torchattacks_baseline(make), "equal strength")
+
+        aa = {"version": "standard", "steps": 100, "square_queries": 1000}
+        out += [
+            *[case(f"apgd-{loss}{suffix} eps={eps} 100 steps", f"apgd-{loss}", {"steps": 100}, f"APGD(loss='{loss}')",
+                   lambda m, loss=loss, norm=norm, eps=eps: ta.APGD(m, norm=norm, eps=eps, steps=100, n_restarts=1,
+                                                                     seed=0, loss=loss))
+              for loss in ("ce", "dlr")],
+            case(f"apgd-t{suffix} eps={eps} 100 steps x 9 targets", "apgd-t", {"steps": 100}, "APGDT",
+                 lambda m, norm=norm, eps=eps: members(m, norm, eps, 100, 1000)[1]),
+            case(f"fab-t{suffix} eps={eps} 100 steps x 9 targets", "fab-t", {"steps": 100}, "FAB(multi_targeted)",
+                 lambda m, norm=norm, eps=eps: members(m, norm, eps, 100, 1000)[2]),
+            case(f"square{suffix} eps={eps} 1000 queries", "square", {"queries": 1000}, "Square",
+                 lambda m, norm=norm, eps=eps: members(m, norm, eps, 100, 1000)[3]),
+            case(f"autoattack{suffix} eps={eps} standard", "autoattack", aa, "MultiAttack of its members, same settings",
+                 lambda m, norm=norm, eps=eps: ta.MultiAttack(members(m, norm, eps, 100, 1000))),
+            # As shipped: 10 APGD/APGD-T/FAB steps, 5000 Square queries; the harness at its defaults.
+            case(f"autoattack{suffix} eps={eps} standard, defaults", "autoattack", {"version": "standard"},
+                 "AutoAttack(version='standard') as shipped",
+                 lambda m, norm=norm, eps=eps: ta.AutoAttack(m, norm=norm, eps=eps, version="standard", n_classes=10,
+                                                             seed=0)),
+        ]
+    return out
+
+
 def _interleaved_best(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
     """Best wall time of each run over ``repeats`` rounds, alternating between them so that a slow
     stretch of the machine (another process, frequency scaling) hits all of them alike."""
@@ -209,6 +271,28 @@ def _strength(model, x, x_adv, y, device) -> tuple[float, float]:
     return float((~fooled).float().mean()), float(l2.median()) if len(l2) else float("nan")
 
 
+def _selected(case: Case, only: list[str] | None) -> bool:
+    """``--attacks``: a case runs when its registry name or its row label is listed; ``torchattacks`` selects
+    every torchattacks row."""
+    return (not only or case.attack in only or case.name in only
+            or ("torchattacks" in only and case.name.endswith(TORCHATTACKS_SUFFIX)))
+
+
+def compare_strength(model, x, adv_h, adv_b, y, device) -> dict[str, str]:
+    """Harness vs baseline on the same examples: the baseline's robust accuracy with its 95% Wilson interval,
+    whether the harness's robust accuracy lies above that interval (weaker), below it (stronger) or inside
+    it, and how many examples only one of them fooled (where the implementations disagree)."""
+    from .metrics import wilson_interval
+
+    fooled_h = predict(model, adv_h.to(x.device), device=device) != y.cpu()
+    fooled_b = predict(model, adv_b.to(x.device), device=device) != y.cpu()
+    n, robust_h, robust_b = len(y), int((~fooled_h).sum()), int((~fooled_b).sum())
+    low, high = wilson_interval(robust_b, n)
+    verdict = ("weaker" if robust_h / n > high else "stronger" if robust_h / n < low else "equal") + " (95%)"
+    return {"baseline robust acc 95% CI": f"[{low:.3f}, {high:.3f}]", "harness vs baseline": verdict,
+            "fooled only by h/b": f"{int((fooled_h & ~fooled_b).sum())} / {int((fooled_b & ~fooled_h).sum())}"}
+
+
 def trained_model(device: torch.device, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     data = load_dataset("mnist5k", {}, DataContext("data"))
     torch.manual_seed(seed)
@@ -228,7 +312,7 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
           f"torch threads {torch.get_num_threads()}; best of {repeats}")
     rows = []
     for case in cases(device):
-        if only and case.attack not in only:
+        if not _selected(case, only):
             continue
         attack = attacks.get(case.attack).build(**case.params)
         nb = case.baseline_n or len(x)
@@ -251,6 +335,7 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
             "baseline": case.baseline_name, "baseline ex/s": round(tp_b, 1), "ratio": round(tp_h / tp_b, 2),
             "target": case.target, "robust acc h/b": f"{acc_h:.3f} / {acc_b:.3f}",
             "median L2 h/b": f"{l2_h:.3f} / {l2_b:.3f}",
+            **compare_strength(model, xb.cpu(), adv_h[:nb], adv_b.cpu(), yb.cpu(), dev),
         })
         print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
     print()

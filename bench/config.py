@@ -404,15 +404,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         elif defense is not None:
             surfaces[d.label] = set(defense.surface_names())
             loss_surfaces[d.label] = set(defense.loss_surface_names())
-            # A defense built from the user's own network (``pretrained``) checks it takes each dataset's images.
-            check_shape = getattr(defense, "check_input_shape", None)
-            for label, shape in shapes.items() if check_shape is not None else ():
-                try:
-                    if shape is not None:
-                        check_shape(shape)
-                except (ValueError, UnknownName) as e:
-                    errors.append(f"{path}: defenses[{i}].params: dataset {label!r}: {e}")
-                    break
+            _check_input_shapes(defense, shapes, f"defenses[{i}]", path, errors)
 
     labels = [d.label for d in suite.defenses]
     for i, a in enumerate(suite.attacks):
@@ -535,6 +527,20 @@ def _check_budgets(attack, budgets: list[float | None], key: str, path: str, err
                 break
 
 
+def _check_input_shapes(defense, shapes: dict[str, tuple[int, ...] | None], key: str, path: str,
+                        errors: list[str]) -> None:
+    """A defense built from the user's own network (``pretrained``; an ensemble or detector with loaded
+    models) checks it takes each dataset's images."""
+    check_shape = getattr(defense, "check_input_shape", None)
+    for label, shape in shapes.items() if check_shape is not None else ():
+        try:
+            if shape is not None:
+                check_shape(shape)
+        except (ValueError, UnknownName) as e:
+            errors.append(f"{path}: {key}.params: dataset {label!r}: {e}")
+            break
+
+
 def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[str, tuple[int, ...] | None],
                      train_splits: dict[str, int]) -> None:
     """The detector experiments: detector defenses, the attacks building their data, baselines and
@@ -551,7 +557,9 @@ def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[st
             errors.append(f"{path}: {key}.name: {d.name!r} is a defense, not a detector "
                           f"(detectors: {', '.join(detectors)}); list it under defenses")
         else:
-            _check_entry(defenses, d, key, path, errors)
+            detector = _check_entry(defenses, d, key, path, errors)
+            if detector is not None:
+                _check_input_shapes(detector, shapes, key, path, errors)
         if not known_attacks:
             errors.append(f"{path}: {key}: a detector needs detector_attacks to build its data from")
         for label, train in train_splits.items():

@@ -7,6 +7,9 @@ Two structurally different classifiers (MNIST: ``monteiro-cnn`` and ``monteiro-m
 
 The two classifiers are ordinary ``undefended`` defenses built through the registry (as the
 ensemble builds its members), each from its own seed, and are the checkpoint (``modules()``).
+Either may instead be a model you already have: ``model_a: {pretrained: {factory: ..., weights: ...}}``
+takes the ``pretrained`` defense's parameters (defenses/pretrained.py); it is loaded, not trained, and its
+weights file's SHA-256 enters the task key (``resolve_params``), as for ``pretrained`` itself.
 The model being guarded is ``model_a``: it is ``deployed()``. White-box attack surfaces are
 ``deployed`` (= ``model_a``), ``model_a`` and ``model_b``.
 
@@ -29,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import DatasetSplits
-from bench.defense import ClassifierDefense, DetectorDefense
+from bench.defense import Defense, DetectorDefense
 from bench.models import InputSpec
-from bench.registry import UnknownName, defenses
+from bench.registry import defenses
+from defenses.pretrained import Pretrained, nested_defense
 
 
 @defenses.register("bimodel-mismatch", version="1")
@@ -40,29 +44,58 @@ class BiModelMismatch(DetectorDefense):
 
     forward_passes = 2  # both models score every input
 
-    def __init__(self, *, model_a: str = "monteiro-cnn", model_b: str = "monteiro-mlp",
+    def __init__(self, *, model_a: str | dict[str, Any] = "monteiro-cnn",
+                 model_b: str | dict[str, Any] = "monteiro-mlp",
                  epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
                  optimizer: Literal["adam", "sgd"] = "sgd", weight_decay: float = 0.0,
                  lr_schedule: Literal["constant", "cosine"] = "constant", crop_flip: bool = False,
                  classifier: str = "svc", classifier_params: dict[str, Any] | None = None):
-        self.arch_names = (model_a, model_b)
+        # Each model: an architecture name (trained here) or {pretrained: {...}} (loaded: defenses/pretrained.py).
+        self.model_specs = {"model_a": model_a, "model_b": model_b}
+        for key, spec in self.model_specs.items():
+            if isinstance(spec, dict) and (set(spec) != {"pretrained"} or not isinstance(spec["pretrained"], dict)):
+                raise ValueError(f"{key}: an architecture name, or {{pretrained: {{factory: ..., weights: ...}}}} "
+                                 f"for a model you already have; got {spec}")
         # Both models train alike (the paper's MNIST: SGD, lr 0.01, batch 64, 10 epochs).
         self.training_params = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                     weight_decay=weight_decay, lr_schedule=lr_schedule, crop_flip=crop_flip)
         self.classifier_name = classifier
         self.classifier_params = dict(classifier_params or {})
-        # Fail at suite validation, not mid-run: bad architectures, training or classifier parameters.
-        for arch in self.arch_names:
-            self._build_model(arch)
+        # Fail at suite validation, not mid-run: bad architectures, pretrained, training or classifier parameters.
+        for key in self.model_specs:
+            self._build_model(key)
         self.make_classifier()
-        self.model_defenses: list[ClassifierDefense] = []  # built by setup
+        self.model_defenses: list[Defense] = []  # built by setup
         self._detector = None  # fitted by fit_detector
 
-    def _build_model(self, arch: str) -> ClassifierDefense:
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a task key hashes (``bench.plan``): a pretrained model's weights file's SHA-256
+        pinned in beside it (``Pretrained.resolve_params``), so a changed file re-runs the detector."""
+        return {**params, **{key: {"pretrained": Pretrained.resolve_params(dict(params[key]["pretrained"]))}
+                             for key in ("model_a", "model_b") if isinstance(params.get(key), dict)
+                             and isinstance(params[key].get("pretrained"), dict)}}
+
+    def _build_model(self, key: str) -> Defense:
+        spec = self.model_specs[key]
         try:
-            return defenses.get("undefended").build(arch=arch, **self.training_params)
-        except (ValueError, TypeError, UnknownName) as e:
-            raise ValueError(f"bimodel-mismatch model {arch!r}: {e}") from e
+            if isinstance(spec, dict):
+                return nested_defense("pretrained", spec["pretrained"])
+            return nested_defense("undefended", {"arch": spec, **self.training_params})
+        except ValueError as e:
+            what = f"{key}.pretrained" if isinstance(spec, dict) else f"bimodel-mismatch model {spec!r}"
+            raise ValueError(f"{what}: {e}") from e
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """A pretrained model must take the dataset's images (``Pretrained.check_input_shape``); an
+        architecture the harness trains is built for them."""
+        for key, spec in self.model_specs.items():
+            if isinstance(spec, dict):
+                model = self._build_model(key)
+                try:
+                    model.check_input_shape(shape)
+                except ValueError as e:
+                    raise ValueError(f"{key}.pretrained: {e}") from e
 
     @staticmethod
     def _model_seeds(seed: int) -> list[int]:
@@ -71,14 +104,15 @@ class BiModelMismatch(DetectorDefense):
     def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
         self.spec, self.device = spec, device
         self.model_defenses = []
-        for arch, model_seed in zip(self.arch_names, self._model_seeds(seed)):
-            member = self._build_model(arch)
+        for key, model_seed in zip(self.model_specs, self._model_seeds(seed)):
+            member = self._build_model(key)
             member.setup(spec, seed=model_seed, device=device)
             self.model_defenses.append(member)
         self._detector = None
 
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
-        """Train both classifiers on clean data (the binary detector is fitted by ``fit_detector``)."""
+        """Train both classifiers on clean data, or load a pretrained one (the binary detector is fitted by
+        ``fit_detector``)."""
         for member, model_seed in zip(self.model_defenses, self._model_seeds(seed)):
             member.fit(data, seed=model_seed, progress=progress)
 

@@ -12,7 +12,13 @@ Four ways to make the members diverse (Sec. 3; random initialization is used in 
       (the ``gaussian-augment`` defense as member).
 
 Members are ordinary registered classifier defenses (``member_defense``), which gives the paper's
-"Bagging + Adv. Train." and "Bagging + Def. Dist." (Table 4).
+"Bagging + Adv. Train." and "Bagging + Def. Dist." (Table 4). ``members`` is a count, or a list with one
+mapping per member of parameters laid over the shared ``member_params`` (e.g. each member's ``eps``).
+
+Models you already have: ``member_defense: pretrained`` (defenses/pretrained.py) loads each member instead
+of training it, e.g. ``member_params: {factory: ...}`` with ``members: [{weights: a.pt}, {weights: b.pt}]``.
+No training method or training parameter applies to them (setting one is an error). Each weights file's
+SHA-256 enters the task key (``Ensemble.resolve_params``), so changing one member's file re-runs the ensemble.
 
 The ensemble predicts the label maximizing the mean of the members' softmax outputs (Sec. 3).
 Attack surfaces: ``deployed`` (the log of that mean: its cross-entropy is the ensemble's own loss,
@@ -48,7 +54,8 @@ from tqdm.auto import tqdm
 from bench.data import DatasetSplits
 from bench.defense import ClassifierDefense, Defense, default_architecture
 from bench.models import InputSpec
-from bench.registry import UnknownName, defenses
+from bench.registry import defenses
+from defenses.pretrained import Pretrained, nested_defense
 
 # The members' training parameters default as for a single classifier, so an ensemble and
 # its single-model baseline differ only in what a suite sets.
@@ -134,8 +141,8 @@ class Ensemble(Defense):
     batched_members: bool = False
 
     def __init__(self, *, method: Literal["random-init", "mixed-arch", "bagging", "gauss-noise"] = "random-init",
-                 members: int = 10, noise_std: float = 0.1,
-                 member_defense: Literal["undefended", "adv-training", "distillation"] = "undefended",
+                 members: int | list[dict[str, Any]] = 10, noise_std: float = 0.1,
+                 member_defense: Literal["undefended", "adv-training", "distillation", "pretrained"] = "undefended",
                  member_params: dict[str, Any] | None = None,
                  arch: str = _CLASSIFIER["arch"], arch_params: dict[str, Any] | None = _CLASSIFIER["arch_params"],
                  epochs: int = _CLASSIFIER["epochs"], batch_size: int = _CLASSIFIER["batch_size"],
@@ -143,37 +150,96 @@ class Ensemble(Defense):
                  weight_decay: float = _CLASSIFIER["weight_decay"],
                  lr_schedule: Literal["constant", "cosine"] = _CLASSIFIER["lr_schedule"],
                  crop_flip: bool = _CLASSIFIER["crop_flip"]):
-        if members < 1:
+        # ``members``: a count, or one mapping per member of parameters laid over ``member_params``.
+        per_member = [dict(m) for m in members] if isinstance(members, list) else None
+        count = len(per_member) if per_member is not None else members
+        if count < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         member_params = dict(member_params or {})
-        clash = sorted(set(member_params) & set(_CLASSIFIER))
-        if clash:
-            raise ValueError(f"member_params: set {', '.join(clash)} on the ensemble itself (it trains every member)")
-        if method == "gauss-noise" and (member_defense != "undefended" or member_params):
+        training = dict(arch=arch, arch_params=arch_params, epochs=epochs, batch_size=batch_size, lr=lr,
+                        optimizer=optimizer, weight_decay=weight_decay, lr_schedule=lr_schedule, crop_flip=crop_flip)
+        if member_defense == "pretrained":
+            self._check_pretrained(method, training, member_params, per_member)
+        for where, params in [("member_params", member_params),
+                              *((f"members[{i}]", m) for i, m in enumerate(per_member or []))]:
+            clash = sorted(set(params) & set(_CLASSIFIER))
+            if clash and member_defense != "pretrained":  # pretrained: the member refuses them itself
+                raise ValueError(f"{where}: set {', '.join(clash)} on the ensemble itself (it trains every member)")
+        if method == "gauss-noise" and (member_defense != "undefended" or member_params or any(per_member or [])):
+            given = member_params if not per_member else {**member_params, "members": per_member}
             raise ValueError(f"method gauss-noise trains 'gaussian-augment' members with std = noise_std; it takes "
-                             f"no member_defense ({member_defense!r}) or member_params ({member_params})")
+                             f"no member_defense ({member_defense!r}) or member_params ({given})")
         if method == "mixed-arch" and arch not in ("auto", *_MIXED_ARCHS):
             raise ValueError(f"method mixed-arch varies {' or '.join(_MIXED_ARCHS)}; got arch {arch!r}")
-        self.method, self.members, self.noise_std = method, members, noise_std
+        self.method, self.members, self.noise_std = method, count, noise_std
         self.member_defense = "gaussian-augment" if method == "gauss-noise" else member_defense
         self.member_params = {**member_params, **({"std": noise_std} if method == "gauss-noise" else {})}
-        self.training_params = dict(arch=arch, arch_params=arch_params or {}, epochs=epochs, batch_size=batch_size,
-                                    lr=lr, optimizer=optimizer, weight_decay=weight_decay, lr_schedule=lr_schedule,
-                                    crop_flip=crop_flip)
-        self.forward_passes = members  # one per member and prediction
-        self._build_member(self.training_params)  # fail at suite validation on bad member parameters, not mid-run
-        self.member_defenses: list[ClassifierDefense] = []  # built by setup
+        self.per_member_params = per_member  # None: every member from member_params alone
+        self.training_params = {**training, "arch_params": arch_params or {}}
+        self.forward_passes = count  # one per member and prediction
+        # Fail at suite validation on bad member parameters, not mid-run (each member, where they differ).
+        for i in range(count if per_member is not None else 1):
+            self._build_member(i, self.training_params)
+        self.member_defenses: list[Defense] = []  # built by setup
         self.bootstrap_indices: list[torch.Tensor] = []  # bagging: member i's training rows, set by fit
+
+    @staticmethod
+    def _check_pretrained(method: str, training: dict[str, Any], member_params: dict[str, Any],
+                          per_member: list[dict[str, Any]] | None) -> None:
+        """Pretrained members are loaded, not trained: no training method and no training parameters apply."""
+        if method != "random-init":
+            raise ValueError(f"method {method!r} trains the members; pretrained members are loaded, not trained "
+                             f"(leave method at random-init)")
+        set_here = [k for k, v in training.items() if v != _CLASSIFIER[k]]
+        if set_here:
+            raise ValueError(f"{', '.join(set_here)}: training parameters; pretrained members are loaded, not "
+                             f"trained (a member's own parameters go in member_params or members)")
+        if "weights_sha256" in member_params and any("weights" in m and "weights_sha256" not in m
+                                                     for m in per_member or []):
+            raise ValueError("member_params.weights_sha256 pins one file, but members name their own weights: pin "
+                             "each in its members entry")
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a task key hashes (``bench.plan``): for pretrained members, each weights file's
+        SHA-256 pinned in beside it (``Pretrained.resolve_params``), in ``member_params`` for a file every
+        member shares and in a member's ``members`` entry for its own, so changing one file changes the keys."""
+        if params.get("member_defense") != "pretrained":
+            return params
+        resolved = {**params, "member_params": Pretrained.resolve_params(dict(params.get("member_params") or {}))}
+        if isinstance(params.get("members"), list):
+            resolved["members"] = [Pretrained.resolve_params(dict(m)) for m in params["members"]]
+        return resolved
 
     # -- members
 
-    def _build_member(self, training: dict[str, Any]) -> ClassifierDefense:
+    def _member_where(self, i: int) -> str:
+        return f"members[{i}]" if self.per_member_params is not None else f"{self.member_defense} members"
+
+    def _build_member(self, i: int, training: dict[str, Any]) -> Defense:
+        """Member i: ``member_params`` with its ``members`` entry laid over them, plus the ensemble's training
+        parameters unless it is pretrained."""
+        params = {**self.member_params, **(self.per_member_params[i] if self.per_member_params is not None else {})}
+        if self.member_defense != "pretrained":
+            params = {**training, **params}
         try:
-            return defenses.get(self.member_defense).build(**training, **self.member_params)
-        except (ValueError, TypeError, UnknownName) as e:
-            raise ValueError(f"{self.member_defense} members: {e}") from e
+            return nested_defense(self.member_defense, params, set_outside=tuple(_CLASSIFIER))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{self._member_where(i)}: {e}") from e
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Pretrained members: each must take the dataset's images (``Pretrained.check_input_shape``, called at
+        suite validation); trained members are built for them."""
+        if self.member_defense != "pretrained":
+            return
+        for i in range(self.members if self.per_member_params is not None else 1):
+            member = self._build_member(i, {})
+            try:
+                member.check_input_shape(shape)
+            except ValueError as e:
+                raise ValueError(f"{self._member_where(i)}: {e}") from e
 
     def _architecture_variant(self, i: int, arch: str) -> dict[str, Any]:
         """Member i's extra architecture parameters (module docstring, method ii)."""
@@ -194,7 +260,7 @@ class Ensemble(Defense):
         self.member_defenses = []
         for i, (member_seed, _) in enumerate(self._member_seeds(seed, self.members)):
             arch_params = {**self.training_params["arch_params"], **self._architecture_variant(i, arch)}
-            member = self._build_member({**self.training_params, "arch": arch, "arch_params": arch_params})
+            member = self._build_member(i, {**self.training_params, "arch": arch, "arch_params": arch_params})
             member.setup(spec, seed=member_seed, device=device)
             self.member_defenses.append(member)
 

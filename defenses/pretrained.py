@@ -35,6 +35,7 @@ task restores, as for a trained defense (a fraction of a second for a small netw
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -45,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+import pydantic
 import torch
 from torch import nn
 
@@ -386,3 +388,38 @@ class Pretrained(Defense):
 
     def deployed(self) -> nn.Module:
         return self.model
+
+
+# -- a defense inside another (an ensemble's members, a detector's two models)
+
+def validation_line(error: pydantic.ValidationError, known: list[str] | None = None) -> str:
+    """pydantic's multi-line error as one line: ``key: problem; key: problem``; an unknown key gets close
+    matches among ``known`` (the parameters allowed there)."""
+    problems = []
+    for e in error.errors():
+        where = ".".join(map(str, e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(e["loc"][-1]), known or [], n=3, cutoff=0.6)
+            msg = "unknown key" + (f"; did you mean {' or '.join(map(repr, close))}?" if close
+                                   else f" (allowed: {', '.join(known)})" if known else "")
+        problems.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(problems)
+
+
+def nested_defense(name: str, params: dict[str, Any], *, set_outside: tuple[str, ...] = ()) -> Defense:
+    """Registered defense ``name`` built from parameters nested in another defense's; any problem (unknown
+    or mistyped keys, a missing file, ...) is a ValueError of one line, which the suite loader prefixes with
+    the file and key. ``set_outside``: parameters the outer defense sets, never suggested for a misspelt key."""
+    entry = defenses.get(name)
+    try:
+        validated = entry.validate(params)
+    except pydantic.ValidationError as e:
+        known = [p.name for p in entry.params if p.name not in set_outside]
+        raise ValueError(validation_line(e, known=known)) from None
+    try:
+        return entry.factory(**validated)
+    except pydantic.ValidationError as e:  # parameters nested one level further (arch_params)
+        raise ValueError(validation_line(e)) from None
+    except UnknownName as e:
+        raise ValueError(str(e)) from None

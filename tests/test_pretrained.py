@@ -361,3 +361,192 @@ def test_a_transfer_source(nets, tmp_path, write_suite):
     rows = _rows(tmp_path / "store")
     scored = rows[rows.attack == "from-mine"]
     assert set(scored["defense"]) == {"mine", "undefended"} and set(scored["source"]) == {"transfer:mine"}
+
+
+# ---- an ensemble's members and a detector's two models ------------------------------------------------
+
+def _member_files(tmp_path: Path, n: int) -> list[Path]:
+    """``n`` weights files of the ``mlp`` factory, each from its own seed (distinct networks)."""
+    files = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        files.append(_save(_mlp().state_dict(), tmp_path / f"member{i}.pt"))
+    return files
+
+
+def _loaded_mlp(path: Path) -> nn.Module:
+    net = _mlp()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net.eval()
+
+
+def test_an_ensemble_of_pretrained_members_votes_with_the_files_weights(nets, tmp_path, digits):
+    files = _member_files(tmp_path, 2)
+    ensemble = defenses.get("ensemble").build(member_defense="pretrained", member_params={"factory": f"{nets}:mlp"},
+                                              members=[{"weights": str(f)} for f in files])
+    ensemble.setup(digits.input_spec(), seed=0, device=torch.device("cpu"))
+    ensemble.fit(digits, seed=0, progress=False)
+    assert ensemble.members == ensemble.forward_passes == 2
+    assert ensemble.surface_names() == ["deployed", "member:0", "member:1", "mean-gradient"]
+    # loaded, not trained: each member holds exactly its file's tensors after fit
+    for member, path in zip(ensemble.member_models(), files):
+        expected = torch.load(path, weights_only=True)
+        assert member.state_dict().keys() == expected.keys()
+        assert all(torch.equal(member.state_dict()[k], v) for k, v in expected.items())
+    # and votes by the mean softmax of the loaded networks
+    x = digits.test_x[:20]
+    with torch.no_grad():
+        mean_softmax = torch.stack([_loaded_mlp(f)(x).softmax(1) for f in files]).mean(0)
+        torch.testing.assert_close(ensemble.deployed()(x).exp(), mean_softmax, rtol=0, atol=1e-6)
+
+
+def test_member_entries_lay_over_member_params(nets, tmp_path, digits):
+    """``members`` as a list: each entry over the shared ``member_params``, for trained members too; a file all
+    members share is pinned in ``member_params``, a member's own in its entry."""
+    ensemble = defenses.get("ensemble").build(member_defense="adv-training", member_params={"rho": 0.5},
+                                              members=[{"eps": 0.1}, {"eps": 0.3}])
+    ensemble.setup(digits.input_spec(), seed=0, device=torch.device("cpu"))
+    assert [(m.eps, m.rho) for m in ensemble.member_defenses] == [(0.1, 0.5), (0.3, 0.5)]
+
+    shared, own = _member_files(tmp_path, 2)
+    entry = defenses.get("ensemble")
+    params = entry.factory.resolve_params(entry.validate(
+        {"member_defense": "pretrained", "member_params": {"factory": f"{nets}:mlp", "weights": str(shared)},
+         "members": [{}, {"weights": str(own)}]}))
+    sha = {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in (shared, own)}
+    assert params["member_params"]["weights_sha256"] == sha[shared]
+    assert params["members"] == [{}, {"weights": str(own), "weights_sha256": sha[own]}]
+    ensemble = entry.factory(**params)  # as the train task builds it
+    ensemble.setup(digits.input_spec(), seed=0, device=torch.device("cpu"))
+    ensemble.fit(digits, seed=0, progress=False)
+    for member, path in zip(ensemble.member_models(), (shared, own)):
+        assert all(torch.equal(member.state_dict()[k], v) for k, v in torch.load(path, weights_only=True).items())
+    # trained-member ensembles' parameters (and so their keys) are left as they were
+    plain = entry.validate({"method": "bagging", "members": 3})
+    assert entry.factory.resolve_params(plain) is plain and plain["members"] == 3
+
+
+def test_a_changed_member_file_changes_the_ensembles_key(nets, tmp_path, write_suite, digits):
+    files = _member_files(tmp_path, 2)
+    suite = _suite(write_suite, f"""\
+        - name: ensemble
+          label: mine
+          params:
+            member_defense: pretrained
+            member_params: {{factory: '{nets}:mlp'}}
+            members: [{{weights: '{files[0]}'}}, {{weights: '{files[1]}'}}]
+        """)
+    store = tmp_path / "store"
+    plan, first = _run(suite, store)  # loaded into the checkpoint, restored by the craft and score tasks
+    members = plan.by_kind("train")[0].config["defense"]["params"]["members"]
+    assert [m["weights_sha256"] for m in members] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert first.ran == len(plan.tasks)
+    with torch.no_grad():  # the stored clean accuracy is the loaded members' mean-softmax vote's
+        votes = torch.stack([_loaded_mlp(f)(digits.test_x).softmax(1) for f in files]).mean(0).argmax(1)
+    clean = _rows(store).set_index("attack").loc["none", "clean_acc"]
+    assert clean == pytest.approx((votes == digits.test_y).sum().item() / len(votes), abs=1e-12)
+
+    os.utime(files[1], ns=(files[1].stat().st_atime_ns + 10**9, files[1].stat().st_mtime_ns + 10**9))  # touch
+    plan_touched, touched = _run(suite, store)
+    assert plan_touched.keys == plan.keys and touched.ran == 0
+
+    torch.manual_seed(7)
+    _save(_mlp().state_dict(), files[1])  # one member's file changes
+    plan_changed, rerun = _run(suite, store)
+    assert set(plan_changed.keys).isdisjoint(plan.keys) and rerun.ran == len(plan_changed.tasks)
+
+
+def test_a_detector_with_a_pretrained_model_a_loads_it(nets, tmp_path, write_suite, digits):
+    (weights,) = _member_files(tmp_path, 1)
+    model_a = {"pretrained": {"factory": f"{nets}:mlp", "weights": str(weights)}}
+    detector = defenses.get("bimodel-mismatch").build(model_a=model_a, model_b="monteiro-mlp", epochs=1)
+    detector.setup(digits.input_spec(), seed=0, device=torch.device("cpu"))
+    b_before = {k: v.clone() for k, v in detector.models()[1].state_dict().items()}
+    detector.fit(digits, seed=0, progress=False)
+    a, b = detector.models()
+    expected = torch.load(weights, weights_only=True)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in expected.items())  # loaded, not trained
+    assert detector.deployed() is a
+    assert not all(torch.equal(b.state_dict()[k], v) for k, v in b_before.items())  # model_b still trained
+    assert detector.features(digits.test_x[:3]).shape == (3, 20)
+
+    # through the harness: the detector track runs on it, its rows record the file's hash, and a changed file
+    # is another detector (another train key)
+    suite = write_suite(f"""\
+        name: det
+        device: cpu
+        datasets: [{{name: digits, eval_size: 60}}]
+        detector_attacks: [{{name: fgsm, budgets: [0.1, 0.3]}}]
+        detectors:
+          - name: bimodel-mismatch
+            params: {{model_a: {json.dumps(model_a)}, model_b: monteiro-mlp, epochs: 1}}
+            images: 40
+            folds: 2
+        """)
+    plan, _ = _run(suite, tmp_path / "store")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert plan.by_kind("train")[0].config["defense"]["params"]["model_a"]["pretrained"]["weights_sha256"] == sha
+    from bench import results
+
+    rows = results(tmp_path / "store", table="detection")
+    assert len(rows) > 0
+    recorded = {json.loads(c)["params"]["model_a"]["pretrained"]["weights_sha256"] for c in rows["detector_config"]}
+    assert recorded == {sha}
+    torch.manual_seed(7)
+    _save(_mlp().state_dict(), weights)
+    assert build_plan(load_suite(suite)).by_kind("train")[0].key != plan.by_kind("train")[0].key
+
+
+def test_bad_member_and_detector_model_params_are_one_line(nets, tmp_path, write_suite):
+    (good,) = _member_files(tmp_path, 1)
+    factory = f"factory: '{nets}:mlp'"
+    ensemble_cases = [
+        (f"member_params: {{{factory}}}, members: [{{weights: '{good}'}}, {{weights: '{tmp_path / 'absent.pt'}'}}]",
+         r"members\[1\]: weights: .*absent\.pt: no such file"),
+        (f"member_params: {{{factory}}}, members: [{{weight: '{good}'}}]",
+         r"members\[0\]: weight: unknown key; did you mean 'weights'"),
+        (f"member_params: {{{factory}, weights: '{good}', epochs: 3}}",
+         r"pretrained members: epochs: unknown key"),
+        (f"member_params: {{{factory}}}, members: [{{weights: '{good}'}}], method: bagging",
+         r"method 'bagging' trains the members; pretrained members are loaded, not trained"),
+        (f"member_params: {{{factory}}}, members: [{{weights: '{good}'}}], epochs: 3",
+         r"epochs: training parameters; pretrained members are loaded, not trained"),
+        (f"member_params: {{{factory}, factory_params: {{pixels: 784}}}}, members: 2",
+         r"dataset 'digits': pretrained members: input shape: the network of factory .*mlp cannot take images of "
+         r"shape \(1, 8, 8\)"),
+        (f"member_params: {{{factory}}}, members: []", r"members must be >= 1"),
+        ("member_defense: adv-training, member_params: {epss: 0.3}",
+         r"adv-training members: epss: unknown key; did you mean 'eps'\?"),  # not 'epochs': the ensemble's
+    ]
+    for params, problem in ensemble_cases:
+        member_defense = "" if "member_defense" in params else "member_defense: pretrained, "
+        path = _suite(write_suite, f"- {{name: ensemble, params: {{{member_defense}{params}}}}}\n")
+        with pytest.raises(UserError, match=rf"suite\.yaml: defenses\[0\]\.params: {problem}") as info:
+            load_suite(path)
+        assert "\n" not in str(info.value), params
+
+    detector_cases = [
+        (f"model_a: {{pretrained: {{{factory}, weights: '{tmp_path / 'absent.pt'}'}}}}",
+         r"model_a\.pretrained: weights: .*absent\.pt: no such file"),
+        (f"model_b: {{pretrained: {{{factory}, weights: '{good}', weight_key: x}}}}",
+         r"model_b\.pretrained: weight_key: unknown key; did you mean 'weights_key'"),
+        (f"model_a: {{{factory}}}", r"model_a: an architecture name, or \{pretrained: \{factory: \.\.\., weights: "
+                                    r"\.\.\.\}\} for a model you already have"),
+        ("model_a: no-such-arch", r"bimodel-mismatch model 'no-such-arch': unknown architecture 'no-such-arch'"),
+    ]
+    for params, problem in detector_cases:
+        path = write_suite("name: det\ndevice: cpu\ndatasets: [{name: digits, eval_size: 60}]\n"
+                           "detector_attacks: [{name: fgsm, budgets: [0.1]}]\n"
+                           f"detectors:\n  - {{name: bimodel-mismatch, params: {{{params}}}, images: 40}}\n")
+        with pytest.raises(UserError, match=rf"suite\.yaml: detectors\[0\]\.params: {problem}") as info:
+            load_suite(path)
+        assert "\n" not in str(info.value), params
+
+
+def test_a_detectors_pretrained_model_checks_the_input_shape(nets):
+    detector = defenses.get("bimodel-mismatch").build(
+        model_a={"pretrained": {"factory": f"{nets}:mlp", "factory_params": {"pixels": 784}}}, model_b="monteiro-mlp")
+    detector.check_input_shape((1, 28, 28))
+    with pytest.raises(ValueError, match=r"^model_a\.pretrained: input shape: the network of factory .*mlp cannot "
+                                         r"take images of shape \(1, 8, 8\)"):
+        detector.check_input_shape((1, 8, 8))
