@@ -46,8 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, help="leaderboard directory (default: leaderboard)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides the suite's device")
     run.add_argument("--executor", default="local",
-                     help="local: in this process (default); ray: tasks on a Ray cluster (pip install 'advbench[ray]'); "
-                          "or one a plugin registers (advbench list executors)")
+                     help="local: in this process (default); pool: worker processes (implied by --workers or --devices); "
+                          "ray: workers on a Ray cluster (pip install 'advbench[ray]'); or one a plugin registers "
+                          "(advbench list executors)")
+    run.add_argument("--devices", help="pool: auto (every CUDA device, else the CPU), cpu, cuda, or cuda:0,cuda:1")
+    run.add_argument("--workers", type=int, help="pool: worker processes per device (default 1; on the CPU the cores "
+                                                 "are divided between them); ray: workers in all (default: the cluster's)")
+    run.add_argument("--gpus-per-worker", type=float,
+                     help="ray: the GPU share each worker asks for (0.25: four workers share a GPU; default 1 with a "
+                          "CUDA device, else 0)")
+    run.add_argument("--no-fuse", action="store_true",
+                     help="pool/ray: run craft tasks that differ only in budget one by one, not as one batch")
     run.add_argument("--numerics", choices=["native", "portable"],
                      help="portable: pin CPU kernels to AVX2 so any x86-64 machine computes the same numbers; "
                           "native: the fastest kernels for this CPU (default: the suite's numerics, else native)")
@@ -88,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--suite", help="only this suite's results (default: every suite's latest plan)")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=["attacks", "ensembles", "numerics"])
+    bench.add_argument("what", choices=["attacks", "ensembles", "numerics", "scheduler"])
+    bench.add_argument("--suite", type=Path, default=Path("suites/mnist-quick.yaml"),
+                       help="scheduler: the suite run cold by the sequential executor and 1 and 2 pool workers")
     bench.add_argument("--epochs", type=int, default=2, help="numerics: training epochs per probe")
     bench.add_argument("--n", type=int, default=256, help="examples per attack or timed ensemble pass")
     bench.add_argument("--device", default="cpu")
@@ -205,6 +216,19 @@ def cmd_store(args) -> int:
     return 1
 
 
+def _executor_choice(args) -> tuple[str, dict]:
+    """The executor's name and the options the command line gives it; --workers or --devices alone pick the pool."""
+    name = args.executor
+    if name == "local" and (args.workers is not None or args.devices is not None):
+        name = "pool"
+    options = {"devices": args.devices, "workers": args.workers, "fuse": False if args.no_fuse else None,
+               "gpus_per_worker": args.gpus_per_worker}
+    options = {k: v for k, v in options.items() if v is not None}
+    if name == "pool":
+        options.pop("gpus_per_worker", None)
+    return name, options
+
+
 def cmd_run(args) -> int:
     from .numerics import pin_portable_numerics, requested_mode
 
@@ -228,16 +252,17 @@ def cmd_run(args) -> int:
         for task in plan.tasks:
             state = "done" if task.key in done else ("failed, will retry" if task.key in failed else "to run")
             print(f"{task.kind:13}  {task.key}  {state:17}  {task.label}")
-        from .runner.progress import RunEstimate, duration
+        from .runner.cost import TaskCosts
+        from .runner.progress import duration
 
         todo = [t for t in plan.tasks if t.key not in done]
-        estimate = RunEstimate(existing.mean_wall_times() if existing else {}).remaining(todo)
-        guess = f", about {duration(estimate)} from the store's timings" if todo and estimate is not None else ""
+        costs = TaskCosts(plan, existing.wall_times(plan.keys), existing.mean_wall_times()) if existing else None
+        guess = f", about {duration(costs.total(todo))} from the store's timings" if todo and costs else ""
         print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(todo)} to run{guess} "
               f"(device {device}; store {args.store})")
         return 0
 
-    executor = get_executor(args.executor)  # a bad name fails before anything is written
+    executor = get_executor(*_executor_choice(args))  # a bad name or option fails before anything is written
     store = Store(args.store)
     store.set_suite_plan(suite.name, plan.keys, settings={"headline": suite.headline})
     ctx = RunContext(store_dir=Path(args.store), data=_data_ctx(args), device=device,
@@ -297,6 +322,11 @@ def cmd_bench(args) -> int:
         from .benchmark import run_numerics_benchmark
 
         run_numerics_benchmark(epochs=args.epochs, out_dir=args.out)
+        return 0
+    if args.what == "scheduler":
+        from .benchmark_scheduler import run_scheduler_benchmark
+
+        run_scheduler_benchmark(suite=args.suite, n=args.n, device=args.device, out_dir=args.out)
         return 0
     if args.what == "ensembles":
         run_ensemble_benchmark(members=args.members, n=args.n, device=args.device, out_dir=args.out)

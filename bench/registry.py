@@ -259,7 +259,8 @@ baseline_detectors = Registry("baseline detector", "advbench.baseline_detectors"
 # what a task of each kind does (meta: the store table its rows go to; version: part of its task keys),
 task_steps = Registry("task kind", "advbench.task_steps", ("bench.runner.steps", "bench.runner.detector_steps"))
 # and what runs a plan's tasks (``advbench run --executor NAME``).
-executors = Registry("executor", "advbench.executors", ("bench.runner.local", "bench.runner.ray_executor"))
+executors = Registry("executor", "advbench.executors", ("bench.runner.local", "bench.runner.pool",
+                                                              "bench.runner.ray_executor"))
 views = Registry("view", "advbench.views", ("bench.report.views", "bench.report.randomized_views",
                                            "bench.report.dustbin_views"))
 

@@ -46,6 +46,7 @@ _RESULT_ADDED = ["correct", "evaluated_on"]  # per-example flags; which part of 
 RESULT_COLUMNS = [
     *_RESULT_IDENTITY, *(m.name for m in RESULT_METRICS if not m.appended), *_RESULT_PROVENANCE,
     *_RESULT_ADDED, *(m.name for m in RESULT_METRICS if m.appended),
+    "batch_size",  # the batch size it ran with (bench.runner.batching); added later
 ]
 
 # Detector experiments: one row per (detection task, method, evaluation, train attack, test attack).
@@ -65,13 +66,14 @@ DETECTION_COLUMNS = [
     "robust_ci_low", "robust_ci_high", "wall_time_s", "versions", "git_commit", "created_at",
     # The guarded classifier's Acc. / Rej. / Err. under attack (bench.metrics.rejection_outcome), added later.
     *REJECTION_FIELDS,
+    "batch_size",
 ]
 
 # A task's status row. ``inputs``: the SHA-256 of each upstream artifact as the task read it ({key: hash}),
 # so a task whose producer was re-run with a different output is recomputed (added later: last).
 TASK_COLUMNS = ["key TEXT PRIMARY KEY", "kind TEXT NOT NULL", "label TEXT NOT NULL", "status TEXT NOT NULL",
                 "config TEXT NOT NULL", "error TEXT", "wall_time_s REAL", "suite TEXT", "versions TEXT",
-                "git_commit TEXT", "finished_at TEXT", "inputs TEXT"]
+                "git_commit TEXT", "finished_at TEXT", "inputs TEXT", "batch_size INTEGER"]
 _TASK_NAMES = [c.split()[0] for c in TASK_COLUMNS]
 
 # The tables task steps write rows to (a step's registered ``table``), and their columns.
@@ -190,22 +192,24 @@ class Store:
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
     def _record_task(self, db: sqlite3.Connection, task, status: str, error: str | None, wall_time_s: float,
-                     provenance: dict[str, Any], inputs: dict[str, str] | None) -> None:
+                     provenance: dict[str, Any], inputs: dict[str, str] | None, batch_size: int | None = None
+                     ) -> None:
         values = dict(key=task.key, kind=task.kind, label=task.label, status=status,
                       config=json.dumps(task.config, sort_keys=True), error=error, wall_time_s=wall_time_s,
                       suite=provenance["suite"], versions=json.dumps(provenance["versions"], sort_keys=True),
                       git_commit=provenance["git_commit"], finished_at=now(),
-                      inputs=None if inputs is None else json.dumps(inputs, sort_keys=True))
+                      inputs=None if inputs is None else json.dumps(inputs, sort_keys=True), batch_size=batch_size)
         db.execute(f"INSERT OR REPLACE INTO tasks ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                    list(values.values()))
 
     def mark_done(self, task, *, wall_time_s: float, provenance: dict[str, Any], table: str | None = None,
-                  rows: list[dict[str, Any]] = (), inputs: dict[str, str] | None = None) -> None:
+                  rows: list[dict[str, Any]] = (), inputs: dict[str, str] | None = None,
+                  batch_size: int | None = None) -> None:
         """Record a finished task and its rows (for ``table``, one of ``TABLES``) in one transaction;
-        ``inputs``: the SHA-256 of each upstream artifact it read."""
+        ``inputs``: the SHA-256 of each upstream artifact it read; ``batch_size``: what it ran with."""
         columns = TABLES[table] if table is not None else []
         with self._transaction() as db:
-            self._record_task(db, task, "done", None, wall_time_s, provenance, inputs)
+            self._record_task(db, task, "done", None, wall_time_s, provenance, inputs, batch_size)
             for row in rows:
                 unknown = set(row) - set(columns)
                 if unknown:
@@ -241,6 +245,12 @@ class Store:
     def plan_keys(self, suite: str) -> set[str]:
         """The task keys of ``suite``'s latest plan."""
         return {k for (k,) in self._db.execute("SELECT key FROM suite_plans WHERE suite = ?", (suite,))}
+
+    def wall_times(self, keys: list[str]) -> dict[str, float]:
+        """The wall time (s) of each done task among ``keys``: the scheduler's stored timings."""
+        rows = self._db.execute("SELECT key, wall_time_s FROM tasks WHERE status = 'done' AND wall_time_s IS NOT NULL")
+        wanted = set(keys)
+        return {key: float(seconds) for key, seconds in rows if key in wanted}
 
     def mean_wall_times(self) -> dict[str, float]:
         """Mean wall time (s) of the done tasks of each kind: the prior for progress estimates."""

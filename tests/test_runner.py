@@ -54,17 +54,22 @@ def test_benchmark_tables_are_written_as_data(tmp_path):
     assert record["device"] == "cpu" and record["n"] == 256 and "torch" in record["versions"]
 
 
-def test_run_estimate_learns_per_kind_and_falls_back_to_stored_timings():
-    from bench.plan import Task
-    from bench.runner.progress import RunEstimate, duration
+def test_cost_estimates_fall_back_from_timings_to_kind_means_to_counted_work():
+    from bench.plan import Plan, Task
+    from bench.runner.cost import DEFAULT_SECONDS_PER_PASS, TaskCosts
+    from bench.runner.progress import duration
 
-    tasks = [Task(kind, f"k{i}", "", {}, []) for i, kind in enumerate(["train", "craft", "craft", "score"])]
-    assert RunEstimate().remaining(tasks) is None  # nothing known yet
-    estimate = RunEstimate({"train": 10.0, "craft": 2.0})
-    assert estimate.remaining(tasks) == 10 + 2 + 2 + (10 + 2) / 2  # score: the mean over known kinds
-    estimate.record("craft", 4.0)
-    estimate.record("craft", 6.0)
-    assert estimate.per_task("craft") == 5.0 and estimate.per_task("train") == 10.0
+    train = Task("train", "t", "", {"defense": {"params": {"epochs": 2}}, "dataset": {"train_size": 100}}, [])
+    crafts = [Task("craft", f"c{i}", "", {"attack": {"name": "pgd", "params": {"steps": 5}}, "budget": b,
+                                          "eval": {"eval_size": 10}}, ["t"]) for i, b in enumerate([0.1, 0.3])]
+    plan = Plan(None, [train, *crafts])
+    fresh = TaskCosts(plan)  # nothing timed: counted work at the default rate
+    assert fresh.seconds(train) == pytest.approx(2 * 100 * 3 * DEFAULT_SECONDS_PER_PASS)
+    assert fresh.seconds(crafts[0]) == pytest.approx(10 * 5 * 3 * DEFAULT_SECONDS_PER_PASS)
+    assert TaskCosts(plan, kind_means={"train": 10.0}).seconds(train) == 10.0  # other suites' mean of the kind
+    timed = TaskCosts(plan, {"c0": 3.0})  # a stored timing of the same signature (another budget)
+    assert timed.seconds(crafts[1]) == 3.0
+    assert timed.seconds(train) == pytest.approx(600 * 3.0 / 150)  # counted work at the timed rate
     assert [duration(s) for s in (None, 42.4, 185, 3720)] == ["?", "42s", "3m05s", "1h02m"]
 
 

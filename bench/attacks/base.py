@@ -10,7 +10,7 @@ import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Protocol, Union
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -256,9 +256,59 @@ class Attack:
             steps.finish()
         return out
 
+    def run_budgets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: Sequence[float | None], *,
+                    seeds: Sequence[int], targets: Sequence[torch.Tensor | None], batch_size: int = 256,
+                    device: str | torch.device = "cpu") -> list[torch.Tensor]:
+        """For each budget i, what ``run(model, x, y, budgets[i], targets=targets[i], batch_size=batch_size,
+        device=device, seed=seeds[i])`` returns, with the same checks.
+
+        Where ``fuses_budgets``, the budgets run as one job: batch k of every budget goes through the model
+        together, each example with its own budget and each budget's randomness drawn from its own seed as
+        alone, so on a deterministic surface the results are bit-identical to the runs one by one on CPU (the
+        torch loss is summed per batch, so an example's input gradient does not depend on its batch mates; a
+        batch whose row count could change MKL's arithmetic runs alone: ``backends.FUSED_ROW_BLOCK``;
+        tests/test_fused_attacks.py). A batch holds up to ``len(budgets) * batch_size`` examples. A surface that
+        draws from torch's global generator (a stochastic defense) is seeded once, with the first seed: its
+        draws differ from the separate runs', so a scheduler fuses only deterministic defenses' tasks.
+        Elsewhere (the libraries' backends) it is one ``run`` per budget.
+        """
+        if not len(budgets) == len(seeds) == len(targets):
+            raise ValueError(f"got {len(budgets)} budgets, {len(seeds)} seeds and {len(targets)} targets; "
+                             "give one seed and one targets entry (or None) per budget")
+        if not self.fuses_budgets:
+            return [self.run(model, x, y, budget, targets=t, batch_size=batch_size, device=device, seed=seed)
+                    for budget, seed, t in zip(budgets, seeds, targets)]
+        prepared = [self._job(model, x, y, budget, t, batch_size, device, seed, None)
+                    for budget, seed, t in zip(budgets, seeds, targets)]
+        jobs = [p for p in prepared if isinstance(p, AttackJob)]
+        outs: Iterator[torch.Tensor] = iter(())
+        if jobs:
+            with attack_context(model, jobs[0].seed):
+                outs = iter(getattr(self, f"_run_{self.backend}_budgets")(jobs))
+        return [self._finalize(p.x, next(outs), p.budget) if isinstance(p, AttackJob) else p for p in prepared]
+
+    @property
+    def fuses_budgets(self) -> bool:
+        """Whether ``run_budgets`` runs its budgets as one job: the chosen backend has a fused loop
+        (``_run_<backend>_budgets(jobs)``, one result per job), and no EOT (``eot`` > 1 serves stochastic
+        defenses, whose draws from the global generator a fused batch cannot repeat)."""
+        return self.eot == 1 and callable(getattr(self, f"_run_{self.backend}_budgets", None))
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: float | None,
              targets: torch.Tensor | None, batch_size: int, device: str | torch.device, seed: int,
              steps: ProgressSteps | None) -> torch.Tensor:
+        job = self._job(model, x, y, budget, targets, batch_size, device, seed, steps)
+        if not isinstance(job, AttackJob):
+            return job
+        with attack_context(model, seed):
+            out = getattr(self, f"_run_{self.backend}")(job)
+        return self._finalize(job.x, out, job.budget)
+
+    def _job(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: float | None,
+             targets: torch.Tensor | None, batch_size: int, device: str | torch.device, seed: int,
+             steps: ProgressSteps | None) -> AttackJob | torch.Tensor:
+        """The checked job of one run, or its result where nothing needs running (no images; a distance
+        budget of 0). ValueError for impossible inputs."""
         problem = self.budget_error(budget, tuple(x.shape[1:]) if getattr(x, "ndim", 0) >= 2 else None)
         if problem:
             raise ValueError(problem)
@@ -289,10 +339,7 @@ class Attack:
             # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
             raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
                              "cannot run targeted on it")
-        job = AttackJob(model, x, y, targets, budget, batch_size, device, seed, eot=self.eot, progress=steps)
-        with attack_context(model, seed):
-            out = getattr(self, f"_run_{self.backend}")(job)
-        return self._finalize(x, out, budget)
+        return AttackJob(model, x, y, targets, budget, batch_size, device, seed, eot=self.eot, progress=steps)
 
     def _finalize(self, x: torch.Tensor, out: torch.Tensor, budget: float | None) -> torch.Tensor:
         out = out.detach().to("cpu", torch.float32).reshape(x.shape)
@@ -459,14 +506,21 @@ def per_example(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(-1, *([1] * (ndim - 1)))
 
 
-def project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x0``, per example."""
+def project(x_adv: torch.Tensor, x0: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x0``, per example; ``eps`` a number
+    or a per-example (N,) tensor (a fused run's budgets), which gives each example what its own number would."""
     delta = x_adv - x0
+    per_row = isinstance(eps, torch.Tensor)
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
+        if per_row:
+            bound = per_example(eps, delta.ndim)
+            delta = torch.minimum(torch.maximum(delta, -bound), bound)  # clamp's order: max with -eps, then min
+        else:
+            delta = delta.clamp(-eps, eps)
     else:
         norms = delta.flatten(1).norm(dim=1)
-        factor = torch.where(norms > eps, eps / norms.clamp_min(1e-12), torch.ones_like(norms))
+        # number / tensor is reciprocal(tensor) * number in torch: the same expression for a tensor eps
+        factor = torch.where(norms > eps, norms.clamp_min(1e-12).reciprocal() * eps, torch.ones_like(norms))
         delta = delta * per_example(factor, delta.ndim)
     return x0 + delta
 

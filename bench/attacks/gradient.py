@@ -2,7 +2,9 @@
 
 Their torch backend ascends the surface's ``attack_loss`` (``ascends_attack_loss``); with ``eot: k`` it
 averages that gradient over k draws of a stochastic defense's randomness (Expectation over
-Transformation, Athalye et al. 2018; ``Attack._init_eot``). Where to add an attack: docs/architecture.md.
+Transformation, Athalye et al. 2018; ``Attack._init_eot``). It also runs several budgets as one job
+(``Attack.run_budgets``; ``torch_gradient_attack_fused``), giving each budget the bits its own run gives on
+CPU. Where to add an attack: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -15,12 +17,33 @@ from torch import nn
 
 from ..registry import attacks
 from ..threat_models import ThreatModel
-from .backends import art_generate, foolbox_run, torch_gradient_attack
+from .backends import BudgetPart, art_generate, foolbox_run, torch_gradient_attack_fused
 from .base import Attack, AttackJob, check_positive, make_targets
 
 
+class _TorchGradient(Attack):
+    """The torch backend FGSM, BIM and PGD share: one loop (``torch_gradient_attack_fused``) for one budget
+    (``_run_torch``) or several at once (``_run_torch_budgets``, which ``run_budgets`` calls)."""
+
+    def _torch_loop(self) -> tuple[str, int, bool]:
+        """The loop's norm, number of steps and whether it starts at a random point of the ball."""
+        raise NotImplementedError
+
+    def _step_size(self, eps: float) -> float:
+        """The absolute step at budget ``eps``."""
+        raise NotImplementedError
+
+    def _run_torch(self, job: AttackJob) -> torch.Tensor:
+        return self._run_torch_budgets([job])[0]
+
+    def _run_torch_budgets(self, jobs: list[AttackJob]) -> list[torch.Tensor]:
+        norm, steps, random_start = self._torch_loop()
+        parts = [BudgetPart(job, job.budget, self._step_size(job.budget)) for job in jobs]
+        return torch_gradient_attack_fused(parts, norm=norm, steps=steps, random_start=random_start)
+
+
 @attacks.register("fgsm")
-class FGSM(Attack):
+class FGSM(_TorchGradient):
     """Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps along the gradient sign."""
 
     threat_model = ThreatModel.LINF
@@ -44,13 +67,15 @@ class FGSM(Attack):
         return art_generate(job, lambda c: FastGradientMethod(
             c, norm=np.inf, eps=job.budget, eps_step=job.budget, targeted=False, batch_size=job.batch_size), job.y)
 
-    def _run_torch(self, job: AttackJob) -> torch.Tensor:
-        return torch_gradient_attack(job, norm="linf", eps=job.budget, steps=1, step_size=job.budget,
-                                     random_start=False)
+    def _torch_loop(self) -> tuple[str, int, bool]:
+        return "linf", 1, False
+
+    def _step_size(self, eps: float) -> float:
+        return eps
 
 
 @attacks.register("fgsm-targeted")
-class FGSMTargeted(Attack):
+class FGSMTargeted(_TorchGradient):
     """Targeted FGSM: one eps step down the gradient sign of the target class's loss.
 
     ``target`` picks each example's target class: ``random`` (uniform over the
@@ -88,13 +113,15 @@ class FGSMTargeted(Attack):
             c, norm=np.inf, eps=job.budget, eps_step=job.budget, targeted=True, batch_size=job.batch_size),
             job.targets)
 
-    def _run_torch(self, job: AttackJob) -> torch.Tensor:
-        return torch_gradient_attack(job, norm="linf", eps=job.budget, steps=1, step_size=job.budget,
-                                     random_start=False)
+    def _torch_loop(self) -> tuple[str, int, bool]:
+        return "linf", 1, False
+
+    def _step_size(self, eps: float) -> float:
+        return eps
 
 
 @attacks.register("bim")
-class BIM(Attack):
+class BIM(_TorchGradient):
     """Basic Iterative Method (I-FGSM, Kurakin et al. 2017): repeated FGSM steps, no random start.
 
     ``step_size`` is the absolute step alpha; None means 2.5 * eps / steps (the
@@ -135,12 +162,14 @@ class BIM(Attack):
             c, eps=job.budget, eps_step=self._alpha(job.budget), max_iter=self.steps, targeted=False,
             batch_size=job.batch_size, verbose=False), job.y)
 
-    def _run_torch(self, job: AttackJob) -> torch.Tensor:
-        return torch_gradient_attack(job, norm="linf", eps=job.budget, steps=self.steps,
-                                     step_size=self._alpha(job.budget), random_start=False)
+    def _torch_loop(self) -> tuple[str, int, bool]:
+        return "linf", self.steps, False
+
+    def _step_size(self, eps: float) -> float:
+        return self._alpha(eps)
 
 
-class _PGD(Attack):
+class _PGD(_TorchGradient):
     """Shared by the L-infinity and L2 PGD entries."""
 
     ascends_attack_loss = True
@@ -172,9 +201,11 @@ class _PGD(Attack):
             eps_step=self.rel_stepsize * job.budget, max_iter=self.steps, targeted=False,
             num_random_init=1 if self.random_start else 0, batch_size=job.batch_size, verbose=False), job.y)
 
-    def _run_torch(self, job: AttackJob) -> torch.Tensor:
-        return torch_gradient_attack(job, norm=self._norm, eps=job.budget, steps=self.steps,
-                                     step_size=self.rel_stepsize * job.budget, random_start=self.random_start)
+    def _torch_loop(self) -> tuple[str, int, bool]:
+        return self._norm, self.steps, self.random_start
+
+    def _step_size(self, eps: float) -> float:
+        return self.rel_stepsize * eps
 
 
 @attacks.register("pgd-linf")

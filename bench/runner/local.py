@@ -13,7 +13,8 @@ from .claims import Claims
 from .context import RunContext
 from .executor import RunSummary
 from .heal import StoreHealer
-from .progress import RunEstimate, duration
+from .cost import TaskCosts
+from .progress import duration
 from .tasks import run_task
 
 
@@ -40,7 +41,7 @@ class LocalExecutor:
         skipped_by: Counter[str] = Counter()  # label of a failed task -> tasks skipped because of it
         held: set[str] = set()  # tasks another run has claimed (looked at again after a wait)
         waiting_said = False
-        estimate = RunEstimate(store.mean_wall_times())
+        costs = TaskCosts(plan, store.wall_times(plan.keys), store.mean_wall_times())
         i = 0
         while True:
             task, blocked = self._next(plan, done, cause, held)
@@ -87,9 +88,9 @@ class LocalExecutor:
             else:
                 healer.after_done(task)
                 done = store.done_keys(plan.keys)
-                estimate.record(task.kind, elapsed)
+                costs.record(task, elapsed)
                 left = [t for t in plan.tasks if t.key not in done and t.key not in cause]
-                eta = f", about {duration(estimate.remaining(left))} left" if left else ""
+                eta = f", about {duration(costs.total(left))} left" if left else ""
                 self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
         for root, n in skipped_by.items():
             self.echo(f"skipped {n} task{'s' if n != 1 else ''} that need {root!r}, which failed")

@@ -1,17 +1,24 @@
-"""Ray executor: the same task graph and task code, run as Ray tasks.
+"""Ray executor: the scheduler's workers as Ray actors, on one machine or a cluster.
 
-Each task becomes a Ray remote call whose arguments include the statuses of
-its upstream tasks, so Ray orders the graph for us; a task whose upstream
-failed returns "skipped" without running. Workers write to the same store
-directory, which must therefore be on a file system every node sees (SQLite
-in WAL mode handles the concurrent writers of one host; for many hosts use a
-shared file system that supports POSIX locks). Tasks ask Ray for one GPU
-each when the run's device is CUDA.
+The same scheduler as the one-machine pool (``bench.runner.scheduler``: longest first, model affinity,
+fused craft batches, claims, retries of a dead worker's tasks, the progress bar) drives a set of Ray
+actors instead of local processes. Each actor asks Ray for ``gpus_per_worker`` of a GPU (0.25: four MNIST
+workers share one GPU; Ray sets each actor's CUDA_VISIBLE_DEVICES) and one CPU, and keeps its trained
+defenses cached between the jobs it is sent, as a pool worker does. An actor that dies (its node lost,
+the OOM killer) is replaced and its tasks retried.
+
+Workers write the store directory themselves, which must therefore be a path every node sees (SQLite in
+WAL mode handles the concurrent writers of one host; across hosts use a shared file system with POSIX
+locks). Artifacts are named by task key, so a node that finds one stored does not redo it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
+from dataclasses import replace
+from typing import Callable
 
 from ..errors import UserError
 from ..numerics import PORTABLE_ENV
@@ -19,61 +26,114 @@ from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
 from .context import RunContext
-from .executor import RunSummary
-from .heal import StoreHealer
-from .tasks import run_task
+from .scheduler import Finished, Scheduler, ScheduleSummary
 
 
-def _remote_task(task: Task, upstream: dict[str, Task], ctx: RunContext,
-                 *upstream_results: tuple[str, str | None]) -> tuple[str, str | None]:
-    # Ray resolves the upstream refs to their (status, error) results before calling this.
-    if any(status != "done" for status, _ in upstream_results):
-        return "skipped", None
-    return run_task(task, upstream, ctx)
+class _RayWorker:
+    """One worker: runs the jobs it is sent through ``run_fused`` on its GPU share (or the CPU)."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def run(self, tasks: list[Task], upstream: dict[str, Task], ctx: RunContext):
+        import ray
+        import torch
+
+        from .tasks import run_fused
+
+        gpus = ray.get_gpu_ids()
+        # A GPU share: Ray made its GPU the only visible one. Without CUDA (a CPU-only test cluster that
+        # declares GPUs) the run's own device stays.
+        device = "cuda:0" if gpus and torch.cuda.is_available() else ctx.device
+        start = time.perf_counter()
+        outcomes = run_fused(tasks, upstream, replace(ctx, device=device, progress=False))
+        where = f"{socket.gethostname()} " + (f"GPU {','.join(str(g) for g in gpus)}" if gpus else "CPU")
+        return outcomes, time.perf_counter() - start, where
+
+
+class RayWorkers:
+    """``count`` Ray actors, each asking for ``gpus`` of a GPU and one CPU."""
+
+    def __init__(self, ray, count: int, gpus: float):
+        self.ray, self.gpus = ray, gpus
+        self._actor_class = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
+        self.slots = [f"ray#{i}" for i in range(count)]
+        self._actors = {slot: self._actor_class.remote(1) for slot in self.slots}
+        self._refs: dict = {}  # ref -> slot
+        self._sent: dict[str, float] = {}
+
+    def submit(self, slot: str, tasks: list[Task], upstream: dict[str, Task], ctx: RunContext) -> None:
+        self._refs[self._actors[slot].run.remote(tasks, upstream, ctx)] = slot
+        self._sent[slot] = time.perf_counter()
+
+    def wait(self, timeout: float | None) -> list[Finished]:
+        ray = self.ray
+        ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        finished = []
+        for ref in ready:
+            slot = self._refs.pop(ref)
+            try:
+                outcomes, wall, where = ray.get(ref)
+                finished.append(Finished(slot, outcomes, wall, where=where))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                finished.append(Finished(slot, None, time.perf_counter() - self._sent[slot], where=slot,
+                                         died=f"Ray worker died: {type(e).__name__}"))
+        return finished
+
+    def actor(self, slot: str):
+        return self._actors[slot]
+
+    def replace(self, slot: str) -> None:
+        self.ray.kill(self._actors[slot])
+        self._actors[slot] = self._actor_class.remote(1)
+
+    def close(self) -> None:
+        for actor in self._actors.values():
+            self.ray.kill(actor)
 
 
 @executors.register("ray")
 class RayExecutor:
-    """Each task a Ray remote call, ordered by its upstream results (pip install 'advbench[ray]')."""
+    """Scheduler workers as Ray actors (pip install 'advbench[ray]'); ``--address`` via RAY_ADDRESS."""
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
+                 fuse: bool | None = None, devices: str | None = None, echo: Callable[[str], None] = print,
+                 max_retries: int = 2):
         try:
             import ray
         except ImportError:
             raise UserError("--executor ray: Ray is not installed; pip install 'advbench[ray]'") from None
+        if devices is not None:
+            raise UserError("--executor ray: the cluster's resources decide the devices; use --gpus-per-worker "
+                            "and --workers instead of --devices")
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        if gpus_per_worker is not None and (gpus_per_worker < 0 or (gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker))):
+            raise UserError(f"--gpus-per-worker must be a share of one GPU (0 to 1) or a whole number, "
+                            f"got {gpus_per_worker}")
         self.ray = ray
+        self.workers, self.gpus_per_worker, self.fuse, self.echo = workers, gpus_per_worker, fuse, echo
+        self.max_retries = max_retries
+        self.last_workers: RayWorkers | None = None
         if not ray.is_initialized():
             # Workers compute with the driver's pinned CPU kernels (bench/numerics.py), on every node.
             pinned = {k: os.environ[k] for k in PORTABLE_ENV if k in os.environ}
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      **({"runtime_env": {"env_vars": pinned}} if pinned else {}))
 
-    def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
-        ray = self.ray
-        gpus = 1 if ctx.device.startswith("cuda") else 0
-        remote = ray.remote(num_gpus=gpus)(_remote_task)
-        by_key = {t.key: t for t in plan.tasks}
-        # A missing or resized artifact: its task runs again. (A byte flipped inside one fails its reader
-        # here, which the next run then repairs; the local executor repairs it within the run.)
-        StoreHealer(plan, store, print).check_done_artifacts()
-        done = store.done_keys(plan.keys)
-        summary = RunSummary(planned=len(plan.tasks), already_done=len(done))
-        refs: dict[str, object] = {}
-        for task in plan.tasks:  # topological order: upstream refs exist before they are needed
-            if task.key in done:
-                continue
-            upstream_refs = [refs[d] for d in task.deps if d in refs]
-            refs[task.key] = remote.remote(task, {k: by_key[k] for k in task.deps}, ctx, *upstream_refs)
-        for key, ref in refs.items():
-            status, error = ray.get(ref)
-            if status == "broken":
-                StoreHealer(plan, store, print).broken(error)  # made not-done: the next run re-makes it
-                status, error = "failed", f"artifact {error} is missing or damaged; rerun to re-make it"
-            if status == "failed":
-                summary.ran += 1
-                summary.failed.append((by_key[key].label, error or ""))
-            elif status == "skipped":
-                summary.skipped.append(by_key[key].label)
-            else:
-                summary.ran += 1
-        return summary
+    def run(self, plan: Plan, ctx: RunContext, store: Store) -> ScheduleSummary:
+        resources = self.ray.cluster_resources()
+        gpus = self.gpus_per_worker if self.gpus_per_worker is not None else (
+            1.0 if ctx.device.startswith("cuda") else 0.0)
+        if gpus > resources.get("GPU", 0):
+            raise UserError(f"--gpus-per-worker {gpus:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs")
+        fit = int(resources.get("GPU", 0) / gpus) if gpus else int(resources.get("CPU", 1))
+        count = self.workers or max(1, min(fit, int(resources.get("CPU", 1))))
+        self.echo(f"ray: {count} worker{'s' if count != 1 else ''}"
+                  + (f", {gpus:g} GPU each" if gpus else ", CPU only"))
+        self.last_workers = RayWorkers(self.ray, count, gpus)
+        fuse = self.fuse if self.fuse is not None else gpus > 0  # as the pool: fused batches on GPUs only
+        return Scheduler(self.last_workers, fuse=fuse, echo=self.echo,
+                         max_retries=self.max_retries).run(plan, ctx, store)

@@ -41,35 +41,52 @@ def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     return []
 
 
-@task_steps.register("craft", version="1", table=None, artifact=True)
 def run_craft(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """Craft adversarial examples of one attack and budget on a trained defense's surface."""
-    cfg = task.config
-    defense, data = trained_defense(upstream[task.deps[0]], ctx)
+    return run_craft_fused([task], upstream, ctx, store)[0]
+
+
+def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContext, store: Store
+                    ) -> list[list[dict[str, Any]]]:
+    """Craft tasks that differ only in budget (and so in key and seed), as one batch with a budget per
+    example where the attack's backend takes one (``Attack.run_budgets``); each task's artifact is the
+    one it would have crafted alone (the bench.runner.scheduler fuses them)."""
+    cfg = tasks[0].config
+    defense, data = trained_defense(upstream[tasks[0].deps[0]], ctx)
     idx = eval_indices(data, cfg["eval"])
     x, y = data.test_x[idx], data.test_y[idx]
     attack = attacks.get(cfg["attack"]["name"]).build(**cfg["attack"]["params"])
     model = defense.surface(cfg["surface"])
-    seed = task_seed(task)
-    targets = attack.make_targets(model, x, y, seed=seed)
-    with _craft_progress(task, ctx) as bar:
-        x_adv = attack.run(model, x, y, cfg["budget"], targets=targets, batch_size=ctx.batch_size,
-                           device=ctx.device, seed=seed, progress=bar).detach().cpu().float()
-    if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
-        raise TaskFailed(f"attack returned {tuple(x_adv.shape)} for inputs {tuple(x.shape)} or non-finite values")
-    artifact = {"x_adv": x_adv, "indices": idx}
-    if targets is not None:
-        artifact["targets"] = targets.cpu()
-    store.save_artifact(task.key, artifact)
-    return []
+    seeds = [task_seed(task) for task in tasks]
+    targets = [attack.make_targets(model, x, y, seed=seed) for seed in seeds]
+    with _craft_progress(tasks, ctx) as bar:
+        if len(tasks) == 1:  # the plain call: what every backend and plugin attack implements
+            crafted = [attack.run(model, x, y, cfg["budget"], targets=targets[0], batch_size=ctx.batch_size,
+                                  device=ctx.device, seed=seeds[0], progress=bar)]
+        else:
+            crafted = attack.run_budgets(model, x, y, [t.config["budget"] for t in tasks], seeds=seeds,
+                                         targets=targets, batch_size=ctx.batch_size, device=ctx.device)
+    for task, x_adv, task_targets in zip(tasks, crafted, targets):
+        x_adv = x_adv.detach().cpu().float()
+        if x_adv.shape != x.shape or not torch.isfinite(x_adv).all():
+            raise TaskFailed(f"attack returned {tuple(x_adv.shape)} for inputs {tuple(x.shape)} or non-finite values")
+        artifact = {"x_adv": x_adv, "indices": idx}
+        if task_targets is not None:
+            artifact["targets"] = task_targets.cpu()
+        store.save_artifact(task.key, artifact)
+    return [[] for _ in tasks]
 
 
-def _craft_progress(task: Task, ctx: RunContext) -> Any:
+task_steps.register("craft", version="1", table=None, artifact=True, fused=run_craft_fused)(run_craft)
+
+
+def _craft_progress(tasks: list[Task], ctx: RunContext) -> Any:
     """A progress bar of a craft task's batches, labelled ``craft pgd-linf eps=0.3 on gauss-0.3`` (the
     suite's attack label, the budget, the attacked defense's label and surface); none (None) without
     ``ctx.progress`` (``--quiet``, or no terminal)."""
     if not ctx.progress:
         return contextlib.nullcontext()
+    task = tasks[0]
     cfg = task.config
     name = cfg["attack"]["name"]
     budget = budget_label(attacks.get(name).factory.budget_param, cfg["budget"], symbol=False)
