@@ -85,6 +85,10 @@ class Claims:
     def release(self, store: Store, key: str) -> None:
         store.release(self.owner, key)
 
+    def waiting_line(self, store: Store, keys: list[str]) -> str:
+        """What a run says once when all it can do now is wait for tasks another run holds."""
+        return f"waiting for {len(keys)} task(s) that another run is doing ({self.holders(store, keys)})"
+
     def holders(self, store: Store, keys: list[str]) -> str:
         """Who holds claims on ``keys``, for the waiting message: "pid 123 on host-a, ..."."""
         live = {(c["pid"], c["host"]) for c in store.claims_held(keys) if c["owner"] != self.owner}

@@ -49,8 +49,7 @@ class LocalExecutor:
                 if not blocked:
                     break
                 if not waiting_said:  # once per wait, not once per poll
-                    self.echo(f"waiting for {len(blocked)} task(s) that another run is doing "
-                              f"({claims.holders(store, list(held))})")
+                    self.echo(claims.waiting_line(store, list(blocked)))
                     waiting_said = True
                 time.sleep(self.poll_s)
                 done, held = store.done_keys(plan.keys), set()

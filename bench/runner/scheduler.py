@@ -204,8 +204,7 @@ class Scheduler:
                     if not held:
                         break
                     if not waiting_said:
-                        self.echo(f"waiting for {len(held)} task(s) that another run is doing "
-                                  f"({claims.holders(store, list(held))})")
+                        self.echo(claims.waiting_line(store, list(held)))
                         waiting_said = True
                     time.sleep(self.poll_s)
                     done, held = store.done_keys(plan.keys), set()
