@@ -27,6 +27,7 @@ the scheduler only reads the store, and records the failure of a task whose work
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter, deque
@@ -126,7 +127,13 @@ def _stochastic(train: Task | None) -> bool:
 
 
 def _fuses(task: Task) -> bool:
-    attack = task.config["attack"]
+    return _attack_fuses(json.dumps(task.config["attack"], sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=256)
+def _attack_fuses(attack_json: str) -> bool:
+    """Whether an attack config fuses budgets; cached, since the scheduler asks at every finished job."""
+    attack = json.loads(attack_json)
     try:
         return bool(attacks.get(attack["name"]).build(**attack["params"]).fuses_budgets)
     except Exception:  # an attack that cannot even be built fails in its task, with its message

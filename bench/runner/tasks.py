@@ -41,10 +41,10 @@ def run_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContext) -> 
     """Run ``tasks`` (one, or several of a kind whose step has a ``fused`` form) and record each; one
     outcome per task. The wall time of a fused batch is shared equally among its tasks."""
     store = Store(ctx.store_dir)
-    step = task_steps.get(tasks[0].kind)
     torch.manual_seed(task_seed(tasks[0]))
     start = time.perf_counter()
     try:
+        step = task_steps.get(tasks[0].kind)  # inside: an unknown kind is recorded as a failed task
         if len(tasks) == 1:
             run = lambda batch_size: [step.factory(tasks[0], upstream, replace(ctx, batch_size=batch_size), store)]
         else:
