@@ -56,17 +56,34 @@ from .registry import attacks
 from .training import TrainConfig, predict, train_classifier
 
 
-def write_results(name: str, rows: list[dict], out_dir: str | Path, **context) -> list[Path]:
-    """``<out_dir>/<name>.csv`` (the table) and ``<name>.json`` (rows, context, versions, commit, time)."""
+def write_results(name: str, rows: list[dict], out_dir: str | Path, merge_on: str | None = None,
+                  **context) -> list[Path]:
+    """``<out_dir>/<name>.csv`` (the table) and ``<name>.json`` (rows, context, versions, commit, time).
+
+    ``merge_on``: a partial run's rows replace the existing table's rows with the same value in that column
+    and the others are kept, so that remeasuring a few cases does not drop the rest; the json then lists
+    every run that contributed rows ("runs", each with its context and the rows it measured)."""
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), **context, "git_commit": git_commit(),
-              "versions": package_versions(), "rows": rows}
+    run = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), **context, "git_commit": git_commit(),
+           "versions": package_versions()}
     paths = [out / f"{name}.csv", out / f"{name}.json"]
+    runs = [{**run, "rows": [r[merge_on] for r in rows]}] if merge_on else []
+    if merge_on and paths[1].exists():
+        earlier = json.loads(paths[1].read_text(encoding="utf-8"))
+        new = {r[merge_on]: r for r in rows}
+        kept = [r for r in earlier["rows"] if r.get(merge_on) not in new]
+        rows = [new.pop(r[merge_on]) if r[merge_on] in new else r for r in earlier["rows"]] + list(new.values())
+        previous = earlier.get("runs") or [{k: v for k, v in earlier.items() if k not in ("rows", "benchmark")}
+                                           | {"rows": [r.get(merge_on) for r in earlier["rows"]]}]
+        still = {r.get(merge_on) for r in kept}
+        runs = [{**p, "rows": [k for k in p["rows"] if k in still]} for p in previous] + runs
+        runs = [p for p in runs if p["rows"]]
+    record = {"benchmark": name, **run, "rows": rows, **({"runs": runs} if merge_on else {})}
     pd.DataFrame(rows).to_csv(paths[0], index=False)
     paths[1].write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {paths[0]} and {paths[1]}")
@@ -319,8 +336,8 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
         xb, yb = x[:nb].to(dev), y[:nb].to(dev)
         harness = lambda: attack.run(model, x, y, case.budget, batch_size=len(x), device=dev, seed=0)
         baseline = lambda: case.baseline(model, xb, yb)
-        if case.baseline_n:  # a slow library baseline: one run each, harness warmed up on a few examples
-            attack.run(model, x[:8], y[:8], case.budget, batch_size=8, device=dev, seed=0)
+        if case.baseline_n or repeats == 1:  # one run each (a slow library baseline, or minutes per run)
+            attack.run(model, x[:8], y[:8], case.budget, batch_size=8, device=dev, seed=0)  # warm-up
             timed = _interleaved_best({"harness": harness, "baseline": baseline}, 1)
         else:  # warm both on the full batch (kernel selection), then alternate
             harness(), baseline()
@@ -334,15 +351,15 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
             "attack": case.name, "harness backend": attack.backend, "harness ex/s": round(tp_h, 1),
             "baseline": case.baseline_name, "baseline ex/s": round(tp_b, 1), "ratio": round(tp_h / tp_b, 2),
             "target": case.target, "robust acc h/b": f"{acc_h:.3f} / {acc_b:.3f}",
-            "median L2 h/b": f"{l2_h:.3f} / {l2_b:.3f}",
+            "median L2 h/b": f"{l2_h:.3f} / {l2_b:.3f}", "timed runs": 1 if case.baseline_n else repeats,
             **compare_strength(model, xb.cpu(), adv_h[:nb], adv_b.cpu(), yb.cpu(), dev),
         })
         print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
     if out_dir is not None:
-        write_results("attacks", rows, out_dir, device=device, n=len(x), repeats=repeats,
-                      model="strauss-mnist, 2 epochs on mnist5k")
+        write_results("attacks", rows, out_dir, merge_on="attack" if only else None, device=device, n=len(x),
+                      repeats=repeats, model="strauss-mnist, 2 epochs on mnist5k")
     return rows
 
 

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="ray: the GPU share each worker asks for (0.25: four workers share a GPU; default 1 with a "
                           "CUDA device, else 0)")
     run.add_argument("--no-fuse", action="store_true",
-                     help="pool/ray: run craft tasks that differ only in budget one by one, not as one batch")
+                     help="pool/ray: run every task alone: no craft tasks fused across budgets (the default on GPUs) "
+                          "and no score tasks fused across crafted sets (the default everywhere)")
     run.add_argument("--numerics", choices=["native", "portable"],
                      help="portable: pin CPU kernels to AVX2 so any x86-64 machine computes the same numbers; "
                           "native: the fastest kernels for this CPU (default: the suite's numerics, else native)")
@@ -103,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=2, help="numerics: training epochs per probe")
     bench.add_argument("--n", type=int, default=256, help="examples per attack or timed ensemble pass")
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--attacks", nargs="*", help="subset of benchmark names")
+    bench.add_argument("--attacks", nargs="*",
+                       help="attacks: a subset of benchmark names (or 'torchattacks'); their rows replace the "
+                            "same rows of the existing table, the others are kept")
+    bench.add_argument("--repeats", type=int, default=5,
+                       help="attacks, ensembles: timed runs per case, best kept (1: one run after a warm-up on 8 "
+                            "examples, for cases that take minutes)")
     bench.add_argument("--members", nargs="+", type=int, default=[3, 10], help="ensembles: member counts")
     bench.add_argument("--out", default=f"{DEFAULT_LEADERBOARD}/benchmarks",
                        help="where the table is written as <what>.csv and <what>.json (default: leaderboard/benchmarks)")
@@ -329,9 +335,10 @@ def cmd_bench(args) -> int:
         run_scheduler_benchmark(suite=args.suite, n=args.n, device=args.device, out_dir=args.out)
         return 0
     if args.what == "ensembles":
-        run_ensemble_benchmark(members=args.members, n=args.n, device=args.device, out_dir=args.out)
+        run_ensemble_benchmark(members=args.members, n=args.n, device=args.device, repeats=args.repeats,
+                               out_dir=args.out)
     else:
-        run_attack_benchmark(n=args.n, device=args.device, only=args.attacks, out_dir=args.out)
+        run_attack_benchmark(n=args.n, device=args.device, only=args.attacks, repeats=args.repeats, out_dir=args.out)
     return 0
 
 

@@ -54,6 +54,17 @@ def test_benchmark_tables_are_written_as_data(tmp_path):
     assert record["device"] == "cpu" and record["n"] == 256 and "torch" in record["versions"]
 
 
+def test_a_partial_benchmark_run_replaces_its_rows_and_keeps_the_others(tmp_path):
+    out = tmp_path / "benchmarks"
+    write_results("attacks", [{"attack": "fgsm", "ratio": 0.97}, {"attack": "bim", "ratio": 1.01}], out,
+                  merge_on="attack", repeats=5)
+    csv_path, json_path = write_results("attacks", [{"attack": "bim", "ratio": 1.2}, {"attack": "apgd", "ratio": 2.0}],
+                                        out, merge_on="attack", repeats=1)
+    assert csv_path.read_text().splitlines() == ["attack,ratio", "fgsm,0.97", "bim,1.2", "apgd,2.0"]
+    runs = json.loads(json_path.read_text())["runs"]
+    assert [(r["repeats"], r["rows"]) for r in runs] == [(5, ["fgsm"]), (1, ["bim", "apgd"])]
+
+
 def test_cost_estimates_fall_back_from_timings_to_kind_means_to_counted_work():
     from bench.plan import Plan, Task
     from bench.runner.cost import DEFAULT_SECONDS_PER_PASS, TaskCosts
