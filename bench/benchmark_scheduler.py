@@ -6,6 +6,10 @@ CPU quick suite; fused budgets never slower than unfused).
   process, every core), the pool with 1 worker (every core) and with 2 workers (the cores divided). Per
   run: wall time, the sum of the tasks' own wall times (from the store), the ideal (that sum / workers)
   and the efficiency (ideal / wall), and the speed-up over the 1-worker pool.
+* **scoring**: on the sequential run's store, every group of score tasks that the scheduler would fuse
+  (one model's surface on several crafted sets, ``fusion_groups``) scored as one job
+  (``run_score_fused``) against one task at a time (``run_score``), best of ``repeats``, interleaved;
+  the rows must be equal.
 * **fused**: one trained model (``bench.benchmark.trained_model``), an attack at 4 budgets on ``n``
   images: ``Attack.run`` once per budget against ``Attack.run_budgets`` once (best of ``repeats``,
   interleaved), on ``device``, with the same batch size per budget (4x the rows per pass) and with the
@@ -56,6 +60,49 @@ def _run_suite(suite_path: Path, store_dir: Path, executor) -> tuple[float, int]
     return time.perf_counter() - start, len(plan.tasks)
 
 
+def scoring_rows(suite_path: Path, store_dir: Path, repeats: int = 3) -> list[dict]:
+    from .config import load_suite
+    from .data import DataContext
+    from .plan import build_plan
+    from .runner import RunContext
+    from .runner.scheduler import fusion_groups
+    from .runner.steps import run_score, run_score_fused
+    from .store import Store
+
+    suite = load_suite(suite_path)
+    plan = build_plan(suite)
+    by_key = {t.key: t for t in plan.tasks}
+    ctx = RunContext(store_dir=store_dir, data=DataContext("data"), device="cpu", batch_size=suite.batch_size,
+                     progress=False, suite=suite.name)
+    groups = [g for g in fusion_groups(plan.by_kind("score"), by_key, ("score",)) if len(g) > 1]
+    store = Store(store_dir)
+    try:
+        def strip(rows):  # the numbers, without per-example flags (arrays) that == cannot compare
+            return [{k: v for k, v in r.items() if k != "correct"} for (r,) in rows]
+
+        total = {"alone": 0.0, "fused": 0.0}
+        identical = True
+        for group in groups:
+            upstream = {d: by_key[d] for t in group for d in t.deps}
+            runs = {"alone": lambda g=group: [run_score(t, upstream, ctx, store) for t in g],
+                    "fused": lambda g=group: run_score_fused(g, upstream, ctx, store)}
+            for run in runs.values():  # warm: the checkpoint enters the trained-defense cache
+                run()
+            best = _interleaved_best(runs, repeats)
+            identical &= strip(best["alone"][1]) == strip(best["fused"][1])
+            for name in total:
+                total[name] += best[name][0]
+    finally:
+        store.close()
+    row = {"benchmark": "scoring", "suite": str(suite_path), "jobs": len(groups),
+           "tasks": sum(len(g) for g in groups), "alone_s": round(total["alone"], 3),
+           "fused_s": round(total["fused"], 3), "fused_speedup": round(total["alone"] / total["fused"], 2),
+           "identical": identical}
+    print(f"scoring: {row['tasks']} score tasks in {row['jobs']} fused jobs: alone {row['alone_s']:.2f}s, fused "
+          f"{row['fused_s']:.2f}s ({row['fused_speedup']:.2f}x); identical: {identical}")
+    return [row]
+
+
 def pool_rows(suite_path: Path) -> list[dict]:
     from .runner.local import LocalExecutor
     from .runner.pool import PoolExecutor, usable_cores
@@ -75,10 +122,12 @@ def pool_rows(suite_path: Path) -> list[dict]:
                          "ideal_s": round(busy / workers, 1), "efficiency": round(busy / workers / wall, 3)})
             print(f"{executor_name} x{workers}: {wall:.1f}s wall, tasks {busy:.1f}s, efficiency "
                   f"{rows[-1]['efficiency']:.2f}")
+            if i == 0:
+                scoring = scoring_rows(suite_path, store_dir)
     one = next(r["wall_s"] for r in rows if r["executor"] == "pool" and r["workers"] == 1)
     for row in rows:
         row["speedup_vs_pool_1"] = round(one / row["wall_s"], 2)
-    return rows
+    return rows + scoring
 
 
 def fused_rows(n: int, device: str, repeats: int, batch_size: int = 256) -> list[dict]:

@@ -66,6 +66,10 @@ class DatasetEntry(_Strict):
     eval_size: int = Field(1000, gt=0, description="test examples that are attacked (unset: 1000, or the whole test "
                                                    "split if it is smaller)")
     subset_seed: Seed = 0
+    eval_correct_by: str | None = Field(None, description="attack only test images this defense (its label) "
+                                                          "classifies correctly, e.g. the transfer attacks' surrogate "
+                                                          "(Abbasi et al.: all correctly classified test samples); "
+                                                          "every attack gets the same images")
     verify: bool = Field(True, description="check the files against torchvision's MD5 checksums; false accepts a "
                                            "local copy that differs (the structural checks still run, and each "
                                            "result records it)")
@@ -104,6 +108,8 @@ class AttackEntry(_Strict):
     evaluate_on: Annotated[list[str], _not_empty("score on each defense's deployed model")] = Field(
         default_factory=lambda: ["deployed"],
         description="surfaces of each defense that score the examples, e.g. member:0")
+    eval_size: int | None = Field(None, gt=0, description="attack only the first this many of the dataset's attacked "
+                                                          "examples (its seeded order), e.g. C&W on 100 images")
 
 
 class DetectorAttackEntry(_Strict):
@@ -407,12 +413,20 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
             _check_input_shapes(defense, shapes, f"defenses[{i}]", path, errors)
 
     labels = [d.label for d in suite.defenses]
+    for i, ds in enumerate(suite.datasets):
+        if ds.eval_correct_by is not None and ds.eval_correct_by not in labels:
+            errors.append(f"{path}: datasets[{i}].eval_correct_by: "
+                          f"{UnknownName('defense label', ds.eval_correct_by, labels)}")
     for i, a in enumerate(suite.attacks):
         key = f"attacks[{i}]"
         attack = _check_entry(attacks, a, key, path, errors)
         if attack is None:
             continue
         _check_budgets(attack, a.budgets, key, path, errors, shapes)
+        for ds in suite.datasets:
+            if a.eval_size is not None and a.eval_size > ds.eval_size:
+                errors.append(f"{path}: {key}.eval_size: {a.eval_size} examples, more than dataset "
+                              f"{(ds.label or ds.name)!r} attacks (its eval_size: {ds.eval_size})")
         for name in (a.defenses or []):
             if name not in labels:
                 errors.append(f"{path}: {key}.defenses: {UnknownName('defense label', name, labels)}")

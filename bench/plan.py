@@ -102,6 +102,18 @@ def _repeats(suite: Suite, d: DefenseEntry) -> dict[str, int]:
     return {"repeats": repeats} if repeats > 1 else {}
 
 
+def _attack_eval(eval_cfg: dict[str, Any], a: Any, correct_by: str | None) -> dict[str, Any]:
+    """The examples an attack entry attacks: the dataset's, or the first ``eval_size`` of them; with the
+    dataset's ``eval_correct_by``, only those that defense's trained model (``correct_by``: its train task's
+    key) classifies correctly. Keys are added only when set, so suites that set neither keep their keys."""
+    out = dict(eval_cfg)
+    if a.eval_size is not None:
+        out["eval_size"] = min(a.eval_size, eval_cfg["eval_size"])
+    if correct_by is not None:
+        out["correct_by"] = correct_by
+    return out
+
+
 def _budget_label(attack, budget: float | None) -> str:
     return budget_label(attacks.get(attack.name).factory.budget_param, budget, symbol=False)
 
@@ -158,6 +170,8 @@ def build_plan(suite: Suite) -> Plan:
                                                      "attack": OUT_DISTRIBUTION_ATTACK, "evaluated_on": "deployed"})
                     score[out.key] = out
 
+            # Attacks on the images one defense gets right: its trained model is every craft task's input too.
+            correct_by = train[(ds.label, ds.eval_correct_by, seed)].key if ds.eval_correct_by else None
             for a in suite.attacks:
                 targets = a.defenses or [d.label for d in suite.defenses]
                 for budget in a.budgets:
@@ -165,14 +179,15 @@ def build_plan(suite: Suite) -> Plan:
                         source = a.transfer_from or target
                         source_train = train[(ds.label, source, seed)]
                         c_cfg = {"attack": _attack_config(a, defense_by_label[source]), "budget": budget,
-                                 "surface": a.surface, "eval": eval_cfg, "seed": seed}
-                        c_key = task_key("craft", c_cfg, [source_train.key])
+                                 "surface": a.surface, "eval": _attack_eval(eval_cfg, a, correct_by), "seed": seed}
+                        c_deps = list(dict.fromkeys([source_train.key, *([correct_by] if correct_by else [])]))
+                        c_key = task_key("craft", c_cfg, c_deps)
                         if c_key not in craft:
                             craft[c_key] = Task(
                                 "craft", c_key,
                                 f"craft {a.label} {_budget_label(a, budget)} on {source}.{a.surface} "
                                 f"({ds.label}, seed {seed})",
-                                c_cfg, [source_train.key],
+                                c_cfg, c_deps,
                                 info={"dataset": ds.label, "defense": source, "seed": seed, "attack": a.label})
                         target_train = train[(ds.label, target, seed)]
                         for scored_on in a.evaluate_on:

@@ -47,7 +47,14 @@ RESULT_COLUMNS = [
     *_RESULT_IDENTITY, *(m.name for m in RESULT_METRICS if not m.appended), *_RESULT_PROVENANCE,
     *_RESULT_ADDED, *(m.name for m in RESULT_METRICS if m.appended),
     "batch_size",  # the batch size it ran with (bench.runner.batching); added later
+    "examples",  # which test images were attacked: examples_digest of their indices; added later
 ]
+
+
+def examples_digest(indices) -> str:
+    """A short SHA-256 of the attacked test indices: two rows with equal digests attacked the same images in
+    the same order, so their per-example ``correct`` flags line up (a worst case over them is one)."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 # Detector experiments: one row per (detection task, method, evaluation, train attack, test attack).
 # evaluation: "attack-data" (Table II: the attack's success rate and MSE while building detector data),

@@ -213,6 +213,7 @@ datasets:
   - name: digits
     train_size: 600
     eval_size: 60
+    eval_correct_by: surrogate   # the paper's protocol: attack the test images the surrogate gets right
     out_distribution: {name: digits, exclude_classes: ["0", "1", "2", "3", "4"], test_size: 50}
 defenses:
   - name: undefended
@@ -234,6 +235,7 @@ attacks:
   - name: cw-l2-targeted
     label: cw-l2-ll
     transfer_from: surrogate
+    eval_size: 20                # C&W on fewer images (the paper: 100 x {least, most likely})
     params: {backend: torch, confidence: 2.0, steps: 10, binary_search_steps: 1, target: least-likely}
     budgets: [1.0]
   - name: pgd-linf
@@ -293,6 +295,50 @@ def test_suite_rows_outcomes_and_table_one(finished):
     for label in ("Out-dist. test", "fgsm ε=0.2 (from surrogate)", "pgd-reject-aware ε=0.2 (white-box, reject-aware)",
                   "Average Err., transfer attacks"):
         assert label in table
+
+
+def test_attacks_use_the_images_the_surrogate_gets_right_and_cw_the_first_of_them(finished, write_suite):
+    from bench.runner.context import trained_defense
+    from bench.runner import RunContext
+    from bench.training import predict
+
+    root, code = finished
+    assert code == 0
+    plan = build_plan(load_suite(write_suite(TINY_DUSTBIN_SUITE)))
+    surrogate = next(t for t in plan.by_kind("train") if t.info["defense"] == "surrogate")
+    crafts = plan.by_kind("craft")
+    assert all(surrogate.key in t.deps for t in crafts)  # its model decides which images every attack gets
+    store = Store(root / "s")
+    ctx = RunContext(store_dir=root / "s", data=DataContext("data"), device="cpu", batch_size=250, progress=False)
+    model, data = trained_defense(surrogate, ctx)
+    indices = {t.info["attack"]: store.load_artifact(t.key)["indices"] for t in crafts}
+    rows = store.results()
+    store.close()
+    right = predict(model.surface("deployed"), data.test_x, device="cpu", batch_size=250) == data.test_y
+    assert len(indices["fgsm"]) == 60 and bool(right[indices["fgsm"]].all())
+    assert torch.equal(indices["fgsm"], indices["pgd-reject-aware"])  # every attack: the same images...
+    # ... and C&W the first 20 of them in the seeded order (a prefix, not another sample)
+    order = torch.randperm(len(data.test_y), generator=torch.Generator().manual_seed(0))
+    order = order[right[order]]
+    assert torch.equal(indices["fgsm"], order[:60].sort().values)
+    assert torch.equal(indices["cw-l2-ll"], order[:20].sort().values)
+    # Rows say which images they attacked, so a worst case never pairs flags of different images.
+    digests = rows.groupby("attack")["examples"].agg(set)
+    assert digests["fgsm"] == digests["pgd-reject-aware"] and len(digests["fgsm"]) == 1
+    assert digests["cw-l2-ll"].isdisjoint(digests["fgsm"])
+
+
+def test_eval_correct_by_and_an_attack_eval_size_are_checked_and_keep_other_suites_keys(write_suite):
+    with pytest.raises(UserError, match=r"datasets\[0\].eval_correct_by: unknown defense label 'surogate'.*"
+                                        r"did you mean 'surrogate'"):
+        load_suite(write_suite(TINY_DUSTBIN_SUITE.replace("eval_correct_by: surrogate", "eval_correct_by: surogate")))
+    with pytest.raises(UserError, match=r"attacks\[1\].eval_size: 200 examples, more than dataset 'digits' "
+                                        r"attacks \(its eval_size: 60\)"):
+        load_suite(write_suite(TINY_DUSTBIN_SUITE.replace("eval_size: 20 ", "eval_size: 200 ")))
+    plain = TINY_DUSTBIN_SUITE.replace("    eval_correct_by: surrogate", "    # none").replace(
+        "    eval_size: 20 ", "    # none ")
+    crafts = build_plan(load_suite(write_suite(plain))).by_kind("craft")
+    assert all(len(t.deps) == 1 and set(t.config["eval"]) == {"dataset", "eval_size"} for t in crafts)
 
 
 def test_table_one_view_pools_seeds_by_counts():

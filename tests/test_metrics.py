@@ -74,7 +74,7 @@ STORE_RESULT_COLUMNS = [
     "linf_median", "mse_mean", "mse_median", "wall_time_s", "versions", "git_commit", "created_at", "correct",
     "evaluated_on", "diversity_kappa", "repeats", "robust_acc_strict", "robust_acc_spread",
     "acc_rate", "acc_rate_ci_low", "acc_rate_ci_high", "reject_rate", "reject_rate_ci_low", "reject_rate_ci_high",
-    "error_rate", "error_rate_ci_low", "error_rate_ci_high", "batch_size",
+    "error_rate", "error_rate_ci_low", "error_rate_ci_high", "batch_size", "examples",
 ]
 
 

@@ -157,6 +157,16 @@ def test_worst_case_needs_per_example_arrays(tmp_path):
     assert row["pgd ε=0.1"] == "50.0" and row["Headline: worst case ε=0.1"] == "—"
 
 
+def test_worst_case_needs_the_same_attacked_images():
+    same = pd.DataFrame([{**_row("D", "pgd", 0.1, [1, 0, 1]), "examples": "aaaa"},
+                         {**_row("D", "fgsm", 0.1, [1, 1, 0]), "examples": "aaaa"}])
+    assert dict(leaderboard_tables(same))["toy — L∞, white-box"].iloc[0]["Headline: worst case ε=0.1"].startswith("33.3")
+    # Equal lengths, other images (an attack on fewer or on other images): flags that do not line up.
+    other = same.assign(examples=["aaaa", "bbbb"])
+    row = dict(leaderboard_tables(other))["toy — L∞, white-box"].iloc[0]
+    assert row["pgd ε=0.1"] == "66.7" and row["Headline: worst case ε=0.1"] == "—"
+
+
 def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
     frame = pd.DataFrame([
         _row("D", "pgd", 0.1, [1, 0]), _row("D", "pgd", 0.3, [0, 0]),

@@ -23,7 +23,7 @@ from bench.runner.batching import forget_fitted, run_with_backoff, starting_batc
 from bench.runner.cost import TaskCosts
 from bench.runner.local import LocalExecutor
 from bench.runner.pool import PoolExecutor, ProcessWorkers, parse_devices
-from bench.runner.scheduler import Job, Scheduler, fusion_groups
+from bench.runner.scheduler import Job, Scheduler, fused_kinds, fusion_groups
 from bench.store import Store
 
 POOL_SUITE = """\
@@ -115,8 +115,38 @@ def test_fused_budgets_store_bit_identical_artifacts_under_the_same_keys(pool_su
     summary, lines, plan = _run_pool(pool_suite, tmp_path / "fused", workers=1, fuse=True, threads=1)
     assert summary.ok and summary.fused_jobs >= 2  # fgsm's two budgets and pgd's four, one batch each
     assert sum("(fused with 3 other budgets)" in line for line in lines) == 4
+    assert any("other crafted sets)" in line for line in lines)  # scores of the model on several sets, one job
     assert _artifact_hashes(tmp_path / "fused") == _artifact_hashes(sequential_store)
     assert _results(tmp_path / "fused") == _results(sequential_store)
+
+
+def test_the_default_fuses_scoring_everywhere_and_budgets_on_gpus_only():
+    assert fused_kinds(None, on_gpu=False) == ("score",)
+    assert fused_kinds(None, on_gpu=True) == fused_kinds(True, on_gpu=False) == ("craft", "score")
+    assert fused_kinds(False, on_gpu=True) == ()
+
+
+def test_fused_scoring_makes_the_shared_clean_pass_once_and_stores_each_row_as_alone(pool_suite, sequential_store,
+                                                                                       tmp_path, monkeypatch):
+    from bench.runner import steps
+
+    plan, ctx = _plan_and_ctx(pool_suite, sequential_store)
+    by_key = {t.key: t for t in plan.tasks}
+    scores = [t for t in plan.by_kind("score") if len(t.deps) == 2]
+    upstream = {d: by_key[d] for t in scores for d in t.deps}
+    calls: list[int] = []
+    predict = steps.predict
+    monkeypatch.setattr(steps, "predict", lambda model, x, **kw: calls.append(len(x)) or predict(model, x, **kw))
+    store = Store(sequential_store)
+    try:
+        fused = steps.run_score_fused(scores, upstream, ctx, store)
+        alone = [steps.run_score(t, upstream, ctx, store) for t in scores]
+    finally:
+        store.close()
+    assert len(calls) == (1 + len(scores)) + 2 * len(scores)  # one clean pass for all six sets; two per task alone
+    for (got,), (want,) in zip(fused, alone):
+        assert {k: v for k, v in got.items() if k != "correct"} == {k: v for k, v in want.items() if k != "correct"}
+        assert (got["correct"] == want["correct"]).all()
 
 
 def test_fusion_groups_join_budgets_of_one_attack_and_model_only(pool_suite, tmp_path):
@@ -128,8 +158,10 @@ def test_fusion_groups_join_budgets_of_one_attack_and_model_only(pool_suite, tmp
     for group in groups:
         assert len({t.config["attack"]["name"] for t in group}) == 1
         assert len({t.config["budget"] for t in group}) == len(group)
-    scores = plan.by_kind("score")
-    assert all(len(g) == 1 for g in fusion_groups(scores, by_key))  # only crafts fuse
+    assert all(len(g) == 1 for g in fusion_groups(crafts, by_key, kinds=("score",)))
+    scores = plan.by_kind("score")  # the six crafted sets' scores on the one model fuse; clean accuracy alone
+    assert sorted(len(g) for g in fusion_groups(scores, by_key)) == [1, 6]
+    assert all(len(g) == 1 for g in fusion_groups(scores, by_key, kinds=("craft",)))
 
 
 class _KillingWorkers:

@@ -68,7 +68,7 @@ _OPTIONAL_COLUMNS = {
     "suite": "", "threat_model": "", "surface": "deployed", "source": "white-box", "evaluated_on": "deployed",
     "budget_param": "", "budget": math.nan,
     **{m.name: math.nan for m in RESULT_METRICS if m.name not in _REQUIRED_COLUMNS},
-    "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None,
+    "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None, "examples": "",
 }
 # The metrics with a details column of their own, and the metrics a row reads for them.
 _DETAIL_METRICS = tuple(m for m in RESULT_METRICS if m.detail)
@@ -110,6 +110,7 @@ class Row:
     versions: str
     git_commit: str
     correct: np.ndarray | None
+    examples: str = ""  # bench.store.examples_digest of the attacked images ("" for clean rows and old stores)
 
     @property
     def is_clean(self) -> bool:
@@ -267,6 +268,7 @@ def normalize(results: pd.DataFrame) -> list[Row]:
             versions=_text(record["versions"]),
             git_commit=_text(record["git_commit"]),
             correct=correct,
+            examples=_text(record["examples"]),
         ))
     return rows
 
@@ -362,6 +364,9 @@ def _worst_case(rows_by_attack: dict[str, list[Row]], attacks: tuple[str, ...]) 
             return None
         arrays = [per_attack[a].correct for a in attacks]
         if any(a is None for a in arrays) or len({a.size for a in arrays}) != 1:
+            return None
+        # Rows that attacked other images (an attack on fewer, or on those its model got right) do not align.
+        if len({per_attack[a].examples for a in attacks if per_attack[a].examples}) > 1:
             return None
         survived = np.logical_and.reduce(arrays)
         hits += int(survived.sum())

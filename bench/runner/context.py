@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -67,11 +67,17 @@ def load_task_dataset(cfg: dict[str, Any], ctx: RunContext) -> DatasetSplits:
                         test_size=cfg["test_size"], seed=cfg["subset_seed"])
 
 
-def eval_indices(data: DatasetSplits, eval_cfg: dict[str, Any]) -> torch.Tensor:
-    """The attacked test examples: the same seeded subset for every attack, so per-example
-    worst cases over attacks line up."""
+def eval_indices(data: DatasetSplits, eval_cfg: dict[str, Any],
+                 classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The attacked test examples: the same seeded subset for every attack, so per-example worst cases over
+    attacks line up; a smaller ``eval_size`` takes the first of the same order. ``correct_by`` (a trained
+    defense's key): only the examples ``classify`` (that defense's predicted labels) gets right, in order."""
     generator = torch.Generator().manual_seed(eval_cfg["dataset"]["subset_seed"])
     order = torch.randperm(len(data.test_y), generator=generator)
+    if eval_cfg.get("correct_by"):
+        if classify is None:
+            raise ValueError("eval_correct_by: the examples a defense gets right need its predictions")
+        order = order[classify(data.test_x[order]) == data.test_y[order]]
     return order[: eval_cfg["eval_size"]].sort().values
 
 

@@ -25,7 +25,7 @@ from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
 from .context import RunContext
-from .scheduler import Finished, Scheduler, ScheduleSummary
+from .scheduler import Finished, Scheduler, ScheduleSummary, fused_kinds
 
 
 def usable_cores() -> int:
@@ -165,7 +165,7 @@ class ProcessWorkers:
 @executors.register("pool")
 class PoolExecutor:
     """Worker processes on this machine's devices (``--devices``, ``--workers`` per device), scheduled
-    longest first with model affinity and fused craft batches (bench.runner.scheduler)."""
+    longest first with model affinity and fused jobs (bench.runner.scheduler; ``fuse``: see ``fused_kinds``)."""
 
     def __init__(self, devices: str | None = None, workers: int | None = None, fuse: bool | None = None,
                  echo: Callable[[str], None] = print, max_retries: int = 2, threads: int | None = None):
@@ -175,8 +175,6 @@ class PoolExecutor:
         self.devices = parse_devices(devices) if devices is not None else None
         self.workers, self.fuse, self.echo, self.max_retries = workers, fuse, echo, max_retries
         self.threads = threads  # torch threads per worker; None: the cores divided among the workers
-        # None: fuse on CUDA only. On the CPU a fused batch measured slower than the budgets one by one
-        # (bench/benchmark_scheduler.py: bigger batches fall out of cache), on a GPU it fills the device.
         self.last_workers: ProcessWorkers | None = None  # for tests and benchmarks: the pool of the last run
 
     def run(self, plan: Plan, ctx: RunContext, store: Store) -> ScheduleSummary:
@@ -186,6 +184,6 @@ class PoolExecutor:
         self.echo(f"pool: {workers} worker{'s' if workers != 1 else ''} on each of {', '.join(devices)}, "
                   f"{threads} thread{'s' if threads != 1 else ''} each")
         self.last_workers = ProcessWorkers(devices, workers, threads)
-        fuse = self.fuse if self.fuse is not None else any(d.startswith("cuda") for d in devices)
+        fuse = fused_kinds(self.fuse, any(d.startswith("cuda") for d in devices))
         return Scheduler(self.last_workers, fuse=fuse, echo=self.echo,
                          max_retries=self.max_retries).run(plan, ctx, store)

@@ -26,7 +26,7 @@ from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
 from .context import RunContext
-from .scheduler import Finished, Scheduler, ScheduleSummary
+from .scheduler import Finished, Scheduler, ScheduleSummary, fused_kinds
 
 
 class _RayWorker:
@@ -134,6 +134,6 @@ class RayExecutor:
         self.echo(f"ray: {count} worker{'s' if count != 1 else ''}"
                   + (f", {gpus:g} GPU each" if gpus else ", CPU only"))
         self.last_workers = RayWorkers(self.ray, count, gpus)
-        fuse = self.fuse if self.fuse is not None else gpus > 0  # as the pool: fused batches on GPUs only
+        fuse = fused_kinds(self.fuse, gpus > 0)
         return Scheduler(self.last_workers, fuse=fuse, echo=self.echo,
                          max_retries=self.max_retries).run(plan, ctx, store)

@@ -11,7 +11,9 @@ device; ``bench.runner.ray_executor``: Ray actors, fractional GPUs):
   per worker rather than once per task;
 * **fused batches**: ready craft tasks that share a model, an attack and its parameters and differ only in
   budget, where the attack's backend takes a budget per example (``Attack.fuses_budgets``), run as one job
-  (``bench.runner.tasks.run_fused``); each task is still recorded under its own key, with the same bytes;
+  (``bench.runner.tasks.run_fused``), and ready score tasks of one model's surface on several crafted sets
+  run as one job (one checkpoint load, one clean pass of the images they share); each task is still
+  recorded under its own key, with the same bytes;
 * **claims**: every task is claimed in the store before it is sent (``bench.runner.claims``), so a
   second run on the store shares the work;
 * **failures**: a worker that dies (kill -9, the OOM killer, a segfault) is replaced and its tasks are
@@ -32,7 +34,7 @@ import json
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from tqdm.auto import tqdm
 
@@ -97,28 +99,65 @@ class ScheduleSummary(RunSummary):
     fused_jobs: int = 0
 
 
-def fusion_groups(ready: list[Task], by_key: dict[str, Task]) -> list[list[Task]]:
-    """``ready`` split into jobs: craft tasks of one model, attack (with its parameters), surface and
-    examples, at different budgets, whose attack fuses budgets, form one job; every other task is its own.
-    A stochastic defense is never fused: its randomness is drawn per forward pass from torch's global
-    generator, so a fused batch would draw other noise than the tasks alone."""
+FUSIBLE_KINDS = ("craft", "score")
+
+
+def fusion_groups(ready: list[Task], by_key: dict[str, Task], kinds: Iterable[str] = FUSIBLE_KINDS
+                  ) -> list[list[Task]]:
+    """``ready`` split into jobs; tasks of the ``kinds`` given join others of their kind where that saves work:
+
+    * craft: tasks of one model, attack (with its parameters), surface and examples, at different budgets,
+      whose attack fuses budgets, form one job (one batch with a budget per example);
+    * score: tasks that score one model's surface on different crafted sets form one job (one checkpoint
+      load, one clean pass of the images they share; ``steps.run_score_fused``).
+
+    Every other task is its own job. A stochastic defense is never fused: its randomness is drawn per
+    forward pass from torch's global generator, seeded per task, so a fused job would draw other noise
+    than the tasks alone."""
+    kinds = set(kinds)
     groups: dict[str, list[Task]] = {}
     jobs: list[list[Task]] = []
     for task in ready:
-        if (task.kind != "craft" or "fused" not in task_steps.get(task.kind).meta or not _fuses(task)
-                or _stochastic(by_key.get(task.deps[0]))):
+        same = _fusion_key(task, by_key) if task.kind in kinds else None
+        if same is None:
             jobs.append([task])
             continue
-        same = json.dumps({"deps": task.deps, **{k: v for k, v in task.config.items() if k != "budget"}},
-                          sort_keys=True, default=str)
         group = groups.setdefault(same, [])
-        if any(t.config.get("budget") == task.config.get("budget") for t in group):
+        if task.kind == "craft" and any(t.config.get("budget") == task.config.get("budget") for t in group):
             jobs.append([task])  # the same budget twice (other seeds of the attack): no gain in fusing
             continue
         if not group:
             jobs.append(group)
         group.append(task)
     return jobs
+
+
+def fused_kinds(fuse: bool | None, on_gpu: bool) -> tuple[str, ...]:
+    """The kinds an executor's ``fuse`` option fuses: True all, False none, None (the default) scoring
+    everywhere and crafting on GPUs only: on the CPU a fused craft batch measured slower than the budgets
+    one by one (``advbench bench scheduler``: bigger batches fall out of cache), on a GPU it fills the device;
+    fused scoring skips repeated work on any device."""
+    if fuse is None:
+        return ("craft", "score") if on_gpu else ("score",)
+    return FUSIBLE_KINDS if fuse else ()
+
+
+def _fusion_key(task: Task, by_key: dict[str, Task]) -> str | None:
+    """What tasks must share to be fused with ``task`` (None: it runs alone)."""
+    if "fused" not in task_steps.get(task.kind).meta or _stochastic(by_key.get(task.deps[0])):
+        return None
+    if task.kind == "craft":
+        if not _fuses(task):
+            return None
+        shared = {k: v for k, v in task.config.items() if k != "budget"}
+    elif task.kind == "score":
+        if task.config.get("examples") != "crafted" or len(task.deps) != 2:
+            return None
+        shared = dict(task.config)
+    else:
+        return None
+    # Crafts share every dependency (the attacked model); scores only the scoring model, not the crafted set.
+    return json.dumps({"kind": task.kind, "model": task.deps[0], **shared}, sort_keys=True, default=str)
 
 
 def _stochastic(train: Task | None) -> bool:
@@ -141,10 +180,10 @@ def _attack_fuses(attack_json: str) -> bool:
 
 
 class Scheduler:
-    def __init__(self, backend: WorkerBackend, *, fuse: bool = True, max_retries: int = 2,
+    def __init__(self, backend: WorkerBackend, *, fuse: Iterable[str] = FUSIBLE_KINDS, max_retries: int = 2,
                  echo: Callable[[str], None] = print, poll_s: float = 2.0):
         self.backend = backend
-        self.fuse = fuse
+        self.fuse = tuple(fuse)  # the task kinds whose ready tasks are fused into jobs (fusion_groups)
         self.max_retries = max_retries  # re-runs of a task after its worker died, before it counts as failed
         self.echo = echo
         self.poll_s = poll_s
@@ -183,7 +222,7 @@ class Scheduler:
                 in_flight = {t.key for job in running.values() for t in job.tasks}
                 ready = [t for t in plan.tasks if t.key not in done and t.key not in cause and t.key not in in_flight
                          and t.key not in held and all(d in done for d in t.deps)]
-                groups = fusion_groups(ready, by_key) if self.fuse else [[t] for t in ready]
+                groups = fusion_groups(ready, by_key, self.fuse)
                 jobs = sorted((Job(g, costs.total(g)) for g in groups), key=lambda j: -j.cost)
                 for slot in [s for s in self.backend.slots if s not in running]:
                     job = self._pick(jobs, slot, memory, running)
@@ -319,7 +358,8 @@ class _Progress:
         self._advance(task)
         left = self.estimate and duration(sum(self.costs.seconds(t) for t in self._left_tasks()))
         eta = f", about {left} left" if left else ""
-        fused = f" (fused with {batch_of - 1} other budget{'s' if batch_of > 2 else ''})" if batch_of > 1 else ""
+        what = "budget" if task.kind == "craft" else "crafted set"
+        fused = f" (fused with {batch_of - 1} other {what}{'s' if batch_of > 2 else ''})" if batch_of > 1 else ""
         self._say(f"[{self.finished}/{self.total}] {task.label}: {seconds:.1f}s on {where}{fused}{eta}")
 
     def failed(self, task: Task, error: str) -> None:

@@ -24,7 +24,7 @@ from ..diversity import defense_kappa
 from ..metrics import OUT_DISTRIBUTION_ATTACK, row_metrics
 from ..plan import Task
 from ..registry import attacks, task_steps
-from ..store import Store
+from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, build_defense, eval_indices, seeded_randomness, task_seed, trained_defense
 from .check_steps import run_check_noise, run_probe
@@ -53,7 +53,8 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
     one it would have crafted alone (the bench.runner.scheduler fuses them)."""
     cfg = tasks[0].config
     defense, data = trained_defense(upstream[tasks[0].deps[0]], ctx)
-    idx = eval_indices(data, cfg["eval"])
+    idx = eval_indices(data, cfg["eval"], lambda images: _deployed_predictions(
+        trained_defense(upstream[cfg["eval"]["correct_by"]], ctx)[0], images, tasks[0], ctx))
     x, y = data.test_x[idx], data.test_y[idx]
     attack = attacks.get(cfg["attack"]["name"]).build(**cfg["attack"]["params"])
     model = defense.surface(cfg["surface"])
@@ -77,6 +78,13 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
     return [[] for _ in tasks]
 
 
+def _deployed_predictions(defense, x: torch.Tensor, task: Task, ctx: RunContext) -> torch.Tensor:
+    """A trained defense's decisions on ``x`` (a stochastic one's seeded by the task, so a rerun agrees)."""
+    device = torch.device(ctx.device)
+    with seeded_randomness(task_seed(task), device):
+        return predict(defense.surface("deployed"), x, device=device, batch_size=ctx.batch_size)
+
+
 task_steps.register("craft", version="1", table=None, artifact=True, fused=run_craft_fused)(run_craft)
 
 
@@ -96,9 +104,23 @@ def _craft_progress(tasks: list[Task], ctx: RunContext) -> Any:
     return tqdm(total=None, desc=f"craft {attack} {budget} on {on}", unit="batch", leave=False)
 
 
-@task_steps.register("score", version="1", table="results")
 def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """One result row: a defense (or one of its surfaces) on the clean test split or on crafted examples."""
+    return run_score_fused([task], upstream, ctx, store)[0]
+
+
+def run_score_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContext, store: Store
+                    ) -> list[list[dict[str, Any]]]:
+    """Score tasks of one trained defense and surface on several crafted sets (the bench.runner.scheduler
+    fuses them): the checkpoint is loaded once, and the clean predictions of the attacked images are made
+    once for all the sets that attacked the same images, where the defense is deterministic. Each crafted
+    set is predicted in the batches it would get alone, so every row is the one its task would store alone."""
+    clean_predictions: dict[tuple, torch.Tensor] = {}
+    return [[_score_row(task, upstream, ctx, store, clean_predictions)] for task in tasks]
+
+
+def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store,
+               clean_predictions: dict[tuple, torch.Tensor]) -> dict[str, Any]:
     train = upstream[task.deps[0]]
     defense, data = trained_defense(train, ctx)
     info = task.info
@@ -113,7 +135,7 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     # A reject option's label (K): a rejected attacked example counts as defended, a rejected clean one
     # as an error (bench.metrics.REJECTION_CONVENTION); Acc./Rej./Err. keep the three apart.
     reject_class = defense.spec.num_classes if defense.has_reject_class else None
-    attacked = True
+    attacked, indices = True, None
     if task.config.get("examples") == "out-distribution":  # no class is right: only a rejection is
         x = _out_distribution_test(task.config["out_distribution"], ctx)
         y = torch.full((len(x),), -1, dtype=torch.int64)
@@ -129,7 +151,8 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     else:
         craft = upstream[task.deps[1]]
         crafted = store.load_artifact(craft.key)
-        x, y = data.test_x[crafted["indices"]], data.test_y[crafted["indices"]]
+        indices = crafted["indices"]
+        x, y = data.test_x[indices], data.test_y[indices]
         x_adv, targets = crafted["x_adv"], crafted.get("targets")
         craft_time = (store.task(craft.key) or {}).get("wall_time_s") or 0.0
         attack_cls = attacks.get(craft.config["attack"]["name"]).factory
@@ -137,10 +160,17 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
                    threat_model=str(attack_cls.threat_model), surface=info["surface"], source=info["source"],
                    budget_param=attack_cls.budget_param, budget=craft.config["budget"])
     repeats = task.config.get("repeats", 1)
+    # The clean pass of images another crafted set of this job attacked too: the same predictions, unless
+    # the defense draws randomness (then every task draws its own, seeded by its key).
+    shared = None if defense.stochastic or indices is None else (evaluated_on, repeats, indices.numpy().tobytes())
     # A stochastic defense draws from torch's global generator: seeded per task, so a rerun repeats exactly.
     with seeded_randomness(task_seed(task), device):
-        pred_clean = torch.stack([predict(scorer, x, device=device, batch_size=ctx.batch_size)
-                                  for _ in range(repeats)])
+        pred_clean = clean_predictions.get(shared) if shared is not None else None
+        if pred_clean is None:
+            pred_clean = torch.stack([predict(scorer, x, device=device, batch_size=ctx.batch_size)
+                                      for _ in range(repeats)])
+            if shared is not None:
+                clean_predictions[shared] = pred_clean
         pred_adv = pred_clean if x_adv is x else torch.stack(
             [predict(scorer, x_adv, device=device, batch_size=ctx.batch_size) for _ in range(repeats)])
     # Several repeats: means over them; an example counts as correct only if it is in every repeat.
@@ -149,8 +179,13 @@ def run_score(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
                            attacked=attacked))
     if evaluated_on == "deployed":  # diversity of the members' votes on the scored inputs
         row.update(defense_kappa(defense, x_adv, y, device))
+    if indices is not None:
+        row["examples"] = examples_digest(indices)
     row["upstream_wall_time_s"] = craft_time
-    return [row]
+    return row
+
+
+task_steps.register("score", version="1", table="results", fused=run_score_fused)(run_score)
 
 
 def _out_distribution_test(cfg: dict[str, Any], ctx: RunContext) -> torch.Tensor:
