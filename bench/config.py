@@ -413,6 +413,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
             _check_input_shapes(defense, shapes, f"defenses[{i}]", path, errors)
 
     labels = [d.label for d in suite.defenses]
+    _check_defense_references(suite, labels, path, errors)
     for i, ds in enumerate(suite.datasets):
         if ds.eval_correct_by is not None and ds.eval_correct_by not in labels:
             errors.append(f"{path}: datasets[{i}].eval_correct_by: "
@@ -496,6 +497,30 @@ def _check_out_distribution(out: OutDistributionEntry, shape: tuple[int, ...] | 
             check_available(out.name, out.params, data_ctx)
         except UserError as e:
             errors.append(f"{path}: {key}: {e}")
+
+
+def _check_defense_references(suite: Suite, labels: list[str], path: str, errors: list[str]) -> None:
+    """A parameter naming another defense (``Defense.defense_references``) must name a trained classifier of the
+    suite other than itself, which does not itself read another defense (one level, no cycles)."""
+    referring = {d.label for d in suite.defenses if defense_references(d)}
+    for i, d in enumerate(suite.defenses):
+        for param, label in defense_references(d).items():
+            where = f"{path}: defenses[{i}].params.{param}"
+            if label not in labels:
+                errors.append(f"{where}: {UnknownName('defense label', label, labels)}")
+            elif label == d.label:
+                errors.append(f"{where}: {label!r} is this defense itself")
+            elif label in referring:
+                errors.append(f"{where}: {label!r} reads another defense's model itself; name one that does not")
+
+
+def defense_references(d: DefenseEntry) -> dict[str, str]:
+    """The parameters of a defense entry that name other defenses, and the labels they name."""
+    try:
+        names = defenses.get(d.name).factory.defense_references
+    except Exception:  # an unknown defense is reported by its own check
+        return {}
+    return {p: d.params[p] for p in names if d.params.get(p) is not None}
 
 
 def _check_sizes(entry, ds: DatasetEntry, key: str, path: str, errors: list[str]) -> int | None:

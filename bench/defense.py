@@ -40,6 +40,10 @@ class Defense:
     has_reject_class: ClassVar[bool] = False  # the deployed model has an extra "reject" output
     is_detector: ClassVar[bool] = False
     forward_passes: ClassVar[int] = 1         # forward passes per prediction
+    # Parameters whose value is the label of another defense of the suite whose trained model ``fit`` reads
+    # (e.g. the dustbin's ``features_from``): the plan makes that train task an input of this one, and the
+    # train step hands the trained defenses over in ``references`` (parameter -> Defense) before ``fit``.
+    defense_references: ClassVar[tuple[str, ...]] = ()
     label: str | None = None                  # the suite's label for it (progress bars), set by the runner
 
     spec: InputSpec

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite
+from .config import AttackEntry, DatasetEntry, DefenseEntry, Suite, defense_references
 from .labels import budget_label
 from .metrics import OUT_DISTRIBUTION_ATTACK
 from .registry import attacks, datasets, defenses, task_steps
@@ -114,6 +114,16 @@ def _attack_eval(eval_cfg: dict[str, Any], a: Any, correct_by: str | None) -> di
     return out
 
 
+def _correct_by(ds: DatasetEntry, train: dict[tuple[str, str, int], Task], seed: int) -> str | None:
+    """The train task whose model picks the attacked images (the dataset's ``eval_correct_by``), or None."""
+    return train[(ds.label, ds.eval_correct_by, seed)].key if ds.eval_correct_by else None
+
+
+def _with_referee(model_key: str, correct_by: str | None) -> list[str]:
+    """A task's dependencies: the model it runs on, then the one that picks its images (when another)."""
+    return list(dict.fromkeys([model_key, *([correct_by] if correct_by else [])]))
+
+
 def _budget_label(attack, budget: float | None) -> str:
     return budget_label(attacks.get(attack.name).factory.budget_param, budget, symbol=False)
 
@@ -146,11 +156,15 @@ def build_plan(suite: Suite) -> Plan:
         ds_cfg = _dataset_config(ds)
         eval_cfg = {"dataset": ds_cfg, "eval_size": ds.eval_size}
         for seed in suite.seeds:
-            for d in suite.defenses:
-                cfg = {"dataset": ds_cfg, "defense": _defense_config(d), "seed": seed}
-                key = task_key("train", cfg, [])
+            # A defense that reads another's trained model (Defense.defense_references) after the others.
+            for d in sorted(suite.defenses, key=lambda d: bool(defense_references(d))):
+                references = {param: train[(ds.label, label, seed)].key
+                              for param, label in defense_references(d).items()}
+                cfg = {"dataset": ds_cfg, "defense": _defense_config(d), "seed": seed,
+                       **({"references": references} if references else {})}
+                key = task_key("train", cfg, list(references.values()))
                 train[(ds.label, d.label, seed)] = Task(
-                    "train", key, f"train {d.label} on {ds.label} (seed {seed})", cfg, [],
+                    "train", key, f"train {d.label} on {ds.label} (seed {seed})", cfg, list(references.values()),
                     info={"dataset": ds.label, "defense": d.label, "seed": seed})
                 for surface in _scoring_surfaces(suite, d.label):
                     clean_cfg = {"examples": "test split", "dataset": ds_cfg, "seed": seed,
@@ -170,8 +184,7 @@ def build_plan(suite: Suite) -> Plan:
                                                      "attack": OUT_DISTRIBUTION_ATTACK, "evaluated_on": "deployed"})
                     score[out.key] = out
 
-            # Attacks on the images one defense gets right: its trained model is every craft task's input too.
-            correct_by = train[(ds.label, ds.eval_correct_by, seed)].key if ds.eval_correct_by else None
+            correct_by = _correct_by(ds, train, seed)
             for a in suite.attacks:
                 targets = a.defenses or [d.label for d in suite.defenses]
                 for budget in a.budgets:
@@ -180,7 +193,7 @@ def build_plan(suite: Suite) -> Plan:
                         source_train = train[(ds.label, source, seed)]
                         c_cfg = {"attack": _attack_config(a, defense_by_label[source]), "budget": budget,
                                  "surface": a.surface, "eval": _attack_eval(eval_cfg, a, correct_by), "seed": seed}
-                        c_deps = list(dict.fromkeys([source_train.key, *([correct_by] if correct_by else [])]))
+                        c_deps = _with_referee(source_train.key, correct_by)
                         c_key = task_key("craft", c_cfg, c_deps)
                         if c_key not in craft:
                             craft[c_key] = Task(
@@ -227,11 +240,15 @@ def _plan_checks(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[
     probes: list[Task] = []
     for ds in suite.datasets:
         ds_cfg = _dataset_config(ds)
-        eval_cfg = {"dataset": ds_cfg, "eval_size": min(ds.eval_size, checks.CHECK_EXAMPLES)}
         shape = datasets.get(ds.name).meta.get("shape")
         for seed in suite.seeds:
+            # The images the suite's attacks get (eval_correct_by), fewer: a check compares like with like.
+            correct_by = _correct_by(ds, train, seed)
+            eval_cfg = {"dataset": ds_cfg, "eval_size": min(ds.eval_size, checks.CHECK_EXAMPLES),
+                        **({"correct_by": correct_by} if correct_by else {})}
             for d in suite.defenses:
                 train_task = train[(ds.label, d.label, seed)]
+                deps = _with_referee(train_task.key, correct_by)
                 where = f"({ds.label}, seed {seed})"
                 covered = False
                 for tm in checks.NOISE_ATTACKS:
@@ -255,9 +272,9 @@ def _plan_checks(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[
                                                         "surface": surface, "params": attacks.get(name).validate(params)})
                         c_cfg = {"attack": _attack_config(entry, d), "budget": b, "surface": surface, "eval": eval_cfg,
                                  "seed": seed}
-                        c_key = task_key("craft", c_cfg, [train_task.key])
+                        c_key = task_key("craft", c_cfg, deps)
                         what = f"{label} {_budget_label(entry, b)} on {d.label}.{surface} {where}"
-                        crafts.append(Task("craft", c_key, f"check: craft {what}", c_cfg, [train_task.key],
+                        crafts.append(Task("craft", c_key, f"check: craft {what}", c_cfg, deps,
                                            info={"dataset": ds.label, "defense": d.label, "seed": seed,
                                                  "attack": checks.check_label(label, source)}))
                         s_cfg = {"examples": "crafted", **_repeats(suite, d)}
@@ -270,16 +287,16 @@ def _plan_checks(suite: Suite, train: dict[tuple[str, str, int], Task]) -> list[
                                                          "evaluated_on": "deployed"}))
                     n_cfg = {"noise": checks.NOISE_ATTACKS[tm], "draws": checks.NOISE_DRAWS, "budget": budget,
                              "eval": eval_cfg, "seed": seed, **_repeats(suite, d)}
-                    scores.append(Task("check-noise", task_key("check-noise", n_cfg, [train_task.key]),
+                    scores.append(Task("check-noise", task_key("check-noise", n_cfg, deps),
                                        f"check: {n_cfg['noise']} eps={budget:g} on {d.label} {where}", n_cfg,
-                                       [train_task.key], info={"dataset": ds.label, "defense": d.label, "seed": seed,
+                                       deps, info={"dataset": ds.label, "defense": d.label, "seed": seed,
                                                                "attack": n_cfg["noise"], "budget": budget,
                                                                "source": checks.NOISE}))
                 if covered:
                     p_cfg = {"eval": eval_cfg, "passes": checks.PROBE_PASSES,
                              "vanishing_below": checks.VANISHING_GRADIENT, "seed": seed, **_repeats(suite, d)}
-                    probes.append(Task("probe", task_key("probe", p_cfg, [train_task.key]),
-                                       f"check: probe {d.label} {where}", p_cfg, [train_task.key],
+                    probes.append(Task("probe", task_key("probe", p_cfg, deps),
+                                       f"check: probe {d.label} {where}", p_cfg, deps,
                                        info={"dataset": ds.label, "defense": d.label, "seed": seed}))
     return [*crafts, *scores, *probes]
 

@@ -16,9 +16,10 @@ appended to the in-distribution training set (Sec. V):
   I = alpha * I_source + (1 - alpha) * I_neighbour with alpha = 0.5 (Eq. 5, "Pair selection").
 
 With the paper's fractions the dustbin adds 50% to the training set, as the paper does. The naive CNN
-is trained inside ``fit`` (same architecture and training settings, ``feature_epochs`` epochs, the same
-seed as the suite's ``undefended`` entry of that architecture would use); it only picks pairs and is not
-part of the checkpoint. ``interpolate: false`` trains without interpolated images (Table I's
+is the suite's own where ``features_from`` names it (e.g. ``features_from: naive``: trained once, for its
+cells and for the pairs); otherwise one is trained inside ``fit`` (same architecture and training settings,
+``feature_epochs`` epochs, the seed of the suite's ``undefended`` entry of that architecture); it only picks
+pairs and is not part of the checkpoint. ``interpolate: false`` trains without interpolated images (Table I's
 "<MNIST, NotMNIST>" column).
 
 Surfaces: ``deployed`` (the K + 1 logits; an untargeted attack on it stops as soon as the image lands
@@ -144,13 +145,14 @@ class Dustbin(ClassifierDefense):
     """K+1-class CNN whose dustbin class is trained on out-distribution and interpolated images (Abbasi et al. 2018)."""
 
     has_reject_class = True
+    defense_references = ("features_from",)
     # Where ``fit`` finds the out-distribution dataset's files; the train step sets the run's (--data-dir).
     data_context: DataContext = DataContext(Path("data"))
 
     def __init__(self, *, out_distribution: str = "fashion-mnist", out_params: dict[str, Any] | None = None,
                  out_exclude_classes: list[str] | None = None, out_fraction: float = 0.2,
                  interpolate: bool = True, interpolated_fraction: float = 0.3, alpha: float = 0.5,
-                 feature_epochs: int | None = None, **classifier_params):
+                 feature_epochs: int | None = None, features_from: str | None = None, **classifier_params):
         super().__init__(**classifier_params)
         datasets.get(out_distribution).validate(out_params)  # an unknown name or parameter fails at validation
         if not 0 <= out_fraction <= 10:
@@ -163,13 +165,17 @@ class Dustbin(ClassifierDefense):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if feature_epochs is not None and feature_epochs < 1:
             raise ValueError(f"feature_epochs must be >= 1, got {feature_epochs}")
+        if features_from is not None and feature_epochs is not None:
+            raise ValueError("feature_epochs trains the naive CNN inside fit; with features_from (the suite's naive "
+                             "CNN) none is trained: set one of them")
         if out_fraction == 0 and not interpolate:
             raise ValueError("the dustbin needs training images: set out_fraction > 0 or interpolate: true")
         self.out_distribution, self.out_params = out_distribution, dict(out_params or {})
         self.out_exclude_classes = list(out_exclude_classes or [])
         self.out_fraction, self.interpolate = out_fraction, interpolate
         self.interpolated_fraction, self.alpha = interpolated_fraction, alpha
-        self.feature_epochs = feature_epochs
+        self.feature_epochs, self.features_from = feature_epochs, features_from
+        self.references: dict = {}  # features_from's trained defense, handed over by the train step
         self.dustbin_counts: dict[str, int] = {}  # what ``fit`` added, by source (for inspection and tests)
 
     def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
@@ -216,7 +222,14 @@ class Dustbin(ClassifierDefense):
         return out.train_x[torch.randperm(len(out.train_y), generator=generator)[:count]]
 
     def naive_features(self, data: DatasetSplits, *, seed: int, progress: bool) -> torch.Tensor:
-        """Penultimate-layer features of the training images under a naive K-class CNN trained here."""
+        """Penultimate-layer features of the training images under a naive K-class CNN: the suite's
+        (``features_from``, trained once for its own cells too), else one trained here."""
+        if self.features_from is not None:
+            naive = getattr(self.references.get("features_from"), "model", None)
+            if naive is None:
+                raise TaskFailed(f"dustbin: features_from {self.features_from!r} is not a trained classifier "
+                                 "(a defense with one model, e.g. undefended)")
+            return penultimate_features(naive, data.train_x, device=self.device)
         torch.manual_seed(seed)  # the same initialisation an undefended model of this architecture gets
         arch = self.model_arch()
         naive = build_architecture(arch, self.spec, self.arch_params).to(self.device)

@@ -141,6 +141,40 @@ def test_dustbin_training_set_and_outputs(dustbin, digits):
     assert dustbin.as_art().nb_classes == 11
 
 
+def test_features_from_reads_the_given_model_instead_of_training_one(digits, monkeypatch):
+    import defenses.dustbin as dustbin_module
+    from bench.registry import defenses
+    from defenses.dustbin import penultimate_features
+
+    naive = trained_defense(digits, "undefended", arch="abbasi-mnist", epochs=1, batch_size=64)
+    defense = defenses.get("dustbin").build(arch="abbasi-mnist", epochs=1, batch_size=64, out_distribution="digits",
+                                            out_exclude_classes=["0", "1", "2", "3", "4"], features_from="naive")
+    defense.setup(digits.input_spec(), seed=0, device=torch.device("cpu"))
+    defense.references = {"features_from": naive}
+    trained: list[int] = []
+    train = dustbin_module.train_classifier
+    monkeypatch.setattr(dustbin_module, "train_classifier",
+                        lambda model, x, *a, **kw: trained.append(len(x)) or train(model, x, *a, **kw))
+    features = defense.naive_features(digits, seed=0, progress=False)
+    assert torch.equal(features, penultimate_features(naive.model, digits.train_x)) and trained == []
+    defense.fit(digits, seed=0, progress=False)
+    assert len(trained) == 1  # the dustbin CNN itself; no second naive CNN
+    with pytest.raises(ValueError, match="feature_epochs trains the naive CNN inside fit"):
+        defenses.get("dustbin").build(features_from="naive", feature_epochs=2)
+
+
+def test_features_from_makes_the_naive_model_an_input_and_is_checked(write_suite):
+    plan = build_plan(load_suite(write_suite(TINY_DUSTBIN_SUITE)))
+    trains = {t.info["defense"]: t for t in plan.by_kind("train")}
+    assert trains["dustbin"].deps == [trains["naive"].key]
+    assert trains["dustbin"].config["references"] == {"features_from": trains["naive"].key}
+    assert trains["dustbin-no-intrpl"].deps == [] and "references" not in trains["dustbin-no-intrpl"].config
+    for wrong, message in (("naiv", r"unknown defense label 'naiv'.*did you mean 'naive'"),
+                           ("dustbin", "'dustbin' is this defense itself")):
+        with pytest.raises(UserError, match=r"defenses\[3\].params.features_from: " + message):
+            load_suite(write_suite(TINY_DUSTBIN_SUITE.replace("features_from: naive", f"features_from: {wrong}")))
+
+
 def test_reject_aware_surface_counts_only_wrong_non_dustbin_classes():
     class Fixed(torch.nn.Module):
         def forward(self, x):
@@ -227,7 +261,7 @@ defenses:
     params: &dustbin {arch: abbasi-mnist, epochs: 3, batch_size: 64, out_distribution: digits,
                       out_exclude_classes: ["0", "1", "2", "3", "4"], interpolate: false}
   - name: dustbin
-    params: {<<: *dustbin, interpolate: true, feature_epochs: 2}
+    params: {<<: *dustbin, interpolate: true, features_from: naive}   # pairs from the naive CNN's features
 attacks:
   - name: fgsm
     transfer_from: surrogate
@@ -335,6 +369,13 @@ def test_eval_correct_by_and_an_attack_eval_size_are_checked_and_keep_other_suit
     with pytest.raises(UserError, match=r"attacks\[1\].eval_size: 200 examples, more than dataset 'digits' "
                                         r"attacks \(its eval_size: 60\)"):
         load_suite(write_suite(TINY_DUSTBIN_SUITE.replace("eval_size: 20 ", "eval_size: 200 ")))
+    # The soundness checks attack the same images (fewer of them), so they compare like with like.
+    checked = build_plan(load_suite(write_suite(TINY_DUSTBIN_SUITE.replace("checks: false", "checks: true"))))
+    surrogate = next(t for t in checked.by_kind("train") if t.info["defense"] == "surrogate")
+    evidence = [t for t in checked.tasks if t.label.startswith("check:")]
+    assert {t.kind for t in evidence} == {"craft", "score", "check-noise", "probe"}
+    assert all(t.config["eval"]["correct_by"] == surrogate.key and surrogate.key in t.deps
+               for t in evidence if t.kind != "score")
     plain = TINY_DUSTBIN_SUITE.replace("    eval_correct_by: surrogate", "    # none").replace(
         "    eval_size: 20 ", "    # none ")
     crafts = build_plan(load_suite(write_suite(plain))).by_kind("craft")

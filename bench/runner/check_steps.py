@@ -35,7 +35,7 @@ from ..metrics import row_metrics
 from ..plan import Task
 from ..store import Store
 from ..training import predict
-from .context import RunContext, eval_indices, seeded_randomness, task_seed, trained_defense
+from .context import RunContext, attacked_indices, seeded_randomness, task_seed, trained_defense
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device,
@@ -89,7 +89,7 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     cfg = task.config
     train = upstream[task.deps[0]]
     defense, data = trained_defense(train, ctx)
-    idx = eval_indices(data, cfg["eval"])
+    idx = attacked_indices(task, upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
     model = defense.surface("deployed")
     device = torch.device(ctx.device)
@@ -122,7 +122,7 @@ def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, stor
     cfg = task.config
     train = upstream[task.deps[0]]
     defense, data = trained_defense(train, ctx)
-    idx = eval_indices(data, cfg["eval"])
+    idx = attacked_indices(task, upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
     model = defense.surface("deployed")
     device = torch.device(ctx.device)

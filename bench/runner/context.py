@@ -22,6 +22,7 @@ from ..plan import Task
 from ..provenance import environment, git_commit, package_versions
 from ..registry import defenses
 from ..store import load_artifact
+from ..training import predict
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,22 @@ def eval_indices(data: DatasetSplits, eval_cfg: dict[str, Any],
             raise ValueError("eval_correct_by: the examples a defense gets right need its predictions")
         order = order[classify(data.test_x[order]) == data.test_y[order]]
     return order[: eval_cfg["eval_size"]].sort().values
+
+
+def attacked_indices(task: Task, upstream: dict[str, Task], data: DatasetSplits, ctx: RunContext) -> torch.Tensor:
+    """``eval_indices`` of a task's ``eval`` config; with ``correct_by``, that trained defense (an upstream
+    task) decides which examples it gets right."""
+    referee = task.config["eval"].get("correct_by")
+    classify = None if referee is None else (
+        lambda images: deployed_predictions(trained_defense(upstream[referee], ctx)[0], images, task, ctx))
+    return eval_indices(data, task.config["eval"], classify)
+
+
+def deployed_predictions(defense: Defense, x: torch.Tensor, task: Task, ctx: RunContext) -> torch.Tensor:
+    """A trained defense's decisions on ``x`` (a stochastic one's seeded by the task, so a rerun agrees)."""
+    device = torch.device(ctx.device)
+    with seeded_randomness(task_seed(task), device):
+        return predict(defense.surface("deployed"), x, device=device, batch_size=ctx.batch_size)
 
 
 def build_defense(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]:

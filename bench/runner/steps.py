@@ -26,7 +26,7 @@ from ..plan import Task
 from ..registry import attacks, task_steps
 from ..store import Store, examples_digest
 from ..training import predict
-from .context import RunContext, build_defense, eval_indices, seeded_randomness, task_seed, trained_defense
+from .context import RunContext, attacked_indices, build_defense, seeded_randomness, task_seed, trained_defense
 from .check_steps import run_check_noise, run_probe
 
 
@@ -36,6 +36,9 @@ def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     defense, data = build_defense(task, ctx)
     if hasattr(defense, "data_context"):  # a defense that loads a second dataset (dustbin: out-distribution)
         defense.data_context = ctx.data
+    # Other defenses' trained models it reads (Defense.defense_references), e.g. the dustbin's features_from.
+    defense.references = {param: trained_defense(upstream[key], ctx)[0]
+                          for param, key in task.config.get("references", {}).items()}
     defense.fit(data, seed=task.config["seed"], progress=ctx.progress)
     store.save_artifact(task.key, defense.state_dict())
     return []
@@ -53,8 +56,7 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
     one it would have crafted alone (the bench.runner.scheduler fuses them)."""
     cfg = tasks[0].config
     defense, data = trained_defense(upstream[tasks[0].deps[0]], ctx)
-    idx = eval_indices(data, cfg["eval"], lambda images: _deployed_predictions(
-        trained_defense(upstream[cfg["eval"]["correct_by"]], ctx)[0], images, tasks[0], ctx))
+    idx = attacked_indices(tasks[0], upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
     attack = attacks.get(cfg["attack"]["name"]).build(**cfg["attack"]["params"])
     model = defense.surface(cfg["surface"])
@@ -76,13 +78,6 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
             artifact["targets"] = task_targets.cpu()
         store.save_artifact(task.key, artifact)
     return [[] for _ in tasks]
-
-
-def _deployed_predictions(defense, x: torch.Tensor, task: Task, ctx: RunContext) -> torch.Tensor:
-    """A trained defense's decisions on ``x`` (a stochastic one's seeded by the task, so a rerun agrees)."""
-    device = torch.device(ctx.device)
-    with seeded_randomness(task_seed(task), device):
-        return predict(defense.surface("deployed"), x, device=device, batch_size=ctx.batch_size)
 
 
 task_steps.register("craft", version="1", table=None, artifact=True, fused=run_craft_fused)(run_craft)
