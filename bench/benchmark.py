@@ -83,6 +83,10 @@ def write_results(name: str, rows: list[dict], out_dir: str | Path, merge_on: st
         still = {r.get(merge_on) for r in kept}
         runs = [{**p, "rows": [k for k in p["rows"] if k in still]} for p in previous] + runs
         runs = [p for p in runs if p["rows"]]
+        same = lambda a, b: {k: v for k, v in a.items() if k not in ("rows", "measured_at", "until")} == \
+            {k: v for k, v in b.items() if k not in ("rows", "measured_at", "until")}  # noqa: E731
+        if len(runs) >= 2 and same(runs[-2], runs[-1]):  # rows of one run, written as they come: one entry
+            runs[-2:] = [{**runs[-2], "rows": runs[-2]["rows"] + runs[-1]["rows"], "until": runs[-1]["measured_at"]}]
     record = {"benchmark": name, **run, "rows": rows, **({"runs": runs} if merge_on else {})}
     pd.DataFrame(rows).to_csv(paths[0], index=False)
     paths[1].write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
@@ -327,6 +331,7 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
     x, y = test_x[correct][:n], test_y[correct][:n]
     print(f"model: strauss-mnist, 2 epochs on mnist5k; {len(x)} correctly classified test images; device {device}; "
           f"torch threads {torch.get_num_threads()}; best of {repeats}")
+    context = dict(device=device, n=len(x), repeats=repeats, model="strauss-mnist, 2 epochs on mnist5k")
     rows = []
     for case in cases(device):
         if not _selected(case, only):
@@ -355,11 +360,12 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
             **compare_strength(model, xb.cpu(), adv_h[:nb], adv_b.cpu(), yb.cpu(), dev),
         })
         print(tabulate([rows[-1]], headers="keys", tablefmt="plain"), flush=True)
+        if out_dir is not None and only:  # each row as it is measured: an interrupted run keeps what it had
+            write_results("attacks", rows[-1:], out_dir, merge_on="attack", **context)
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
-    if out_dir is not None:
-        write_results("attacks", rows, out_dir, merge_on="attack" if only else None, device=device, n=len(x),
-                      repeats=repeats, model="strauss-mnist, 2 epochs on mnist5k")
+    if out_dir is not None and not only:  # a whole table: written once, whole
+        write_results("attacks", rows, out_dir, **context)
     return rows
 
 

@@ -63,6 +63,10 @@ def test_a_partial_benchmark_run_replaces_its_rows_and_keeps_the_others(tmp_path
     assert csv_path.read_text().splitlines() == ["attack,ratio", "fgsm,0.97", "bim,1.2", "apgd,2.0"]
     runs = json.loads(json_path.read_text())["runs"]
     assert [(r["repeats"], r["rows"]) for r in runs] == [(5, ["fgsm"]), (1, ["bim", "apgd"])]
+    for attack in ("square", "fab"):  # rows written one by one as a run measures them: still one run
+        write_results("attacks", [{"attack": attack, "ratio": 1.0}], out, merge_on="attack", repeats=1)
+    runs = json.loads(json_path.read_text())["runs"]
+    assert [(r["repeats"], r["rows"]) for r in runs] == [(5, ["fgsm"]), (1, ["bim", "apgd", "square", "fab"])]
 
 
 def test_cost_estimates_fall_back_from_timings_to_kind_means_to_counted_work():
