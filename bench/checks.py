@@ -128,12 +128,14 @@ def base_attack(suite_attacks: Iterable[Any], defense: str, threat_model: str) -
     candidates = []
     for a in suite_attacks:
         cls = attack_class(a.name)
-        if (a.transfer_from is None and (a.defenses is None or defense in a.defenses) and is_gradient_attack(cls)
+        defenses = getattr(a, "defenses", None)  # a detector's adaptive attacks have neither these nor a surface
+        if (getattr(a, "transfer_from", None) is None and (defenses is None or defense in defenses)
+                and is_gradient_attack(cls)
                 and not is_single_step(cls) and str(cls.threat_model) == threat_model
                 and step_param(a.params) and any(b is not None for b in a.budgets)):
             candidates.append(a)
     # Stable: suite order within each. Without EOT is cheaper (and check 1 asks for EOT on its own).
-    candidates.sort(key=lambda a: (a.surface != "deployed", (a.params.get("eot") or 1) > 1))
+    candidates.sort(key=lambda a: (getattr(a, "surface", "deployed") != "deployed", (a.params.get("eot") or 1) > 1))
     return candidates[0] if candidates else None
 
 
@@ -454,6 +456,39 @@ def _gradients(probes: list[_Row]):
     evidence = Evidence("input gradient zero, NaN or vanishing", bad, n)
     detail = f"{zero} zero, {nan} NaN, {bad - zero - nan} below {VANISHING_GRADIENT:g} in L2 norm"
     return evidence.interval[0] > GRADIENT_SHARE, [evidence], detail
+
+
+def guarded_label(detector: str) -> str:
+    """How a detector's guarded classifier is named in its checks: the defense the checks judge."""
+    return f"{detector} (guarded)"
+
+
+def guarded_rows(detections: pd.DataFrame) -> pd.DataFrame:
+    """A detection frame's detector-aware attack rows (``evaluation`` "adaptive": the detector folded into
+    the guarded classifier, a rejection counted as defended), check evidence included, as result rows of
+    the guarded classifier (``guarded_label``) that ``evaluate`` reads like a defense's."""
+    from .attacks.noise import NOISE_BASELINES
+
+    records = []
+    for r in detections[detections["evaluation"] == "adaptive"].to_dict("records"):
+        attack = str(r["test_attack"])
+        try:
+            name = json.loads(r.get("attack_config") or "{}").get("name")
+        except (TypeError, json.JSONDecodeError):
+            name = None
+        cls = NOISE_BASELINES.get(name) or (attack_class(name) if name else None)
+        records.append({"dataset": r["dataset"], "defense": guarded_label(str(r["detector"])), "attack": attack,
+                        "attack_config": r.get("attack_config"), "surface": "deployed", "evaluated_on": "deployed",
+                        "source": CHECK_SOURCE + attack.rsplit("@", 1)[1] if is_check_attack(attack) else "white-box",
+                        "threat_model": str(cls.threat_model) if cls is not None else "", "budget": r["budget"],
+                        "seed": r["seed"], "n": r["n"], "robust_acc": r["robust_acc"], "repeats": 1,
+                        "created_at": r.get("created_at")})
+    return pd.DataFrame(records)
+
+
+def is_check_attack(attack: str) -> bool:
+    """Whether an ``attack`` label is a check's (``check_label``: "pgd-linf@unbounded")."""
+    return "@" in attack
 
 
 # --------------------------------------------------------------------------- what the report shows

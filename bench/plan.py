@@ -358,4 +358,48 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                         later.append(Task("adaptive", task_key("adaptive", cfg, deps),
                                           f"detector-aware {a.label} {_budget_label(a, budget)} on {d.label} {where}",
                                           cfg, deps, info={**info, "attack": a.label, "train_attacks": train_attacks}))
+                if suite.checks:
+                    later += _plan_detector_checks(suite, ds, d, seed, [train_key, *dict.fromkeys(fit_keys)],
+                                                   {**info, "train_attacks": train_attacks})
     return [*data_tasks.values(), *later]
+
+
+def _plan_detector_checks(suite: Suite, ds: DatasetEntry, d: Any, seed: int, deps: list[str],
+                          info: dict[str, Any]) -> list[Task]:
+    """The soundness checks of a detector's guarded classifier (``bench.checks``): per threat model its
+    detector-aware attacks cover, that attack unbounded and with more steps, FGSM, and random noise at the
+    headline budget, each a detector-aware ``adaptive`` task on ``CHECK_EXAMPLES`` images marked with its
+    ``check`` source (its rows' attack is ``check_label``'s "pgd-linf@unbounded")."""
+    from . import checks
+
+    tasks = []
+    shape = datasets.get(ds.name).meta.get("shape")
+    eval_cfg = {"dataset": _dataset_config(ds), "eval_size": min(ds.eval_size, checks.CHECK_EXAMPLES)}
+    where = f"({ds.label}, seed {seed})"
+    for tm in checks.NOISE_ATTACKS:
+        base = checks.base_attack(d.adaptive_attacks, d.label, tm)
+        if base is None:
+            continue
+        budget = checks.headline_budget(base, suite.headline, tm)
+        variants = [(checks.UNBOUNDED, base.name, checks.unbounded_params(base.params), checks.unbounded_budget(tm, shape)),
+                    (checks.STRONGER, base.name, checks.stronger_params(base.params), budget)]
+        if tm in checks.SINGLE_STEP_ATTACKS:
+            variants.append((checks.SINGLE_STEP, checks.SINGLE_STEP_ATTACKS[tm], {}, budget))
+        variants.append((checks.NOISE, checks.NOISE_ATTACKS[tm], {"draws": checks.NOISE_DRAWS}, budget))
+        for source, name, params, b in variants:
+            if b is None:  # no unbounded budget for images of unknown shape
+                continue
+            noise = source == checks.NOISE  # a baseline, not a registered attack: its parameters as given
+            attack = {"name": name, "params": params} if noise else \
+                _attack_config(base.model_copy(update={"name": name, "params": attacks.get(name).validate(params)}))
+            ascends = not noise and attacks.get(name).factory.ascends_attack_loss
+            label = checks.check_label(base.label if name == base.name else name, source)
+            cfg = {"detector": d.label, "attack_label": label, "attack": attack, "budget": b, "eval": eval_cfg,
+                   "seed": seed, "detector_images": d.images,
+                   "detector_weights": base.detector_weights if ascends else [],
+                   "threshold": {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr"
+                   else {"rule": "classifier"}, "check": source}
+            tasks.append(Task("adaptive", task_key("adaptive", cfg, deps),
+                              f"check: detector-aware {label} eps={b:g} on {d.label} {where}", cfg, deps,
+                              info={**info, "attack": label}))
+    return tasks

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pandas as pd
 import pytest
 
+from bench import checks
 from bench.cli import main
 from bench.config import load_suite
 from bench.errors import UserError
@@ -64,7 +66,8 @@ def test_plan_shares_data_between_detector_and_baseline(write_suite):
     detect = plan.by_kind("detect")
     assert [t.info["method"] for t in detect] == ["bimodel", "feature-squeezing"]
     assert detect[0].deps == detect[1].deps  # the baseline is scored on the same detector data
-    (adaptive,) = plan.by_kind("adaptive")
+    adaptive, *evidence = plan.by_kind("adaptive")
+    assert len(evidence) == 4 and all(t.config["check"] and t.deps == adaptive.deps for t in evidence)
     data_by_attack = {t.info["attack"]: t.key for t in plan.by_kind("detector-data")}
     # The detector under attack is fitted on the train attacks' data only.
     assert adaptive.deps[1:] == [data_by_attack["fgsm"], data_by_attack["igsm"]]
@@ -127,7 +130,8 @@ def test_detector_suite_runs_and_stores_every_view(finished):
     assert len(cross) == 2 * 2 * 3  # methods x train attacks x test attacks
     assert set(cross["train_attack"]) == {"fgsm", "igsm"}
     assert cross["accuracy"].between(0, 1).all()
-    adaptive = rows[rows["evaluation"].isin(["adaptive", "non-adaptive", "worst-case"])].set_index("evaluation")
+    adaptive = rows[rows["evaluation"].isin(["adaptive", "non-adaptive", "worst-case"])
+                    & ~rows["test_attack"].str.contains("@")].set_index("evaluation")  # not the checks' rows
     assert adaptive.loc["adaptive", "n"] == adaptive.loc["non-adaptive", "n"] == 60
     # Folding the detector in helps the attacker evade it ...
     assert adaptive.loc["adaptive", "robust_acc"] <= adaptive.loc["non-adaptive", "robust_acc"]
@@ -158,6 +162,46 @@ def test_detector_leaderboard_has_tables_and_heatmaps(finished):
     assert f"{cell:.3f}" in readme
 
 
+def test_the_guarded_classifier_gets_the_soundness_checks(finished):
+    root, _ = finished
+    rows = Store(root / "s").detections()
+    evidence = rows[rows["test_attack"].str.contains("@")]
+    # Detector-aware runs of the suite's PGD unbounded and with 4x the steps, FGSM and noise: 60 images each.
+    assert sorted(evidence["test_attack"]) == ["fgsm@single-step", "noise-linf@noise", "pgd-linf@stronger",
+                                               "pgd-linf@unbounded"]
+    assert (evidence["evaluation"] == "adaptive").all() and (evidence["n"] == 60).all()
+    unbounded = evidence.set_index("test_attack").loc["pgd-linf@unbounded"]
+    assert unbounded["budget"] == 1.0 and json.loads(unbounded["attack_config"])["params"]["steps"] == 10
+    assert json.loads(evidence.set_index("test_attack").loc["pgd-linf@stronger", "attack_config"]
+                      )["params"]["steps"] == 40
+    verdicts = checks.evaluate(checks.guarded_rows(rows))
+    assert {v.defense for v in verdicts} == {"bimodel (guarded)"}
+    assert sorted(v.check.number for v in verdicts) == [2, 3, 4, 6]  # no probe: 1 and 7 have no evidence
+    # At eps = 1 any image is reachable: the detector-aware PGD gets every image through.
+    unbounded_verdict = next(v for v in verdicts if v.check.number == 2)
+    assert not unbounded_verdict.failed and unbounded["robust_acc"] <= 0.02
+    readme = (root / "lb" / "README.md").read_text()
+    assert "### soundness checks" in readme.split("digits — detector bimodel")[1]
+    assert "| bimodel (guarded) | L∞" in readme.replace("  ", " ").replace("  ", " ")
+
+
+def test_detector_checks_flag_a_guarded_classifier_whose_evaluation_is_unsound():
+    def row(attack, budget, robust, name="pgd-linf"):
+        return {"dataset": "d", "detector": "det", "evaluation": "adaptive", "test_attack": attack, "seed": 0,
+                "attack_config": json.dumps({"name": name, "params": {"steps": 10}}), "budget": budget, "n": 200,
+                "robust_acc": robust, "created_at": "2026-12-04T00:00:00+00:00"}
+
+    sound = pd.DataFrame([row("pgd-linf", 0.3, 0.30), row("pgd-linf@unbounded", 1.0, 0.0),
+                          row("pgd-linf@stronger", 0.3, 0.29), row("fgsm@single-step", 0.3, 0.5, "fgsm"),
+                          row("noise-linf@noise", 0.3, 0.9, "noise-linf"), row("other", 0.3, 0.5, "fgsm")])
+    sound.loc[5, "evaluation"] = "non-adaptive"  # the model alone: not the guarded classifier's evidence
+    assert not any(v.failed for v in checks.evaluate(checks.guarded_rows(sound)))
+    # A detector that masks the gradient: the unbounded attack stays far from 0, noise and FGSM do better.
+    masked = sound.copy()
+    masked.loc[1, "robust_acc"], masked.loc[3, "robust_acc"], masked.loc[4, "robust_acc"] = 0.6, 0.1, 0.05
+    assert checks.flags(checks.evaluate(checks.guarded_rows(masked))) == {("d", "det (guarded)", "linf"): [2, 4, 6]}
+
+
 def test_rerun_is_a_no_op_and_keeps_rows(finished, capsys):
     root, _ = finished
     before = sqlite3.connect(root / "s" / "advbench.sqlite").execute(
@@ -178,4 +222,5 @@ def test_two_entries_share_the_trained_pair_and_keep_their_own_rows(write_suite)
     plan = build_plan(load_suite(write_suite(DETECTOR_SUITE + second)))
     assert len(set(plan.keys)) == len(plan.keys)
     assert len(plan.by_kind("train")) == 1 and len(plan.by_kind("detector-data")) == 3  # shared
-    assert len(plan.by_kind("detect")) == 4 and len(plan.by_kind("adaptive")) == 2      # one set per entry
+    adaptive = [t for t in plan.by_kind("adaptive") if "check" not in t.config]
+    assert len(plan.by_kind("detect")) == 4 and len(adaptive) == 2      # one set per entry

@@ -50,8 +50,10 @@ class _Noise(Attack):
             out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
             for _ in range(self.draws):
                 noisy = (x + self._noise(x.shape, job.budget, gen, x.device)).clamp(0.0, 1.0)
-                with torch.no_grad():
-                    wrong = job.model(noisy).argmax(1) != y
+                with torch.no_grad():  # a surface with attack_logits (a reject option) says what gets through
+                    scores = job.model.attack_logits(noisy, y) if hasattr(job.model, "attack_logits") \
+                        else job.model(noisy)
+                    wrong = scores.argmax(1) != y
                 keep = ~fooled  # an image not fooled yet takes this draw (the last one if none fools)
                 out[keep] = noisy[keep]
                 fooled = fooled | wrong
@@ -71,3 +73,7 @@ class NoiseL2(_Noise):
 
     threat_model = ThreatModel.L2
     _norm = "l2"
+
+
+# The baselines by the name a check's config gives them (``bench.checks.NOISE_ATTACKS``).
+NOISE_BASELINES = {"noise-linf": NoiseLinf, "noise-l2": NoiseL2}

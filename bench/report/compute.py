@@ -23,6 +23,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     results, problems = robustness.screen(results) if results is not None else (results, [])
     legend = robustness.LEGEND + (f" {REJECTION_CONVENTION}" if _has_rejections(results, detections) else "")
     if results is None or results.empty:
+        legend += f" {CHECKS_LEGEND}" if any(d.flagged for d in detectors) else ""
         produced = detection.produced_line(detections) if detectors else ""
         return Leaderboard(title=title, produced=produced, legend=legend, detectors=detectors,
                            problems=problems)
@@ -53,7 +54,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                                                    & ~checks.is_check_row(results)).sum()))
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
-    legend += f" {CHECKS_LEGEND}" if flagged else ""
+    legend += f" {CHECKS_LEGEND}" if flagged or any(d.flagged for d in detectors) else ""
     return Leaderboard(title=title, produced=produced, legend=legend, datasets=sections,
                        detectors=detectors, problems=problems)
 

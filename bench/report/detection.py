@@ -6,7 +6,9 @@ One section per (dataset, detector) with the paper's views (Monteiro et al. 2019
 * k-fold cross-validation per attack and method (the detector and its baselines on the same data):
   accuracy, F1, ROC AUC (Table III), detection rate (Table IV) and TPR at a clean-chosen FPR;
 * the train-attack x test-attack accuracy matrix of every method (Figs. 5-6), as a table and a heatmap;
-* detector-aware attacks next to the same attacks on the guarded model alone.
+* detector-aware attacks next to the same attacks on the guarded model alone;
+* the guarded classifier's soundness checks (``bench.checks``), where the suite ran them: its row in the
+  detector-aware table carries the flag, and the checks tables say on what evidence.
 
 Seeds are not pooled here: each seed is its own detector, and its rows are shown with the seed when
 a suite has more than one.
@@ -14,12 +16,16 @@ a suite has more than one.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
+from .. import checks
 from ..labels import budget_label
 from .format import MISSING, is_missing, num, pct, sanitize
 from .model import DetectorSection, Heatmap, frame_table
+from .soundness import checks_tables, flagged
 
 
 def _mean_std(mean, std) -> str:
@@ -108,18 +114,25 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
             heatmaps.append(Heatmap(f"{stem}.png", f"{dataset} — {method}: cross-attack detection accuracy{suffix}",
                                     matrix))
 
+        # The guarded classifier's soundness checks (bench.checks), from its detector-aware rows and the checks'.
+        verdicts = checks.evaluate(checks.guarded_rows(group))
+        failed = checks.flags(verdicts)
         attackers = {"non-adaptive": "model only", "adaptive": "detector-aware (adaptive)",
                      "worst-case": "per image, either one"}
-        adaptive = group[group["evaluation"].isin(list(attackers))]
+        adaptive = group[group["evaluation"].isin(list(attackers))
+                         & ~group["test_attack"].astype(str).map(checks.is_check_attack)]
         if not adaptive.empty:
             records = []
             adaptive = adaptive.assign(_b=adaptive["budget"].fillna(np.inf),
                                        _e=adaptive["evaluation"].map({e: i for i, e in enumerate(attackers)}))
             for _, r in adaptive.sort_values(["test_attack", "_b", "_e", "seed"]).iterrows():
+                threat_model = str(getattr(checks.attack_class(_attack_name(r)), "threat_model", ""))
+                flag = failed.get((dataset, checks.guarded_label(detector), threat_model)) \
+                    if r["evaluation"] == "adaptive" else None
                 seed_col(records, r, {
                     "Attack": r["test_attack"],
                     "Budget": budget_label(None, r["budget"]),
-                    "Attacker": attackers[r["evaluation"]],
+                    "Attacker": flagged(attackers[r["evaluation"]], flag),
                     "Detection rate": num(r["detection_rate"], ".3f"),
                     "Guarded robust acc. (%)": f"{pct(r['robust_acc'])} "
                                                f"[{pct(r['robust_ci_low'])}, {pct(r['robust_ci_high'])}]",
@@ -140,8 +153,16 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
                        "on the guarded model alone (a rejected input counts as defended; detector fitted on "
                        f"data pooled over {fitted_on.replace('+', ', ')}; {operating})")
             tables.append(frame_table(f"{heading} — {setting}", setting, pd.DataFrame(records), 3))
-        sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps))
+        tables += checks_tables(heading, verdicts)
+        sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps, flagged=bool(failed)))
     return sections
+
+
+def _attack_name(row: pd.Series) -> str | None:
+    try:
+        return json.loads(row.get("attack_config") or "{}").get("name")
+    except (TypeError, json.JSONDecodeError):
+        return None
 
 
 def produced_line(detections: pd.DataFrame, lead: str = "Produced by advbench (bench.report) from") -> str:

@@ -108,6 +108,7 @@ class DetectorSection:
     name: str  # "<dataset> — detector <label>"
     tables: list[Table]
     heatmaps: list[Heatmap]
+    flagged: bool = False  # its guarded classifier failed a soundness check (the legend then says what ⚠ means)
 
 
 @dataclass(frozen=True)

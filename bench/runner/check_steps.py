@@ -27,7 +27,7 @@ from torch import nn
 
 from ..attacks.backends import attack_loss
 from ..attacks.base import attack_context
-from ..attacks.noise import NoiseL2, NoiseLinf
+from ..attacks.noise import NOISE_BASELINES as NOISE
 from ..checks import NOISE as NOISE_SOURCE
 from ..checks import PROBE, PROBE_ATTACK
 from ..diversity import defense_kappa
@@ -110,9 +110,6 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     row.update(row_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored))
     row.update(defense_kappa(defense, x, y, device))
     return [row]
-
-
-NOISE = {"noise-linf": NoiseLinf, "noise-l2": NoiseL2}
 
 
 def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
