@@ -23,7 +23,7 @@ from bench.runner.batching import forget_fitted, run_with_backoff, starting_batc
 from bench.runner.cost import TaskCosts
 from bench.runner.local import LocalExecutor
 from bench.runner.pool import PoolExecutor, ProcessWorkers, parse_devices
-from bench.runner.scheduler import Job, Scheduler, fused_kinds, fusion_groups
+from bench.runner.scheduler import Finished, Job, Scheduler, fused_kinds, fusion_groups
 from bench.store import Store
 
 POOL_SUITE = """\
@@ -162,6 +162,50 @@ def test_fusion_groups_join_budgets_of_one_attack_and_model_only(pool_suite, tmp
     scores = plan.by_kind("score")  # the six crafted sets' scores on the one model fuse; clean accuracy alone
     assert sorted(len(g) for g in fusion_groups(scores, by_key)) == [1, 6]
     assert all(len(g) == 1 for g in fusion_groups(scores, by_key, kinds=("craft",)))
+
+
+class _InProcessWorkers:
+    """One in-process worker that reports its first fused job as having found the artifact of ``broken``
+    damaged (as every task of a fused job does when one of them meets it), then runs jobs for real."""
+
+    def __init__(self, broken: str):
+        self.slots, self.broken, self.queue = ["cpu#0"], broken, []
+
+    def submit(self, slot, tasks, upstream, ctx):
+        self.queue.append((slot, tasks, upstream, ctx))
+
+    def wait(self, timeout):
+        from bench.runner.tasks import run_fused
+
+        slot, tasks, upstream, ctx = self.queue.pop(0)
+        if len(tasks) > 1 and self.broken:
+            outcomes, self.broken = [("broken", self.broken)] * len(tasks), None
+        else:
+            outcomes = run_fused(tasks, upstream, ctx)
+        return [Finished(slot, outcomes, wall_s=0.1, where="cpu#0")]
+
+    def replace(self, slot):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_fused_job_that_meets_a_broken_artifact_repairs_it_once_and_reruns_its_tasks(pool_suite, sequential_store,
+                                                                                       tmp_path):
+    plan, ctx = _plan_and_ctx(pool_suite, tmp_path / "store")
+    crafts = plan.by_kind("craft")
+    lines: list[str] = []
+    store = Store(tmp_path / "store")
+    try:
+        summary = Scheduler(_InProcessWorkers(broken=crafts[0].key), fuse=("score",), echo=lines.append,
+                            poll_s=0.01).run(plan, ctx, store)
+    finally:
+        store.close()
+    # Six scores in one job said "broken" together: one re-run of the craft, no task failed.
+    assert summary.ok and [line for line in lines if "re-running it" in line] == \
+        [f"artifact of {crafts[0].label} unreadable: re-running it"]
+    assert _results(tmp_path / "store") == _results(sequential_store)
 
 
 class _KillingWorkers:

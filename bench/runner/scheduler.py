@@ -55,7 +55,7 @@ AFFINITY_MEMORY = 8  # models a worker is assumed to hold: the trained-defense c
 
 @dataclass
 class Job:
-    """What one worker runs at once: a task, or craft tasks fused into one batch."""
+    """What one worker runs at once: a task, or tasks fused into one (``fusion_groups``)."""
 
     tasks: list[Task]
     cost: float
@@ -265,9 +265,12 @@ class Scheduler:
                         continue
                     memory[finished.slot].append(job.model)
                     summary.fused_jobs += len(job.tasks) > 1
+                    repaired: dict[str, bool] = {}  # a fused job's tasks all report its one broken artifact
                     for task, (status, error) in zip(job.tasks, finished.outcomes):
                         if status == "broken":  # re-run the producer of the damaged artifact, then this task
-                            if healer.broken(error):
+                            if error not in repaired:
+                                repaired[error] = healer.broken(error)
+                            if repaired[error]:
                                 continue
                             status, error = "failed", f"artifact {error} is broken again after re-running its task"
                         summary.ran += 1
