@@ -88,7 +88,12 @@ def write_results(name: str, rows: list[dict], out_dir: str | Path, merge_on: st
         if len(runs) >= 2 and same(runs[-2], runs[-1]):  # rows of one run, written as they come: one entry
             runs[-2:] = [{**runs[-2], "rows": runs[-2]["rows"] + runs[-1]["rows"], "until": runs[-1]["measured_at"]}]
     record = {"benchmark": name, **run, "rows": rows, **({"runs": runs} if merge_on else {})}
-    pd.DataFrame(rows).to_csv(paths[0], index=False)
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:  # integers stay integers where a row from another run lacks the column
+        values = [r[column] for r in rows if r.get(column) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            frame[column] = frame[column].astype("Int64")
+    frame.to_csv(paths[0], index=False)
     paths[1].write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {paths[0]} and {paths[1]}")
     return paths
