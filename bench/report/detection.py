@@ -126,7 +126,8 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
             adaptive = adaptive.assign(_b=adaptive["budget"].fillna(np.inf),
                                        _e=adaptive["evaluation"].map({e: i for i, e in enumerate(attackers)}))
             for _, r in adaptive.sort_values(["test_attack", "_b", "_e", "seed"]).iterrows():
-                threat_model = str(getattr(checks.attack_class(_attack_name(r)), "threat_model", ""))
+                name = _attack_name(r)
+                threat_model = str(getattr(checks.attack_class(name) if name else None, "threat_model", ""))
                 flag = failed.get((dataset, checks.guarded_label(detector), threat_model)) \
                     if r["evaluation"] == "adaptive" else None
                 seed_col(records, r, {
