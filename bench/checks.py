@@ -472,10 +472,7 @@ def guarded_rows(detections: pd.DataFrame) -> pd.DataFrame:
     records = []
     for r in detections[detections["evaluation"] == "adaptive"].to_dict("records"):
         attack = str(r["test_attack"])
-        try:
-            name = json.loads(r.get("attack_config") or "{}").get("name")
-        except (TypeError, json.JSONDecodeError):
-            name = None
+        name = config_name(r.get("attack_config"))
         cls = NOISE_BASELINES.get(name) or (attack_class(name) if name else None)
         records.append({"dataset": r["dataset"], "defense": guarded_label(str(r["detector"])), "attack": attack,
                         "attack_config": r.get("attack_config"), "surface": "deployed", "evaluated_on": "deployed",
@@ -484,6 +481,14 @@ def guarded_rows(detections: pd.DataFrame) -> pd.DataFrame:
                         "seed": r["seed"], "n": r["n"], "robust_acc": r["robust_acc"], "repeats": 1,
                         "created_at": r.get("created_at")})
     return pd.DataFrame(records)
+
+
+def config_name(attack_config: Any) -> str | None:
+    """The attack name in a stored row's ``attack_config`` JSON, or None (missing or unreadable)."""
+    try:
+        return json.loads(attack_config or "{}").get("name")
+    except (TypeError, json.JSONDecodeError):
+        return None
 
 
 def is_check_attack(attack: str) -> bool:

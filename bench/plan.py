@@ -352,8 +352,7 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                         cfg = {"detector": d.label, "attack_label": a.label, "attack": _attack_config(a),
                                "budget": budget, "eval": eval_cfg, "seed": seed,
                                "detector_images": d.images, "detector_weights": weights,
-                               "threshold": {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr"
-                               else {"rule": "classifier"}}
+                               "threshold": _threshold_rule(d)}
                         deps = [train_key, *dict.fromkeys(fit_keys)]
                         later.append(Task("adaptive", task_key("adaptive", cfg, deps),
                                           f"detector-aware {a.label} {_budget_label(a, budget)} on {d.label} {where}",
@@ -362,6 +361,11 @@ def _plan_detectors(suite: Suite, train: dict[tuple[str, str, int], Task]) -> li
                     later += _plan_detector_checks(suite, ds, d, seed, [train_key, *dict.fromkeys(fit_keys)],
                                                    {**info, "train_attacks": train_attacks})
     return [*data_tasks.values(), *later]
+
+
+def _threshold_rule(d: Any) -> dict[str, Any]:
+    """The guarded classifier's operating point of a detector entry (``adaptive_threshold``)."""
+    return {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr" else {"rule": "classifier"}
 
 
 def _plan_detector_checks(suite: Suite, ds: DatasetEntry, d: Any, seed: int, deps: list[str],
@@ -397,8 +401,7 @@ def _plan_detector_checks(suite: Suite, ds: DatasetEntry, d: Any, seed: int, dep
             cfg = {"detector": d.label, "attack_label": label, "attack": attack, "budget": b, "eval": eval_cfg,
                    "seed": seed, "detector_images": d.images,
                    "detector_weights": base.detector_weights if ascends else [],
-                   "threshold": {"rule": "fpr", "fpr": d.fpr} if d.adaptive_threshold == "fpr"
-                   else {"rule": "classifier"}, "check": source}
+                   "threshold": _threshold_rule(d), "check": source}
             tasks.append(Task("adaptive", task_key("adaptive", cfg, deps),
                               f"check: detector-aware {label} eps={b:g} on {d.label} {where}", cfg, deps,
                               info={**info, "attack": label}))

@@ -16,8 +16,6 @@ a suite has more than one.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
@@ -126,7 +124,7 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
             adaptive = adaptive.assign(_b=adaptive["budget"].fillna(np.inf),
                                        _e=adaptive["evaluation"].map({e: i for i, e in enumerate(attackers)}))
             for _, r in adaptive.sort_values(["test_attack", "_b", "_e", "seed"]).iterrows():
-                name = _attack_name(r)
+                name = checks.config_name(r.get("attack_config"))
                 threat_model = str(getattr(checks.attack_class(name) if name else None, "threat_model", ""))
                 flag = failed.get((dataset, checks.guarded_label(detector), threat_model)) \
                     if r["evaluation"] == "adaptive" else None
@@ -158,12 +156,6 @@ def detector_sections(detections: pd.DataFrame | None) -> list[DetectorSection]:
         sections.append(DetectorSection(name=heading, tables=tables, heatmaps=heatmaps, flagged=bool(failed)))
     return sections
 
-
-def _attack_name(row: pd.Series) -> str | None:
-    try:
-        return json.loads(row.get("attack_config") or "{}").get("name")
-    except (TypeError, json.JSONDecodeError):
-        return None
 
 
 def produced_line(detections: pd.DataFrame, lead: str = "Produced by advbench (bench.report) from") -> str:
