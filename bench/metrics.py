@@ -262,7 +262,17 @@ def row_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.
         values = cell_metrics(x, x_adv, y, pred_clean[0], pred_adv[0], targets, reject_class=reject_class,
                               attacked=attacked).as_dict()
         values["correct"] = defended_mask(pred_adv[0], y, reject_class, attacked=attacked)
-        return values
-    values, values["correct"] = repeated_cell_metrics(x, x_adv, y, pred_clean, pred_adv, targets,
-                                                      reject_class=reject_class, attacked=attacked)
+    else:
+        values, values["correct"] = repeated_cell_metrics(x, x_adv, y, pred_clean, pred_adv, targets,
+                                                          reject_class=reject_class, attacked=attacked)
+    if attacked:
+        values.update(perturbation_sizes(x, x_adv))
     return values
+
+
+def perturbation_sizes(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
+    """Per example, the L2 and L∞ size of ``x_adv - x`` (float32, the ``perturbation_*`` columns of a row): with
+    them a minimum-norm attack's examples count at every budget they fit in (bench.report.best_known)."""
+    delta = (np.asarray(x_adv, dtype=np.float64) - np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
+    return {"perturbation_l2": np.sqrt((delta ** 2).sum(1)).astype(np.float32),
+            "perturbation_linf": np.abs(delta).max(1, initial=0.0).astype(np.float32)}

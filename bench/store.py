@@ -48,7 +48,18 @@ RESULT_COLUMNS = [
     *_RESULT_ADDED, *(m.name for m in RESULT_METRICS if m.appended),
     "batch_size",  # the batch size it ran with (bench.runner.batching); added later
     "examples",  # which test images were attacked: examples_digest of their indices; added later
+    # Per example, aligned with ``correct`` (added later; ``PER_EXAMPLE_ARRAYS`` says how each is stored): the
+    # attacked test indices, and the perturbation's L2 and L∞ size, so a minimum-norm attack's examples count
+    # at every budget they fit in and rows over overlapping images combine (bench.report.best_known).
+    "example_indices", "perturbation_l2", "perturbation_linf",
 ]
+# The per-example arrays of a results row besides ``correct`` (bit-packed): column -> numpy dtype of its blob.
+PER_EXAMPLE_ARRAYS = {"example_indices": np.int64, "perturbation_l2": np.float32, "perturbation_linf": np.float32}
+
+
+def array_blob(value, dtype) -> bytes | None:
+    """A per-example array as stored: its values' bytes in ``dtype`` (None stays NULL)."""
+    return None if value is None else np.ascontiguousarray(np.asarray(value, dtype=dtype)).tobytes()
 
 
 def examples_digest(indices) -> str:
@@ -224,6 +235,8 @@ class Store:
                 values = {c: row.get(c) for c in columns}
                 if values.get("correct") is not None:  # per-example flags, bit-packed
                     values["correct"] = np.packbits(np.asarray(values["correct"], dtype=bool)).tobytes()
+                for column, dtype in (PER_EXAMPLE_ARRAYS.items() if table == "results" else ()):
+                    values[column] = array_blob(values.get(column), dtype)
                 db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES "
                            f"({', '.join('?' * len(columns))})", [values[c] for c in columns])
 
@@ -395,7 +408,25 @@ class Store:
             None if blob is None else np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=int(n)).astype(bool)
             for blob, n in zip(frame["correct"], frame["n"])
         ]
+        for column, dtype in PER_EXAMPLE_ARRAYS.items():  # a read-only older store may lack the column
+            blobs = frame[column] if column in frame.columns else [None] * len(frame)
+            frame[column] = [None if blob is None else np.frombuffer(blob, dtype=dtype).copy() for blob in blobs]
         return frame
+
+    def rows_missing(self, column: str, keys: list[str]) -> list[str]:
+        """The keys among ``keys`` of result rows whose ``column`` is empty (written before it existed)."""
+        wanted = set(keys)
+        cur = self._db.execute(f"SELECT key FROM results WHERE {column} IS NULL")
+        return [k for (k,) in cur.fetchall() if k in wanted]
+
+    def fill_rows(self, column_values: dict[str, dict[str, Any]]) -> None:
+        """Set per-example array columns of stored result rows ({key: {column: array}}) in one transaction:
+        values that are a function of a row's stored inputs, so the row's key and numbers stay as they are."""
+        with self._transaction() as db:
+            for key, values in column_values.items():
+                for column, value in values.items():
+                    db.execute(f"UPDATE results SET {column} = ? WHERE key = ?",
+                               (array_blob(value, PER_EXAMPLE_ARRAYS[column]), key))
 
     def detections(self, *, current_only: bool = True):
         """All detection rows as a DataFrame; by default only those of tasks in some suite's latest plan."""

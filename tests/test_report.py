@@ -175,8 +175,9 @@ def test_transfer_gets_own_table_and_unbounded_label(tmp_path):
         _row("D", "cw", None, [0, 0], threat_model="l2"),
     ])
     headings = [h for h, _ in leaderboard_tables(frame)]
-    assert headings == ["toy — L∞, white-box", "toy — L∞, transfer from Undefended",
-                        "toy — L2, white-box", LEGEND, "toy — details"]
+    # The section opens with its best-known table (no L2 one: cw's budget is no distance and it stored no norms).
+    assert headings == ["toy — best known robust accuracy, L∞", "toy — L∞, white-box",
+                        "toy — L∞, transfer from Undefended", "toy — L2, white-box", LEGEND, "toy — details"]
     tables = dict(leaderboard_tables(frame))
     # no clean rows stored: the Clean column, empty in every row, is dropped; cw has no budget: no headline
     assert list(tables["toy — L2, white-box"].columns) == ["Defense", "cw unbounded"]
@@ -228,7 +229,8 @@ def test_newest_rerun_supersedes_older_row(tmp_path):
     old = _row("D", "pgd", 0.1, [0, 0])
     new = _row("D", "pgd", 0.1, [1, 1]) | {"created_at": "2024-06-01T00:00:00Z", "key": "k-new"}
     tables = dict(leaderboard_tables(pd.DataFrame([old, new])))
-    assert tables["toy — L∞, white-box"].iloc[0]["pgd ε=0.1"] == "100.0"
+    # One attack at one budget: its column is the headline, with its interval (not repeated beside itself).
+    assert tables["toy — L∞, white-box"].iloc[0]["pgd ε=0.1"] == "100.0 [34.2, 100.0]"
 
 
 def test_empty_frame_says_no_results(tmp_path):
@@ -329,7 +331,8 @@ def test_views_come_from_the_registry_in_order(monkeypatch):
     monkeypatch.setitem(views._entries, "row-count", Entry("view", "row-count", count_view))
     assert [e.name for e in registered_views()] == [*built_in, "row-count"]
     tables = dict(leaderboard_tables(_frame()))
-    assert list(tables) == ["toy — L∞, white-box", "toy — rows", LEGEND, "toy — details"]
+    assert list(tables) == ["toy — best known robust accuracy, L∞", "toy — L∞, white-box", "toy — rows", LEGEND,
+                            "toy — details"]
     assert tables["toy — rows"].iloc[0].tolist() == ["all", "10"]
 
 
@@ -404,10 +407,14 @@ def test_legend_names_each_label_with_its_non_default_parameters():
 
 def test_the_suite_names_its_headline_budget():
     board = compute_leaderboard(_frame(), settings={"unit": {"headline": {"linf": 0.1}}})
-    table = board.datasets[0].tables[0]
+    table = next(t for t in board.datasets[0].tables if t.setting == "L∞, white-box")
     columns = list(table.frame.columns)
     assert columns[:3] == ["Defense", "Clean", "Headline: worst case ε=0.1"] and "Worst case ε=0.3" in columns
     assert list(table.frame["Headline: worst case ε=0.1"].str.split(" ").str[0]) == ["60.0", "10.0"]
     # a budget no attack ran at: the default headline
     board = compute_leaderboard(_frame(), settings={"unit": {"headline": {"linf": 0.2}}})
-    assert "Headline: worst case ε=0.3" in board.datasets[0].tables[0].frame.columns
+    tables = {t.setting: t for t in board.datasets[0].tables}
+    assert "Headline: worst case ε=0.3" in tables["L∞, white-box"].frame.columns
+    # ... while the best known at 0.2 counts what broke at 0.1 (a smaller budget counts at a larger one)
+    best = tables["best known robust accuracy, L∞"].frame
+    assert list(best["Best known ε=0.2"].str.split(" ").str[0]) == ["60.0", "10.0"]

@@ -6,7 +6,7 @@ import pandas as pd
 
 from .. import checks
 from ..metrics import OUT_DISTRIBUTION_ATTACK, REJECTION_CONVENTION
-from . import detection, robustness
+from . import best_known, detection, robustness, summary
 from .legend import model_legend
 from .model import Leaderboard
 from .soundness import LEGEND as CHECKS_LEGEND
@@ -31,22 +31,36 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     sections = []
     flagged = False  # some row failed a soundness check: the legend says what its mark means
     shown: dict[object, robustness.Row] = {}  # every row some section shows, once (a row two suites share)
+    suites_known: list[summary.SuiteEvidence] = []
     parts = suite_frames(results)
     for suite, frame in parts:
         headline = ((settings or {}).get(suite) or {}).get("headline") or {}
         frame = robustness.separate_models(frame)  # one row per trained model, also in the views
         verdicts = checks.evaluate(frame)  # where the suite ran its soundness checks
+        evidence = best_known.collect(frame)  # every row on a deployed model counts, the checks' own included
         frame = checks.split(frame)[0]  # their rows are evidence for the verdicts, not table rows
         # Out-distribution rows have no class to be right about: the reject-option view shows them, not the tables.
         suite_rows = robustness.dedupe(robustness.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
         shown.update((r.key or id(r), r) for r in suite_rows)
+        failed = checks.flags(verdicts)
         for dataset in sorted({r.dataset for r in suite_rows}):
             name = f"{suite} — {dataset}" if len(parts) > 1 else dataset
             mine = frame[frame["dataset"] == dataset]
+            clean: dict[str, tuple[float, int]] = {}
+            for r in suite_rows:
+                if r.dataset == dataset and r.is_clean:
+                    hits, n = clean.get(r.defense, (0.0, 0))
+                    clean[r.defense] = (hits + r.hits, n + r.n)
+            known = summary.SuiteEvidence(
+                suite=suite, section=name, dataset=dataset,
+                evidence={d: rows for (ds, d), rows in evidence.items() if ds == dataset}, clean=clean,
+                headline={tm: float(eps) for tm, eps in headline.items() if eps is not None},
+                flags={(d, tm): numbers for (ds, d, tm), numbers in failed.items() if ds == dataset})
+            suites_known.append(known)
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
                 views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline,
-                verdicts=[v for v in verdicts if v.dataset == dataset]))
+                verdicts=[v for v in verdicts if v.dataset == dataset], best=summary.suite_tables(known)))
         flagged = flagged or any(v.failed for v in verdicts)
     # Out-distribution rows are not counted as superseded for not being in the tables.
     produced = robustness.produced_line(list(shown.values()),
@@ -55,8 +69,9 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
     legend += f" {CHECKS_LEGEND}" if flagged or any(d.flagged for d in detectors) else ""
+    summary_tables, entries = summary.summary(suites_known)
     return Leaderboard(title=title, produced=produced, legend=legend, datasets=sections,
-                       detectors=detectors, problems=problems)
+                       detectors=detectors, problems=problems, summary=summary_tables, best_known=entries)
 
 
 def _has_rejections(results: pd.DataFrame | None, detections: pd.DataFrame | None) -> bool:

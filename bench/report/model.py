@@ -27,18 +27,27 @@ class Table:
     align: tuple[str, ...]  # "left"/"right" per column, shared by both renderers
     values: pd.DataFrame | None = None  # percentages (NaN where "—"), same labels
     higher_is_better: bool | None = None  # direction of every ``values`` column; None: no best to mark
+    # Per row, whether it failed a soundness check: such a row is never marked best (its number is not trusted).
+    flagged_rows: tuple[bool, ...] = ()
+    # Per row, the section its ``link_column`` cell links to (None: no link).
+    link_column: str | None = None
+    links: tuple[str | None, ...] = ()
 
     def best(self) -> pd.DataFrame:
         """True where a cell holds its column's best number (ties: every tied cell), aligned with ``frame``.
 
-        Read from ``values``, not the rounded text; a column with fewer than two numbers has no best.
+        Read from ``values``, not the rounded text; a column with fewer than two numbers has no best; a
+        flagged row (``flagged_rows``) is never best and does not compete.
         """
         marks = pd.DataFrame(False, index=self.frame.index, columns=self.frame.columns)
         if self.values is None or self.higher_is_better is None or len(self.values) != len(self.frame):
             return marks
+        trusted = np.array([not f for f in self.flagged_rows]) if len(self.flagged_rows) == len(self.frame) \
+            else np.ones(len(self.frame), dtype=bool)
         for column in self.values.columns:
-            numbers = self.values[column].to_numpy(dtype=float)
-            if column not in marks.columns or np.count_nonzero(~np.isnan(numbers)) < 2:
+            every = self.values[column].to_numpy(dtype=float)
+            numbers = np.where(trusted, every, np.nan)  # a flagged row's number competes with nothing
+            if column not in marks.columns or np.count_nonzero(~np.isnan(every)) < 2 or np.isnan(numbers).all():
                 continue
             best = np.nanmax(numbers) if self.higher_is_better else np.nanmin(numbers)
             # isclose: the same fraction pooled two ways can differ in its last bit
@@ -116,6 +125,10 @@ class Leaderboard:
     title: str
     produced: str  # the "how this was produced" line; empty when there are no results
     legend: str
+    # The top of the page: per dataset, threat model and headline budget, every deployed defense's best-known
+    # robust accuracy (bench.report.summary), and the numbers behind it (numbers.csv's best-known lines).
+    summary: list[Table] = field(default_factory=list)
+    best_known: list = field(default_factory=list)  # bench.report.summary.SummaryEntry
     datasets: list[DatasetSection] = field(default_factory=list)
     detectors: list[DetectorSection] = field(default_factory=list)
     # Stored rows (by key) and plots the build had to leave out, and why: shown under the produced-by line.

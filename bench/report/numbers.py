@@ -11,6 +11,8 @@ config or code version) is new, not moved.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,26 @@ COLUMNS = ["key", "suite", "dataset", "defense", "attack", "threat_model", "budg
            "value", "ci_low", "ci_high"]
 
 
-def leaderboard_numbers(results: pd.DataFrame | None, detections: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One line per (row, metric) with its n and 95% interval, in a stable order."""
+def best_known_key(suite: str, dataset: str, defense: str, threat_model: str, eps: float) -> str:
+    """The numbers.csv key of a best-known robust accuracy: what it is of, not the rows it combines, so a new
+    attack that lowers it shows as a change of the same number."""
+    what = json.dumps([suite, dataset, defense, threat_model, round(float(eps), 9)])
+    return "best-known:" + hashlib.sha256(what.encode()).hexdigest()[:20]
+
+
+def leaderboard_numbers(results: pd.DataFrame | None, detections: pd.DataFrame | None = None,
+                        best_known: list | None = None) -> pd.DataFrame:
+    """One line per (row, metric) with its n and 95% interval, and one per best-known robust accuracy
+    (``bench.report.summary.SummaryEntry``), in a stable order."""
     lines = []
+    for entry in best_known or ():
+        best = entry.best
+        low, high = best.interval
+        lines.append({"key": best_known_key(entry.suite, best.dataset, best.defense, best.threat_model, best.eps),
+                      "suite": entry.suite, "dataset": best.dataset, "defense": best.defense,
+                      "attack": best.strongest or "", "threat_model": best.threat_model, "budget": best.eps,
+                      "seed": "", "metric": "best_known", "n": best.n, "value": best.acc, "ci_low": low,
+                      "ci_high": high})
     for r in (results.to_dict("records") if results is not None else []):
         lines.append({"key": r["key"], "suite": r["suite"], "dataset": r["dataset"], "defense": r["defense"],
                       "attack": r["attack"], "threat_model": r["threat_model"], "budget": r["budget"],
@@ -47,8 +66,9 @@ def leaderboard_numbers(results: pd.DataFrame | None, detections: pd.DataFrame |
     return frame.sort_values(["suite", "key", "metric"], kind="stable").reset_index(drop=True)
 
 
-def numbers_csv(results: pd.DataFrame | None, detections: pd.DataFrame | None = None) -> bytes:
-    return leaderboard_numbers(results, detections).to_csv(index=False, float_format="%.6g").encode()
+def numbers_csv(results: pd.DataFrame | None, detections: pd.DataFrame | None = None,
+                best_known: list | None = None) -> bytes:
+    return leaderboard_numbers(results, detections, best_known).to_csv(index=False, float_format="%.6g").encode()
 
 
 def _present(v) -> bool:
@@ -96,9 +116,34 @@ def compare_numbers(baseline: pd.DataFrame, current: pd.DataFrame) -> NumbersCom
     return out
 
 
-def read_numbers(path: Path) -> pd.DataFrame | None:
-    """A numbers.csv as written by a build; None if the file does not exist or is empty."""
+def read_numbers(path: Path, role: str = "numbers") -> pd.DataFrame | None:
+    """A numbers.csv as written by a build; None if the file is empty (CI's first run writes an empty baseline).
+
+    A path that does not exist, cannot be read as CSV, or lacks the numbers columns (``COLUMNS``: another
+    CSV, such as a benchmark table) is a ``UserError`` naming ``role`` (which argument) and the file."""
+    from ..errors import UserError
+
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    return pd.read_csv(path, dtype={"key": str})
+    where = f"{role} {path}"
+    if not path.exists():
+        raise UserError(f"{where}: no such file (a leaderboard build writes numbers.csv; an empty file means "
+                        f"no numbers yet)")
+    if not path.is_file():
+        raise UserError(f"{where}: not a file (give the numbers.csv in a leaderboard directory)")
+    try:
+        if not path.read_bytes().strip():
+            return None
+        frame = pd.read_csv(path, dtype={"key": str})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        raise UserError(f"{where}: cannot be read as a numbers.csv: {reason}") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"{where}: not a numbers file (a leaderboard build's numbers.csv): it has no "
+                        f"column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    for column in ("n", "value", "ci_low", "ci_high"):
+        values = frame[column]
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        if len(bad):
+            raise UserError(f"{where}: not a numbers file: its column {column} holds {bad.iloc[0]!r}, not a number")
+    return frame

@@ -31,6 +31,10 @@ from .model import Heatmap, Leaderboard, Plot, Table
 from .numbers import NUMBERS_FILE, numbers_csv
 
 TEMPLATE = "leaderboard.html.j2"  # in bench/report/templates/
+SUMMARY_HEADING = "Summary: best known robust accuracy"
+SUMMARY_LEAD = ("Per dataset, threat model and headline budget, every deployed defense of every suite, most robust "
+                "first: its best-known robust accuracy with its 95% interval (the rule is in the legend above), "
+                "the attack that broke the most examples, and a link to its section.")
 
 
 # --------------------------------------------------------------------------- markdown
@@ -51,8 +55,18 @@ def _md_alt(text: str) -> str:
     return _md(text).replace("[", "\\[").replace("]", "\\]")
 
 
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lowercase, punctuation dropped, each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
 def _md_table(table: Table) -> str:
     rows = [[_md(v) for v in row] for row in table.frame.itertuples(index=False)]
+    if table.link_column is not None:  # a cell that names a section links to its heading
+        j = list(table.frame.columns).index(table.link_column)
+        for row, target in zip(rows, table.links):
+            if target:
+                row[j] = f"[{row[j]}](#{_github_anchor(_md(target))})"
     # disable_numparse: tabulate would otherwise reformat "71.0" as "71".
     return tabulate(rows, headers=[_md(c) for c in table.frame.columns], tablefmt="github",
                     colalign=table.align, disable_numparse=True)
@@ -66,6 +80,10 @@ def render_markdown(board: Leaderboard) -> str:
     lines += [_md(board.produced), "", _md(board.legend), ""]
     if board.problems:
         lines += ["Left out of this build:", "", *(f"- {_md(p)}" for p in board.problems), ""]
+    if board.summary:
+        lines += [f"## {SUMMARY_HEADING}", "", _md(SUMMARY_LEAD), ""]
+        for table in board.summary:
+            lines += [f"### {_md(table.setting)}", "", _md_table(table), ""]
     for section in board.datasets:
         lines += [f"## {_md(section.name)}", ""]
         for table in section.tables:
@@ -113,20 +131,22 @@ def _slug(text: str) -> str:
 @dataclass(frozen=True)
 class _HtmlTable:
     """A Table as the template lays it out: (text, class, first sort direction) per heading, and
-    (text, class) per cell, "best" added where the cell holds its column's best number."""
+    (text, class, link target or "") per cell, "best" added where the cell holds its column's best number."""
 
     columns: list[tuple[str, str, str]]
-    rows: list[list[tuple[str, str]]]
+    rows: list[list[tuple[str, str, str]]]
     css: str
 
 
-def _html_table(table: Table, css: str = "") -> _HtmlTable:
+def _html_table(table: Table, css: str = "", anchors: dict[str, str] | None = None) -> _HtmlTable:
     best = table.best().to_numpy()
     # A column with a direction sorts best-first on the first click; others ascending.
     first = "desc" if table.higher_is_better else "asc"
     ranked = set(table.values.columns) if table.values is not None and table.higher_is_better is not None else set()
     columns = [(str(c), align, first if c in ranked else "asc") for c, align in zip(table.frame.columns, table.align)]
-    rows = [[(str(cell), f"{table.align[j]} best" if best[i, j] else table.align[j]) for j, cell in enumerate(row)]
+    link = list(table.frame.columns).index(table.link_column) if table.link_column is not None else -1
+    rows = [[(str(cell), f"{table.align[j]} best" if best[i, j] else table.align[j],
+              (anchors or {}).get(table.links[i] or "", "") if j == link else "") for j, cell in enumerate(row)]
             for i, row in enumerate(table.frame.itertuples(index=False))]
     return _HtmlTable(columns=columns, rows=rows, css=" ".join(filter(None, ("sortable", css))))
 
@@ -155,14 +175,20 @@ def _outline(board: Leaderboard) -> list[tuple[_Part, list[_Part]]]:
         return candidate
 
     outline = []
-    for section in board.datasets:
+    summary = _Part(anchor(SUMMARY_HEADING), SUMMARY_HEADING) if board.summary else None
+    section_anchors = [anchor(section.name) for section in board.datasets]
+    if summary is not None:  # first on the page; its rows link to the sections below
+        first = dict(zip(reversed([s.name for s in board.datasets]), reversed(section_anchors)))
+        outline.append((summary, [_Part(anchor(f"summary {t.setting}"), t.setting, _html_table(t, anchors=first))
+                                  for t in board.summary]))
+    for section, section_anchor in zip(board.datasets, section_anchors):
         parts = [_Part(anchor(t.heading), t.setting, _html_table(t)) for t in section.tables]
         parts.append(_Part(anchor(section.details.heading), f"Details: {section.name}",
                            _html_table(section.details, "details")))
         if section.plots:
             parts.append(_Part(anchor(f"{section.name} plots"), f"Plots: {section.name}",
                                figures=tuple(section.plots)))
-        outline.append((_Part(anchor(section.name), section.name), parts))
+        outline.append((_Part(section_anchor, section.name), parts))
     for detector in board.detectors:
         parts = [_Part(anchor(t.heading), t.setting, _html_table(t)) for t in detector.tables]
         if detector.heatmaps:
@@ -301,7 +327,7 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     _write_atomic(html_path, render_html(board).encode("utf-8"))
     _write_atomic(readme_path, render_markdown(board).encode("utf-8"))
     numbers_path = out_dir / NUMBERS_FILE  # the same numbers as data, for CI's comparison (report/numbers.py)
-    _write_atomic(numbers_path, numbers_csv(results, detections))
+    _write_atomic(numbers_path, numbers_csv(results, detections, board.best_known))
 
     for problem in board.problems if on_problem is not None else ():
         on_problem(problem)

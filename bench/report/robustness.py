@@ -322,12 +322,28 @@ def produced_line(rows: list[Row], total: int) -> str:
 
 @dataclass(frozen=True)
 class _Cell:
-    """Pooled counts of one cell and the store rows behind them."""
+    """Pooled counts of one cell and the store rows behind them. A stochastic defense's attack cell counts
+    the examples robust in every repeat (``hits``, strict: what worst cases and headlines count too) and
+    keeps the mean over repeats beside it (``mean_hits``), so the table shows both the same way."""
 
-    hits: float  # fractional where a row is a mean over repeats
+    hits: float
     n: int
     rows: tuple[Row, ...]
     worst_case: bool = False
+    mean_hits: float | None = None  # the mean over repeats' count, where the rows were scored repeatedly
+
+    @property
+    def shown_acc(self) -> float:
+        """What the details table lists as its accuracy: the mean over repeats where there is one."""
+        return (self.mean_hits if self.mean_hits is not None else self.hits) / self.n if self.n else math.nan
+
+    @property
+    def shown_interval(self) -> tuple[float, float]:
+        return wilson_interval(self.mean_hits if self.mean_hits is not None else self.hits, self.n)
+
+    def text(self) -> str:
+        """The cell as a table shows it: "16.0 (17.8)" is strict, then the mean over repeats."""
+        return pct(self.acc) if self.mean_hits is None else f"{pct(self.acc)} ({pct(self.mean_hits / self.n)})"
 
     @property
     def acc(self) -> float:
@@ -338,9 +354,20 @@ class _Cell:
         return wilson_interval(self.hits, self.n)
 
 
+def _strict_hits(row: Row) -> float:
+    """The examples robust in every repeat of a repeatedly scored row."""
+    if row.correct is not None:
+        return int(row.correct.sum())
+    strict = row.metrics.get("robust_acc_strict")
+    return round(strict * row.n) if strict is not None else row.hits
+
+
 def _pool(rows: Iterable[Row]) -> _Cell:
     rows = tuple(sorted(rows, key=lambda r: r.seed))
-    return _Cell(hits=sum(r.hits for r in rows), n=sum(r.n for r in rows), rows=rows)
+    n = sum(r.n for r in rows)
+    if not any(r.is_clean for r in rows) and any((r.metrics.get("repeats") or 1) > 1 for r in rows):
+        return _Cell(hits=sum(_strict_hits(r) for r in rows), n=n, rows=rows, mean_hits=sum(r.hits for r in rows))
+    return _Cell(hits=sum(r.hits for r in rows), n=n, rows=rows)
 
 
 def _worst_case(rows_by_attack: dict[str, list[Row]], attacks: tuple[str, ...]) -> _Cell | None:
@@ -373,6 +400,15 @@ def _worst_case(rows_by_attack: dict[str, list[Row]], attacks: tuple[str, ...]) 
         n += int(survived.size)
         used.extend(per_attack[a] for a in attacks)
     return _Cell(hits=hits, n=n, rows=tuple(used), worst_case=True)
+
+
+def _interval_text(cell: _Cell | None) -> str:
+    """A headline: "16.0 [11.2, 22.0]", and the mean over repeats after it where there is one."""
+    if cell is None:
+        return MISSING
+    low, high = cell.interval
+    mean = f" ({pct(cell.mean_hits / cell.n)})" if cell.mean_hits is not None else ""
+    return f"{pct(cell.acc)} [{pct(low)}, {pct(high)}]{mean}"
 
 
 def _pooled_text(spec: MetricSpec, rows: tuple[Row, ...]) -> str:
@@ -445,7 +481,7 @@ _DETAIL_ALIGN = ("left",) * 5 + ("right",) * (3 + len(_DETAIL_METRICS)) + ("left
 
 
 def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: _Cell) -> list[str]:
-    low, high = cell.interval
+    low, high = cell.shown_interval
     rows = cell.rows
     if cell.worst_case:
         # Success rate and distortion belong to one attack; a worst case has none of its own.
@@ -454,7 +490,7 @@ def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: _Cel
         metrics = [_pooled_text(spec, rows) for spec in _DETAIL_METRICS]
     seeds = ", ".join(str(s) for s in dict.fromkeys(r.seed for r in rows))
     keys = ", ".join(dict.fromkeys(r.key or MISSING for r in rows))
-    return [setting, defense, attack, budget, seeds, str(cell.n), pct(cell.acc),
+    return [setting, defense, attack, budget, seeds, str(cell.n), pct(cell.shown_acc),
             f"{pct(low)}–{pct(high)}", *metrics, keys]
 
 
@@ -510,11 +546,7 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
         ran = attacks_at[budget]
         if len(ran) >= 2:
             return worst[(defense, budget)]
-        cell = cells.get((defense, ran[0], budget))
-        if cell and any((r.metrics["repeats"] or 1) > 1 for r in cell.rows):
-            # A stochastic defense's headline, as its worst cases, counts the examples right in every repeat.
-            return _worst_case({ran[0]: list(cell.rows)}, (ran[0],))
-        return cell
+        return cells.get((defense, ran[0], budget))  # a stochastic defense's: strict, as its worst cases
 
     # Rows rank by the headline; a row without it is not ranked against those with it (nor, without a
     # headline, a row that misses a column against one that has them all).
@@ -534,7 +566,9 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
 
     taken: set[str] = {"Defense", "Clean"}
     headline_columns = []
-    if headline_budget is not None:
+    # A table of one attack at one budget: that column is the headline, not repeated beside itself.
+    single = len(columns) == 1 and headline_budget is not None
+    if headline_budget is not None and not single:
         ran = attacks_at[headline_budget]
         what = "worst case" if len(ran) >= 2 else ran[0]
         headline_columns = [_unique(f"Headline: {what} {budget_label(*headline_budget)}", taken)]
@@ -569,17 +603,18 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
     values = values[[c for c in values.columns if c in headline_columns or values[c].notna().any()]]
 
     table = values_table(f"{dataset} — {setting}", setting, values)
-    for label in headline_columns:  # the headline with its 95% interval
-        frame = table.frame.copy()
-        frame[label] = [
-            f"{pct(cell.acc)} [{pct(cell.interval[0])}, {pct(cell.interval[1])}]" if cell else MISSING
-            for cell in (headline[d] for d in order)]
-        table = dataclasses.replace(table, frame=frame)
+    frame = table.frame.copy()
+    for (attack, budget), label in zip(columns, labels):  # a stochastic defense's: strict (mean over repeats)
+        if label in frame.columns:
+            frame[label] = [cell.text() if (cell := cells.get((d, attack, budget))) else text
+                            for d, text in zip(order, frame[label])]
+    shown_headline = headline_columns or ([labels[0]] if single else [])
+    for label in shown_headline:  # the headline with its 95% interval
+        frame[label] = [_interval_text(headline[d]) for d in order]
     if flags:  # a flagged row carries the flag after its label and its headline
-        frame = table.frame.copy()
-        for column in [frame.columns[0], *headline_columns]:
+        for column in [frame.columns[0], *shown_headline]:
             frame[column] = [flagged(text, flags.get(d)) for text, d in zip(frame[column], order)]
-        table = dataclasses.replace(table, frame=frame)
+    table = dataclasses.replace(table, frame=frame, flagged_rows=tuple(bool((flags or {}).get(d)) for d in order))
     plots = [plot for attack in dict.fromkeys(a for a, _ in columns)
              for plot in _plots(dataset, group, setting, attack, order, cells, clean, taken_files)]
     return table, details, plots
@@ -637,7 +672,7 @@ def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str,
 def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
                     views: Iterable[Table] = (), legend: Table | None = None,
                     headline: dict[str, float] | None = None,
-                    verdicts: Iterable[Verdict] = ()) -> DatasetSection:
+                    verdicts: Iterable[Verdict] = (), best: Iterable[Table] = ()) -> DatasetSection:
     """One dataset's tables (one per threat model/source/surface, then ``views``), details and plots.
 
     ``rows`` are the dataset's deduplicated rows; ``taken_files`` the plot file names used so far
@@ -655,7 +690,7 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
             groups[(row.threat_model, row.source, row.surface)].append(row)
     clean = {d: _pool(rs) for d, rs in clean_rows.items()}
 
-    tables: list[Table] = []
+    tables: list[Table] = list(best)  # the section opens with its best-known numbers (bench.report.summary)
     details = [_detail_row("clean", d, CLEAN_ATTACK, MISSING, clean[d]) for d in sorted(clean)]
     plots: list[Plot] = []
     for group in sorted(groups, key=_group_order):

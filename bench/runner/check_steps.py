@@ -33,7 +33,7 @@ from ..checks import PROBE, PROBE_ATTACK
 from ..diversity import defense_kappa
 from ..metrics import row_metrics
 from ..plan import Task
-from ..store import Store
+from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, attacked_indices, seeded_randomness, task_seed, trained_defense
 
@@ -107,7 +107,8 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
                                      "found": found}, sort_keys=True),
     }
     scored = preds[:repeats].numpy()
-    row.update(row_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored))
+    row.update(row_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored, attacked=False))
+    row.update(examples=examples_digest(idx), example_indices=idx.numpy())
     row.update(defense_kappa(defense, x, y, device))
     return [row]
 
@@ -139,5 +140,6 @@ def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, stor
         "attack_config": json.dumps({"name": cfg["noise"], "params": {"draws": cfg["draws"]}}, sort_keys=True),
     }
     row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean.numpy(), preds.numpy()))
+    row.update(examples=examples_digest(idx), example_indices=idx.numpy())
     row.update(defense_kappa(defense, x_adv, y, device))  # as the score step: the members' agreement
     return [row]

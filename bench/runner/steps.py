@@ -176,6 +176,7 @@ def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
         row.update(defense_kappa(defense, x_adv, y, device))
     if indices is not None:
         row["examples"] = examples_digest(indices)
+        row["example_indices"] = indices.numpy()
     row["upstream_wall_time_s"] = craft_time
     return row
 

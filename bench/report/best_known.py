@@ -1,0 +1,276 @@
+"""The number a reader takes away: each deployed defense's best-known robust accuracy.
+
+Like RobustBench's "best known" robust accuracy, it is the per-example worst case over every stored result
+the harness has on a deployed model, not the number of one attack or one table:
+
+* **What counts.** Every result row that scored the deployed system's decisions (``evaluated_on`` deployed:
+  the model with its reject option where it has one), whatever surface its examples were crafted on
+  (members, mean gradient, fixed draws, EOT, reject-aware), transfer sources, AutoAttack and the soundness
+  checks' own runs (noise, more steps, single step, unbounded). Rows scored on a part of a defense (one
+  ensemble member) never count for the defense.
+* **Which budget.** An example broken at a budget ≤ ε is broken at ε. An example broken by any attack whose
+  stored perturbation size in the threat model's norm is ≤ ε (``perturbation_l2``/``perturbation_linf``)
+  is broken at ε too: so a minimum-norm attack (C&W, EAD, DeepFool, FAB) counts through each example's
+  perturbation, and one C&W run gives its whole accuracy-vs-ε curve.
+* **Which images.** Rows combine per example over the images they share: for each set of attacked images,
+  the rows that attacked all of them are combined on them; the set whose worst case is lowest is the
+  number (the lowest upper bound with evidence), and rows that did not attack all its images are named as
+  left apart, never silently mixed.
+* **Stochastic defenses.** An example counts as robust only if it was classified correctly (or rejected)
+  in every repeat ("strict"); the mean over repeats of the attack that broke the most examples is given
+  beside it.
+* **Which attack.** The attack (with its surface or source) that broke the most examples, and how many
+  examples only it broke.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..checks import CHECK_SOURCE
+from ..metrics import OUT_DISTRIBUTION_ATTACK, wilson_interval
+from ..threat_models import ThreatModel
+from .format import is_missing
+from .model import CLEAN_ATTACK
+
+# The stored per-example perturbation size of each threat model whose budget is a distance.
+NORM_COLUMNS = {ThreatModel.LINF.value: "perturbation_linf", ThreatModel.L2.value: "perturbation_l2"}
+# A stored float32 size within this relative distance of ε is within ε (projection and clipping round).
+_NORM_TOLERANCE = 1e-5
+# Rows made by the checks that say nothing about an attack (clean passes and gradients).
+_NOT_ATTACKS = {CLEAN_ATTACK, OUT_DISTRIBUTION_ATTACK, "probe"}
+
+RULE = ("Best known: per deployed defense, threat model and budget ε, the per-example worst case over every "
+        "stored result on the deployed model (any surface, transfer source, AutoAttack and the soundness "
+        "checks' runs; never a row scored on one ensemble member): an example counts as robust only if no "
+        "attack broke it within ε, where a result at a budget ≤ ε counts at ε and a minimum-norm attack's "
+        "example counts where its perturbation's size is ≤ ε. Results combine over the images they share; of "
+        "the attacked image sets, the one with the lowest worst case is shown, and results that did not attack "
+        "all of its images are counted apart (named in the best-known table). A stochastic defense's number is "
+        "strict: robust in every repeat; the mean over repeats of the attack that broke the most is given "
+        "beside it. \"Broken most by\": that attack, and how many examples only it broke.")
+
+
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """One stored result on a deployed model, per example: what was broken, and how far from the image."""
+
+    key: str
+    dataset: str
+    defense: str
+    attack: str
+    surface: str
+    source: str
+    threat_model: str
+    budget_param: str
+    budget: float | None
+    seed: int
+    correct: np.ndarray  # defended, per example (a stochastic defense's: in every repeat)
+    images: tuple  # which test images, in order: their indices, else the digest, else only their number
+    indices: np.ndarray | None
+    norms: np.ndarray | None  # per example, the perturbation's size in the threat model's norm
+    repeats: int
+    mean_acc: float  # the stored robust accuracy (a mean over repeats where repeated)
+    created_at: str
+
+    @property
+    def name(self) -> str:
+        """The attack as a reader knows it: its label, and where its examples came from."""
+        if self.source.startswith(CHECK_SOURCE):
+            return f"{self.attack} (soundness check)"
+        where = []
+        if self.source.startswith("transfer:"):
+            where.append(f"transfer from {self.source.split(':', 1)[1]}")
+        if self.surface and self.surface != "deployed":
+            where.append(f"surface {self.surface}")
+        return f"{self.attack} ({', '.join(where)})" if where else self.attack
+
+    def broken_within(self, eps: float) -> np.ndarray | None:
+        """Per example, whether this result broke it within ``eps``; None where it says nothing about eps."""
+        broken = ~self.correct
+        if self.budget_param == "eps" and self.budget is not None and self.budget <= eps * (1 + _NORM_TOLERANCE):
+            return broken
+        if self.norms is not None:
+            return broken & (self.norms <= eps * (1 + _NORM_TOLERANCE))
+        return None
+
+
+@dataclass(frozen=True)
+class BestKnown:
+    """One deployed defense's best-known robust accuracy at one (threat model, ε), pooled over seeds."""
+
+    dataset: str
+    defense: str
+    threat_model: str
+    eps: float
+    hits: int  # examples robust against every counted result
+    n: int
+    strongest: str  # the attack that broke the most examples ("" where none broke any)
+    strongest_broke: int
+    only_strongest: int  # examples only it broke
+    counted: tuple[Evidence, ...]
+    apart: tuple[Evidence, ...]  # results within ε on images the number's set does not hold
+    repeats: int  # > 1: a stochastic defense, its number strict
+    strongest_mean: float | None  # the mean over repeats of the strongest attack's row (stochastic only)
+
+    @property
+    def acc(self) -> float:
+        return self.hits / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.n)
+
+
+def _value(record: dict, name: str, default=None):
+    value = record.get(name, default)
+    return default if value is None or (not isinstance(value, np.ndarray) and is_missing(value)) else value
+
+
+def _array(value, dtype) -> np.ndarray | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return np.asarray(value, dtype=dtype).ravel()
+
+
+def collect(results: pd.DataFrame) -> dict[tuple[str, str], list[Evidence]]:
+    """(dataset, defense) -> its evidence: the newest row of each attack, budget, surface, source and seed
+    scored on the deployed model with per-example flags, in a threat model whose budget is a distance."""
+    newest: dict[tuple, Evidence] = {}
+    for record in results.to_dict("records"):
+        attack = str(_value(record, "attack", ""))
+        threat_model = str(_value(record, "threat_model", ""))
+        if (attack in _NOT_ATTACKS or threat_model not in NORM_COLUMNS
+                or _value(record, "evaluated_on", "deployed") != "deployed"):
+            continue
+        n = int(_value(record, "n", 0))
+        correct = _array(_value(record, "correct"), bool)
+        if correct is None or correct.size != n or n == 0:
+            continue
+        indices = _array(_value(record, "example_indices"), np.int64)
+        if indices is not None and indices.size != n:
+            indices = None
+        norms = _array(_value(record, NORM_COLUMNS[threat_model]), np.float64)
+        if norms is not None and norms.size != n:
+            norms = None
+        digest = str(_value(record, "examples", ""))
+        images = (("indices", indices.tobytes()) if indices is not None
+                  else ("digest", digest) if digest else ("count", n))
+        budget = _value(record, "budget")
+        evidence = Evidence(
+            key=str(_value(record, "key", "")), dataset=str(record["dataset"]), defense=str(record["defense"]),
+            attack=attack, surface=str(_value(record, "surface", "deployed")) or "deployed",
+            source=str(_value(record, "source", "white-box")) or "white-box", threat_model=threat_model,
+            budget_param=str(_value(record, "budget_param", "")),
+            budget=None if budget is None else float(budget), seed=int(record["seed"]), correct=correct,
+            images=images, indices=indices, norms=norms, repeats=int(_value(record, "repeats", 1) or 1),
+            mean_acc=float(_value(record, "robust_acc", 0.0)), created_at=str(_value(record, "created_at", "")))
+        identity = (evidence.dataset, evidence.defense, evidence.surface, evidence.source, attack,
+                    evidence.budget_param, evidence.budget, evidence.seed)
+        if identity not in newest or evidence.created_at > newest[identity].created_at:
+            newest[identity] = evidence
+    out: dict[tuple[str, str], list[Evidence]] = defaultdict(list)
+    for evidence in newest.values():
+        out[(evidence.dataset, evidence.defense)].append(evidence)
+    return dict(out)
+
+
+def _restricted(evidence: Evidence, broken: np.ndarray, images: tuple, reference: Evidence) -> np.ndarray | None:
+    """``broken`` of ``evidence`` on the reference row's images, in their order; None if it lacks one of them."""
+    if evidence.images == images:
+        return broken
+    if evidence.indices is None or reference.indices is None:
+        return None
+    position = {int(i): p for p, i in enumerate(evidence.indices)}
+    try:
+        return broken[[position[int(i)] for i in reference.indices]]
+    except KeyError:
+        return None
+
+
+@dataclass
+class _SeedOutcome:
+    broken: np.ndarray  # per example of the chosen images: broken by some counted result
+    by_attack: dict[str, np.ndarray]  # per attack name: the examples it broke
+    counted: list[Evidence]
+    apart: list[Evidence]
+
+
+def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
+    """The chosen image set of one seed's rows at ``eps``: of the candidate sets (each row's images), the rows
+    that attacked all of its images combined on it; the lowest worst case wins (ties: more images)."""
+    within = [(r, b) for r in rows if (b := r.broken_within(eps)) is not None]
+    if not within:
+        return None
+    best: _SeedOutcome | None = None
+    for images in dict.fromkeys(r.images for r, _ in within):
+        reference = next(r for r, _ in within if r.images == images)
+        broken = np.zeros(reference.correct.size, dtype=bool)
+        by_attack: dict[str, np.ndarray] = {}
+        counted, apart = [], []
+        for row, row_broken in within:
+            mine = _restricted(row, row_broken, images, reference)
+            if mine is None:
+                apart.append(row)
+                continue
+            counted.append(row)
+            broken |= mine
+            by_attack[row.name] = by_attack.get(row.name, np.zeros_like(broken)) | mine
+        outcome = _SeedOutcome(broken, by_attack, counted, apart)
+        if best is None or (1 - broken.mean(), -broken.size) < (1 - best.broken.mean(), -best.broken.size):
+            best = outcome
+    return best
+
+
+def best_known(evidence: Iterable[Evidence], threat_model: str, eps: float) -> BestKnown | None:
+    """The best-known robust accuracy of one deployed defense's ``evidence`` at (``threat_model``, ``eps``),
+    pooled over seeds; None where no result says anything about that budget."""
+    by_seed: dict[int, list[Evidence]] = defaultdict(list)
+    for e in evidence:
+        if e.threat_model == threat_model:
+            by_seed[e.seed].append(e)
+    outcomes = [o for seed in sorted(by_seed) if (o := _one_seed(by_seed[seed], eps)) is not None]
+    if not outcomes:
+        return None
+    broke: dict[str, int] = defaultdict(int)
+    only: dict[str, int] = defaultdict(int)
+    for o in outcomes:
+        stack = np.stack(list(o.by_attack.values())) if o.by_attack else np.zeros((0, o.broken.size), bool)
+        alone = stack.sum(axis=0) == 1
+        for name, mask in o.by_attack.items():
+            broke[name] += int(mask.sum())
+            only[name] += int((mask & alone).sum())
+    strongest = max(broke, key=lambda name: (broke[name], only[name], name)) if any(broke.values()) else ""
+    counted = tuple(e for o in outcomes for e in o.counted)
+    repeats = max((e.repeats for e in counted), default=1)
+    strongest_mean = None
+    if repeats > 1 and strongest:
+        # Its row at the largest budget it ran within eps (a minimum-norm attack: its only row).
+        mine = [e for e in counted if e.name == strongest]
+        top = max(mine, key=lambda e: (e.budget is not None and e.budget <= eps * (1 + _NORM_TOLERANCE),
+                                       e.budget or 0.0))
+        strongest_mean = top.mean_acc
+    first = counted[0]
+    return BestKnown(
+        dataset=first.dataset, defense=first.defense, threat_model=threat_model, eps=eps,
+        hits=sum(int((~o.broken).sum()) for o in outcomes), n=sum(int(o.broken.size) for o in outcomes),
+        strongest=strongest, strongest_broke=broke.get(strongest, 0), only_strongest=only.get(strongest, 0),
+        counted=counted, apart=tuple(e for o in outcomes for e in o.apart), repeats=repeats,
+        strongest_mean=strongest_mean)
+
+
+def eps_budgets(evidence: Iterable[Evidence], threat_model: str) -> list[float]:
+    """The distance budgets the suite's own attacks (not its checks) ran at in ``threat_model``, ascending."""
+    return sorted({round(e.budget, 9) for e in evidence
+                   if e.threat_model == threat_model and e.budget_param == "eps" and e.budget is not None
+                   and not e.source.startswith(CHECK_SOURCE)})
+
+
+def threat_models(evidence: Iterable[Evidence]) -> list[str]:
+    return sorted({e.threat_model for e in evidence}, key=ThreatModel.rank_of)
