@@ -323,7 +323,9 @@ def test_suite_rows_outcomes_and_table_one(finished):
     ood = rows[rows["attack"] == OUT_DISTRIBUTION_ATTACK]
     assert len(ood) == 4 and (ood["n"] == 50).all() and (ood["acc_rate"] == 0).all()
     board = (root / "lb" / "README.md").read_text()
-    assert "naive vs augmented CNNs (Abbasi et al. Table I layout" in board
+    # The view names its in- and out-distribution data sets, as the paper's "<MNIST, NotMNIST>" header does.
+    assert "naive vs augmented CNNs on &lt;digits, " in board and "(Abbasi et al. Table I layout" in board
+    assert "| In-dist. test (digits)" in board
     assert "a rejected clean in-distribution example counts as an error" in board
     table = board.split("Abbasi et al. Table I layout")[1]
     for label in ("Out-dist. test", "fgsm ε=0.2 (from surrogate)", "pgd-reject-aware ε=0.2 (white-box, reject-aware)",
@@ -400,4 +402,4 @@ def test_table_one_view_pools_seeds_by_counts():
     assert view.loc[(label, "Acc."), "db"].startswith("12.5 [")  # 5 of 40
     assert view.loc[(label, "Err."), "db"].startswith("37.5 [")  # 15 of 40
     assert view.loc[(label, "Rej."), "naive"] == "—" and view.loc[(label, "n"), "db"] == "40"
-    assert view.loc[("In-dist. test", "Acc."), "db"].startswith("90.0 [")
+    assert view.loc[("In-dist. test (d)", "Acc."), "db"].startswith("90.0 [")  # named by its data set

@@ -46,15 +46,13 @@ _NORM_TOLERANCE = 1e-5
 # Rows made by the checks that say nothing about an attack (clean passes and gradients).
 _NOT_ATTACKS = {CLEAN_ATTACK, OUT_DISTRIBUTION_ATTACK, "probe"}
 
-RULE = ("Best known: per deployed defense, threat model and budget ε, the per-example worst case over every "
-        "stored result on the deployed model (any surface, transfer source, AutoAttack and the soundness "
-        "checks' runs; never a row scored on one ensemble member): an example counts as robust only if no "
-        "attack broke it within ε, where a result at a budget ≤ ε counts at ε and a minimum-norm attack's "
-        "example counts where its perturbation's size is ≤ ε. Results combine over the images they share; of "
-        "the attacked image sets, the one with the lowest worst case is shown, and results that did not attack "
-        "all of its images are counted apart (named in the best-known table). A stochastic defense's number is "
-        "strict: robust in every repeat; the mean over repeats of the attack that broke the most is given "
-        "beside it. \"Broken most by\": that attack, and how many examples only it broke.")
+RULE = ("Best known (the summary and each section's first tables): per deployed defense, threat model and budget "
+        "ε, an example counts as robust only if no stored result on the deployed model broke it within ε: every "
+        "surface, transfer source, AutoAttack and soundness-check run counts (a row scored on one ensemble member "
+        "does not), a result at a budget ≤ ε counts at ε, and a minimum-norm attack's example counts where its "
+        "perturbation is ≤ ε. Results combine over the images they share (the image set with the lowest number "
+        "is shown; results on other images are named apart). Stochastic defenses: strict, robust in every repeat. "
+        "Broken most by: the attack that broke the most examples, and how many only it broke.")
 
 
 @dataclass(frozen=True, eq=False)

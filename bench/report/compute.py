@@ -10,6 +10,7 @@ from . import best_known, detection, robustness, summary
 from .legend import model_legend
 from .model import Leaderboard
 from .soundness import LEGEND as CHECKS_LEGEND
+from .soundness import flag_view
 from .views import view_tables
 
 DEFAULT_TITLE = "advbench leaderboard"
@@ -21,7 +22,8 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
     detectors = detection.detector_sections(detections)
     results, problems = robustness.screen(results) if results is not None else (results, [])
-    legend = robustness.LEGEND + (f" {REJECTION_CONVENTION}" if _has_rejections(results, detections) else "")
+    legend = (f"{best_known.RULE} {robustness.LEGEND}"
+              + (f" {REJECTION_CONVENTION}" if _has_rejections(results, detections) else ""))
     if results is None or results.empty:
         legend += f" {CHECKS_LEGEND}" if any(d.flagged for d in detectors) else ""
         produced = detection.produced_line(detections) if detectors else ""
@@ -59,7 +61,11 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
             suites_known.append(known)
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
-                views=view_tables(name, mine), legend=model_legend(name, mine), headline=headline,
+                views=[flag_view(view, {d: sorted({n for (ds, dd, _), numbers in failed.items()
+                                                   if ds == dataset and dd == d for n in numbers})
+                                        for (ds, d, _) in failed if ds == dataset})
+                       for view in view_tables(name, mine)],
+                legend=model_legend(name, mine), headline=headline,
                 verdicts=[v for v in verdicts if v.dataset == dataset], best=summary.suite_tables(known)))
         flagged = flagged or any(v.failed for v in verdicts)
     # Out-distribution rows are not counted as superseded for not being in the tables.
@@ -82,6 +88,16 @@ def _has_rejections(results: pd.DataFrame | None, detections: pd.DataFrame | Non
     return bool(rejecting or guarded)
 
 
+# The order a newcomer meets the shipped suites (README, then the defense tracks as CI runs them); any other
+# suite follows, by name.
+SUITE_ORDER = ("mnist-quick", "pretrained-mnist-quick", "ensembles-mnist-quick", "randomized-mnist-quick",
+               "detector-mnist-quick", "dustbin-mnist-quick")
+
+
+def suite_order(suite: str) -> tuple:
+    return (SUITE_ORDER.index(suite), "") if suite in SUITE_ORDER else (len(SUITE_ORDER), suite)
+
+
 def suite_frames(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(suite, its results) for each suite, each a section of its own: a row counts for every suite whose
     latest plan holds it (``plan_suites``, as the store reads it), else for the suite that ran it."""
@@ -89,7 +105,7 @@ def suite_frames(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     planned = results["plan_suites"] if "plan_suites" in results.columns else pd.Series(None, index=results.index)
     owners = [[("" if pd.isna(s) else str(s)) for s in (p if isinstance(p, (list, tuple)) and len(p) else [r])]
               for p, r in zip(planned, ran_by)]
-    suites = sorted({s for o in owners for s in o})
+    suites = sorted({s for o in owners for s in o}, key=suite_order)
     if len(suites) <= 1:
         return [(suites[0] if suites else "", results)]
     return [(suite, results[[suite in o for o in owners]]) for suite in suites]

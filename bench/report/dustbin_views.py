@@ -5,8 +5,8 @@ defense has a reject option (a stored ``reject_rate``; ``defenses/dustbin.py``).
 scored (naive and augmented CNNs side by side) except the transfer sources themselves; rows, in the
 paper's order:
 
-* In-dist. test — Acc. (Rej. and Err. too: a rejected clean image is an error);
-* Out-dist. test — Rej. (the dataset entry's ``out_distribution:`` test set; only a rejection is right);
+* In-dist. test (the data set) — Acc. (Rej. and Err. too: a rejected clean image is an error);
+* Out-dist. test (its name) — Rej. (the dataset entry's ``out_distribution:`` test set; only a rejection is right);
 * per attack (label and budget): Acc., Rej., Err. and n, first the black-box transfer attacks (Table I's
   threat model), then the white-box ones, whose label names the attacked surface (``reject-aware``: the
   adaptive attack that must avoid the dustbin too);
@@ -18,6 +18,7 @@ counts; "—" where a model has no such outcome (Rej. of a model without a rejec
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -116,13 +117,16 @@ def rejection_view(results: pd.DataFrame) -> pd.DataFrame | None:
         records.append((test_set, "n", cells))
 
     clean = frame[frame["attack"] == CLEAN_ATTACK]
+    in_set, out_set = data_sets(frame)
+    in_label = f"In-dist. test ({in_set})" if in_set else "In-dist. test"
     for outcome, column in OUTCOMES:
-        add("In-dist. test", outcome, clean, column)
-    add_n("In-dist. test", clean)
+        add(in_label, outcome, clean, column)
+    add_n(in_label, clean)
     out = frame[frame["attack"] == OUT_DISTRIBUTION_ATTACK]
     if not out.empty:
-        add("Out-dist. test", "Rej.", out, "reject_rate")
-        add_n("Out-dist. test", out)
+        out_label = f"Out-dist. test ({out_set})" if out_set else "Out-dist. test"
+        add(out_label, "Rej.", out, "reject_rate")
+        add_n(out_label, out)
     errors: dict[str, dict[str, list[float]]] = {"transfer": {d: [] for d in defenses},
                                                   "white-box": {d: [] for d in defenses}}
     for kind, label, rows in _attack_blocks(frame):
@@ -141,14 +145,34 @@ def rejection_view(results: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame([cells for _, _, cells in records], index=index, columns=defenses)
 
 
+def data_sets(frame: pd.DataFrame) -> tuple[str, str]:
+    """The in-distribution data set and the out-distribution one (its ``out_distribution:`` entry's name, with
+    the classes it leaves out), as the paper's "<MNIST, NotMNIST>" header names them; "" where unknown."""
+    inside = ", ".join(dict.fromkeys(str(d) for d in frame.get("dataset", pd.Series(dtype=str)).dropna()))
+    outside = []
+    for config in frame.loc[frame["attack"] == OUT_DISTRIBUTION_ATTACK, "attack_config"].dropna() \
+            if "attack_config" in frame.columns else ():
+        try:
+            entry = json.loads(config)
+        except (TypeError, json.JSONDecodeError):
+            continue
+        name = str(entry.get("name", ""))
+        if entry.get("exclude_classes"):
+            name += f" without classes {', '.join(str(c) for c in entry['exclude_classes'])}"
+        outside.append(name)
+    return inside, ", ".join(dict.fromkeys(outside))
+
+
 @view_registry.register("abbasi-table-1", order=70)
 def abbasi_table_1(dataset: str, results: pd.DataFrame) -> Table | None:
     """Reject option: Acc. / Rej. / Err. of naive and dustbin models (Abbasi et al. 2018, Table I)."""
     view = rejection_view(results)
     if view is None:
         return None
-    setting = ("reject option: Acc. / Rej. / Err. (%) [95% CI], naive vs augmented CNNs (Abbasi et al. Table I "
-               "layout; how a rejection counts: the legend)")
+    in_set, out_set = data_sets(results)
+    pair = f" on <{in_set}, {out_set}>" if in_set and out_set else ""
+    setting = (f"reject option: Acc. / Rej. / Err. (%) [95% CI], naive vs augmented CNNs{pair} (Abbasi et al. "
+               "Table I layout; how a rejection counts: the legend)")
     return frame_table(f"{dataset} — reject option (Abbasi et al. Table I layout)", setting,
                        view.reset_index(), left_columns=2)
 

@@ -44,3 +44,10 @@ def metric_text(value, fmt: str) -> str:
 def sanitize(name: str) -> str:
     """A file-name part: runs of anything but letters, digits, ``._-`` become one ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"
+
+
+def natural_key(text: str) -> tuple:
+    """A sort key that orders the numbers inside text as numbers: fixed:5 before fixed:10, pgd-eot5 before
+    pgd-eot20."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(text))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)

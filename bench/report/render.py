@@ -33,7 +33,7 @@ from .numbers import NUMBERS_FILE, numbers_csv
 TEMPLATE = "leaderboard.html.j2"  # in bench/report/templates/
 SUMMARY_HEADING = "Summary: best known robust accuracy"
 SUMMARY_LEAD = ("Per dataset, threat model and headline budget, every deployed defense of every suite, most robust "
-                "first: its best-known robust accuracy with its 95% interval (the rule is in the legend above), "
+                "first: its best-known robust accuracy with its 95% interval (how it is counted: the legend below), "
                 "the attack that broke the most examples, and a link to its section.")
 
 
@@ -77,13 +77,14 @@ def render_markdown(board: Leaderboard) -> str:
     if board.empty:
         lines += ["No results yet: run a suite (`advbench run suites/<name>.yaml`) to fill this leaderboard.", ""]
         return "\n".join(lines)
-    lines += [_md(board.produced), "", _md(board.legend), ""]
+    lines += [_md(board.produced), ""]
     if board.problems:
         lines += ["Left out of this build:", "", *(f"- {_md(p)}" for p in board.problems), ""]
-    if board.summary:
+    if board.summary:  # the number a reader came for first, then how it is counted
         lines += [f"## {SUMMARY_HEADING}", "", _md(SUMMARY_LEAD), ""]
         for table in board.summary:
             lines += [f"### {_md(table.setting)}", "", _md_table(table), ""]
+    lines += [_md(board.legend), ""]
     for section in board.datasets:
         lines += [f"## {_md(section.name)}", ""]
         for table in section.tables:
@@ -199,7 +200,8 @@ def _outline(board: Leaderboard) -> list[tuple[_Part, list[_Part]]]:
 
 
 def render_html(board: Leaderboard) -> str:
-    return _template().render(board=board, outline=_outline(board), missing=MISSING)
+    return _template().render(board=board, outline=_outline(board), missing=MISSING,
+                              first_section=1 if board.summary else 0, summary_lead=SUMMARY_LEAD)
 
 
 # --------------------------------------------------------------------------- PNG

@@ -58,7 +58,7 @@ from ..checks import flags as check_flags
 from ..labels import BUDGET_SYMBOLS, budget_label
 from ..metrics import METRICS, RESULT_METRICS, MetricSpec, wilson_interval
 from ..threat_models import ThreatModel
-from .format import MISSING, PCT, is_missing, metric_text, pct, sanitize
+from .format import MISSING, PCT, is_missing, metric_text, natural_key, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
 from .soundness import checks_tables, flagged
 
@@ -77,10 +77,12 @@ _ROW_METRICS = tuple(dict.fromkeys(
 # For these budgets, budget 0 means "no attack", so clean accuracy is the curve's start.
 _ZERO_IS_CLEAN = {"eps", "epsilon"}
 
-LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds. "
+LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds; a stochastic defense's is strict "
+          "(robust in every repeat), the mean over repeats in parentheses. "
           "Worst case: an example counts as robust only if it survives every attack at that budget. "
-          "Headline: the worst case over every attack of the table at the largest budget they all ran at, "
-          "with its 95% interval; rows are ranked by it, and a row without it is listed after, by name. "
+          "Headline: the worst case over every attack of the table at the suite's headline budget, else the "
+          "largest budget they all ran at, with its 95% interval (a one-attack table: its column); rows are ranked "
+          "by it, and a row without it is listed after, by name. "
           f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
 
 
@@ -455,8 +457,8 @@ def _setting(threat_model: str, source: str, surface: str) -> str:
 
 def _group_order(group: tuple[str, str, str]) -> tuple:
     threat_model, source, surface = group
-    return (ThreatModel.rank_of(threat_model), threat_model, source != "white-box", source,
-            surface != "deployed", surface)
+    return (ThreatModel.rank_of(threat_model), threat_model, source != "white-box", natural_key(source),
+            surface != "deployed", natural_key(surface))
 
 
 def _budget_order(budget: tuple[str, float | None]) -> tuple:
@@ -521,7 +523,7 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
     cells_rows: dict[tuple[str, str, tuple], list[Row]] = defaultdict(list)
     for row in rows:
         cells_rows[(row.defense, row.attack, (row.budget_param, row.budget))].append(row)
-    columns = sorted({(a, b) for _, a, b in cells_rows}, key=lambda c: (c[0], _budget_order(c[1])))
+    columns = sorted({(a, b) for _, a, b in cells_rows}, key=lambda c: (natural_key(c[0]), _budget_order(c[1])))
     cells = {k: _pool(v) for k, v in cells_rows.items()}
 
     attacks_at: dict[tuple, list[str]] = defaultdict(list)

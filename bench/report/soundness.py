@@ -8,6 +8,7 @@ with n and 95% intervals) and what to run next.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import pandas as pd
@@ -52,3 +53,21 @@ def checks_tables(dataset: str, verdicts: Iterable[Verdict]) -> list[Table]:
         tables.append(frame_table(f"{dataset} — soundness checks failed", "soundness checks failed", frame,
                                   left_columns=5))
     return tables
+
+
+def flag_view(table: Table, flags: dict[str, list[int]]) -> Table:
+    """A paper-shaped view with the flags of the defenses it shows: after a ``Defense`` cell (that row is then
+    never marked best) or a column named after a defense, so a view never shows a flagged number unmarked."""
+    if not flags:
+        return table
+    frame = table.frame.copy()
+    flagged_rows = table.flagged_rows
+    if "Defense" in frame.columns:
+        labels = [str(v) for v in frame["Defense"]]
+        frame["Defense"] = [flagged(label, flags.get(label)) for label in labels]
+        flagged_rows = tuple(bool(flags.get(label)) for label in labels)
+    frame.columns = [flagged(str(c), flags.get(str(c))) if c != "Defense" else c for c in frame.columns]
+    values = table.values
+    if values is not None:
+        values = values.rename(columns={c: flagged(str(c), flags.get(str(c))) for c in values.columns})
+    return dataclasses.replace(table, frame=frame, values=values, flagged_rows=flagged_rows)
