@@ -20,8 +20,10 @@ from .tasks import run_task
 
 @executors.register("local")
 class LocalExecutor:
-    """Runs the tasks one after another in this process (the default). Each task is claimed in the store
-    first (``bench.runner.claims``), so a second run on the same store does other tasks, or waits."""
+    """Runs the tasks one after another in this process (the default; no options). Each task is claimed in
+    the store first, so a second run on the same store does other tasks, or waits.
+
+    Claims: ``bench.runner.claims``; ``poll_s``: how often a run waiting for another run's tasks looks again."""
 
     def __init__(self, echo: Callable[[str], None] = print, *, poll_s: float = 2.0):
         self.echo = echo

@@ -164,8 +164,14 @@ class ProcessWorkers:
 
 @executors.register("pool")
 class PoolExecutor:
-    """Worker processes on this machine's devices (``--devices``, ``--workers`` per device), scheduled
-    longest first with model affinity and fused jobs (bench.runner.scheduler; ``fuse``: see ``fused_kinds``)."""
+    """Worker processes on this machine: --devices auto (every CUDA device, else the CPU), cpu, cuda or
+    cuda:0,cuda:1; --workers N per device (default 1; on the CPU the cores are divided between them). Tasks
+    run longest first, preferably on a worker that already loaded their model; score tasks are fused across
+    crafted sets, and on GPUs craft tasks across budgets (--no-fuse: every task alone). --workers or --devices
+    alone pick this executor.
+
+    The scheduling is ``bench.runner.scheduler``'s; ``fuse`` (None, True, False) maps to the fused task kinds
+    by ``fused_kinds``."""
 
     def __init__(self, devices: str | None = None, workers: int | None = None, fuse: bool | None = None,
                  echo: Callable[[str], None] = print, max_retries: int = 2, threads: int | None = None):

@@ -94,9 +94,14 @@ class RayWorkers:
             self.ray.kill(actor)
 
 
-@executors.register("ray")
+@executors.register("ray", options=("workers", "gpus_per_worker", "fuse"))  # --devices: refused with a reason
 class RayExecutor:
-    """Scheduler workers as Ray actors (pip install 'advbench[ray]'); ``--address`` via RAY_ADDRESS."""
+    """Workers as Ray actors (pip install 'advbench[ray]'), on the cluster that the RAY_ADDRESS environment
+    variable names, else a local one: --workers N in all (default: as many as the cluster fits);
+    --gpus-per-worker X each (a share such as 0.25, or a whole number; default 1 with a CUDA device, else 0);
+    --no-fuse as for pool.
+
+    ``address`` (Python only) overrides RAY_ADDRESS; scheduling and fusing as ``PoolExecutor``'s."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
                  fuse: bool | None = None, devices: str | None = None, echo: Callable[[str], None] = print,
