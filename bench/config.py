@@ -10,7 +10,14 @@ What would otherwise pass here and fail mid-run is refused here too: a key given
 mapping (YAML would keep the last value), NaN or infinite floats (anywhere in the schema and in every
 registry entry's parameters), seeds outside 0..2**32-1, an empty list where leaving the key out means
 "all", split sizes the dataset cannot give (from its registry entry's ``sizes``, without loading it),
-and budgets beyond their kind's bound for the suite's input shapes (``BUDGET_KINDS``).
+budgets beyond their kind's bound for the suite's input shapes (``BUDGET_KINDS``), counts that scale the
+cost beyond any real suite (``bench.registry.COST_LIMITS``), and a headline budget no attack runs at.
+
+Budgets and float parameters may be written as fractions (``8/255``): the suite file keeps the user's form,
+the validated suite (and so every task key) holds the float.
+
+Every problem found is one line naming file and key: ``UserError`` carries them all, one per line. What is
+not wrong but wasteful (``eot`` on a deterministic defense) is a warning line on stderr, and the suite loads.
 """
 
 from __future__ import annotations
@@ -18,19 +25,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 from .attacks.base import BUDGET_KINDS, shape_words
 from .defense import DetectorDefense
 from .errors import UserError
-from .registry import Seed, UnknownName, attacks, baseline_detectors, datasets, defenses
+from .registry import (ACCEPTS_FRACTION, FloatOrFraction, Seed, UnknownName, attacks, baseline_detectors, datasets,
+                       defenses)
 from .threat_models import ThreatModel
 
 
@@ -40,8 +49,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-# A budget: finite is checked with the attack's own words (``Attack.budget_error``: "use null for no bound").
-Budget = Annotated[float, AllowInfNan()]
+# A budget: a number or a fraction a/b (``bench.registry.parse_fraction``: ``8/255``), read as a float; finite
+# is checked with the attack's own words (``Attack.budget_error``: "use null for no bound").
+Budget = Annotated[float, AllowInfNan(), ACCEPTS_FRACTION]
 
 
 def _not_empty(default: str) -> pydantic.AfterValidator:
@@ -140,7 +150,7 @@ class AdaptiveAttackEntry(_Strict):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     budgets: list[Budget | None] = Field(min_length=1)
-    detector_weights: list[float] = Field(
+    detector_weights: list[FloatOrFraction] = Field(
         default_factory=lambda: [0.1, 0.3, 1.0], min_length=1,
         description="weights of the detector's term in a gradient attack's loss, tried in turn; each image "
                     "keeps the first example that gets through (C&W ignores them: its own search balances)")
@@ -152,7 +162,8 @@ class DetectorEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     images: int = Field(2000, ge=20, description="training-split images per attack (paper: 10,000)")
     folds: int = Field(10, ge=2, description="cross-validation folds (paper: 10)")
-    fpr: float = Field(0.05, gt=0, lt=1, description="false-positive rate of the TPR-at-FPR threshold")
+    fpr: Annotated[float, Field(gt=0, lt=1), ACCEPTS_FRACTION] = Field(
+        0.05, description="false-positive rate of the TPR-at-FPR threshold")
     train_attacks: Annotated[list[str], _not_empty("train on every detector attack")] | None = Field(
         None, description="labels of detector_attacks; default all")
     test_attacks: Annotated[list[str], _not_empty("test on the train_attacks")] | None = Field(
@@ -181,12 +192,18 @@ class Suite(_Strict):
     repeats: int | None = Field(
         None, ge=1, le=1000, description="predictions per scored example for a stochastic defense (fresh "
                                          "randomness each); default 10 for stochastic defenses, 1 otherwise")
-    headline: dict[str, float] = Field(
+    headline: dict[str, FloatOrFraction] = Field(
         default_factory=dict, description="per threat model (linf, l2, ...), the eps budget of the leaderboard's "
                                           "headline; default: the largest budget every attack of a table ran at")
     checks: bool = Field(True, description="soundness checks (bench.checks): a few cheap extra tasks per attacked "
                                            "defense and threat model, and a flag on every row that fails one")
     path: str = Field("", exclude=True)
+    # What validation found wasteful but not wrong, one line each naming file and key (printed on stderr).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
 
 def _loc(loc: tuple) -> str:
@@ -213,12 +230,13 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError, *,
+def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError | list[dict], *,
                      schema: type[BaseModel] | None = None, known: list[str] | None = None) -> list[str]:
-    """One message per problem. An unknown key gets close matches among the keys that are allowed there:
-    ``known`` (a registry entry's parameters) or the fields of ``schema`` at that place."""
+    """One message per problem (``err``: a pydantic error, or some of its ``errors()``). An unknown key gets
+    close matches among the keys that are allowed there: ``known`` (a registry entry's parameters) or the
+    fields of ``schema`` at that place."""
     msgs = []
-    for e in err.errors():
+    for e in (err.errors() if isinstance(err, pydantic.ValidationError) else err):
         loc = tuple(p for p in e["loc"] if p != "__root__")
         key = _loc(loc)
         full = ".".join(k for k in (prefix, key) if k).replace(".[", "[")
@@ -236,7 +254,8 @@ def _pydantic_errors(path: str, prefix: str, err: pydantic.ValidationError, *,
 
 
 def load_suite(path: str | Path, *, data_ctx=None) -> Suite:
-    """Read and fully validate a suite; raise UserError with the first problem found.
+    """Read and fully validate a suite; raise UserError with every problem found (one per line); print a
+    warning line on stderr for each wasteful setting (``Suite.warnings``).
 
     ``data_ctx`` (a ``bench.data.DataContext``) enables the check that each dataset is
     available; without it that check is skipped (e.g. for ``advbench validate`` without
@@ -268,7 +287,11 @@ def suite_from_mapping(raw: dict[str, Any], *, shown: str, data_ctx=None) -> Sui
     except pydantic.ValidationError as e:
         _raise_all(_pydantic_errors(shown, "", e, schema=Suite), shown)
     suite.path = shown
-    _raise_all(_check_semantics(suite, shown, data_ctx), shown)
+    warnings: list[str] = []
+    _raise_all(_check_semantics(suite, shown, data_ctx, warnings), shown)
+    suite._warnings = list(dict.fromkeys(warnings))
+    for warning in suite._warnings:
+        print(f"advbench: warning: {warning}", file=sys.stderr)
     return suite
 
 
@@ -322,10 +345,9 @@ def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, loc: tuple, visite
 
 
 def _raise_all(errors: list[str], path: str) -> None:
-    """Every problem found, on one line: the first with the file's name, the others after it."""
+    """Every problem found, one per line, each naming the file and the key (``UserError.problems``)."""
     if errors:
-        rest = [e.removeprefix(f"{path}: ") for e in dict.fromkeys(errors[1:])]
-        raise UserError("; ".join([errors[0], *rest]))
+        raise UserError(list(dict.fromkeys(errors)))
 
 
 def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
@@ -336,12 +358,21 @@ def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
         errors.append(f"{path}: {key}.name: {e}")
         return None
     params = dict(entry.params)
+    backend_key = f"{key}.params.backend"
     if getattr(entry, "backend", None) is not None:
         params["backend"] = entry.backend
+        backend_key = f"{key}.backend"  # an entry-level key, checked with the attack's parameters
     try:
         validated = reg_entry.validate(params)
     except pydantic.ValidationError as e:
-        errors.extend(_pydantic_errors(path, f"{key}.params", e, known=[p.name for p in reg_entry.params]))
+        problems = []
+        for problem in e.errors():
+            own = _attack_key_problem(registry, reg_entry, entry, key, backend_key, problem)
+            if own is not None:
+                errors.append(f"{path}: {own}")
+            else:
+                problems.append(problem)
+        errors.extend(_pydantic_errors(path, f"{key}.params", problems, known=[p.name for p in reg_entry.params]))
         return None
     entry.params = validated
     if registry is datasets or registry is baseline_detectors:
@@ -358,6 +389,40 @@ def _check_entry(registry, entry, key: str, path: str, errors: list[str]):
     return None
 
 
+# Keys a user may write for an attack's budget (beside its budget kind's own name, e.g. eps or c).
+_BUDGET_WORDS = ("budget", "budgets", "epsilon")
+
+
+def _attack_key_problem(registry, reg_entry, entry, key: str, backend_key: str, problem: dict) -> str | None:
+    """"<key>: <message>" for a problem with an attack entry's parameters that the generic wording gets wrong,
+    else None: its budget given as a parameter (it goes under ``budgets``), and a backend the attack lacks
+    (an entry-level key, named as such, with the attack's backends)."""
+    if registry is not attacks or not problem["loc"]:
+        return None
+    name, factory = problem["loc"][0], reg_entry.factory
+    if name == "backend" and len(problem["loc"]) == 1:
+        backends = list(getattr(factory, "backends", ()))
+        listed = ", ".join(f"{b} (the default)" if i == 0 else b for i, b in enumerate(backends))
+        return f"{backend_key}: {entry.name!r} has no backend {problem['input']!r}; its backends: {listed}"
+    budget_param = getattr(factory, "budget_param", None)
+    if (problem["type"] == "extra_forbidden" and len(problem["loc"]) == 1 and hasattr(entry, "budgets")
+            and budget_param is not None and (name == budget_param or name in _BUDGET_WORDS)):
+        return (f"{key}.params.{name}: the budget is not a parameter; list it under {key}.budgets (a list: "
+                f"{entry.name} runs once per budget)")
+    return None
+
+
+def _defense_label_problem(name: str, labels: list[str], detectors: dict[str, int], role: str) -> str:
+    """Why ``name`` is not a defense label of the suite: a detector's (and how detectors are attacked), or
+    unknown (with close matches). ``role``: what the key asks of a defense, e.g. "attack"."""
+    if name in detectors:
+        i = detectors[name]
+        return (f"{name!r} is a detector (detectors[{i}]), which an attack entry cannot {role}: a detector's data "
+                f"is built by detector_attacks, and a detector-aware attack on the classifier it guards (the "
+                f"detector folded in as an extra class) goes under detectors[{i}].adaptive_attacks")
+    return str(UnknownName("defense label", name, labels))
+
+
 def _unique_labels(items, key: str, path: str, errors: list[str]) -> None:
     seen: set[str] = set()
     for i, item in enumerate(items):
@@ -367,8 +432,10 @@ def _unique_labels(items, key: str, path: str, errors: list[str]) -> None:
         seen.add(item.label)
 
 
-def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
+def _check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | None = None) -> list[str]:
+    """Every problem of a parsed suite, one message each; what is wasteful but not wrong goes to ``warnings``."""
     errors: list[str] = []
+    warnings = [] if warnings is None else warnings
     for key, items in (("datasets", suite.datasets), ("defenses", suite.defenses), ("attacks", suite.attacks),
                        ("detector_attacks", suite.detector_attacks), ("detectors", suite.detectors)):
         _unique_labels(items, key, path, errors)
@@ -402,6 +469,7 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
 
     surfaces: dict[str, set[str]] = {}
     loss_surfaces: dict[str, set[str]] = {}
+    stochastic: dict[str, bool] = {}  # defense label -> whether it decides with randomness at test time
     for i, d in enumerate(suite.defenses):
         defense = _check_entry(defenses, d, f"defenses[{i}]", path, errors)
         if isinstance(defense, DetectorDefense):
@@ -410,30 +478,40 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
         elif defense is not None:
             surfaces[d.label] = set(defense.surface_names())
             loss_surfaces[d.label] = set(defense.loss_surface_names())
+            stochastic[d.label] = bool(getattr(defense, "stochastic", False))
             _check_input_shapes(defense, shapes, f"defenses[{i}]", path, errors)
 
     labels = [d.label for d in suite.defenses]
+    detector_labels = {d.label: i for i, d in enumerate(suite.detectors)}
     _check_defense_references(suite, labels, path, errors)
     for i, ds in enumerate(suite.datasets):
         if ds.eval_correct_by is not None and ds.eval_correct_by not in labels:
             errors.append(f"{path}: datasets[{i}].eval_correct_by: "
-                          f"{UnknownName('defense label', ds.eval_correct_by, labels)}")
+                          f"{_defense_label_problem(ds.eval_correct_by, labels, detector_labels, 'select images by')}")
+    eps_budgets: dict[str, set[float]] = {}  # threat model -> the eps budgets some attack runs at
     for i, a in enumerate(suite.attacks):
         key = f"attacks[{i}]"
         attack = _check_entry(attacks, a, key, path, errors)
         if attack is None:
             continue
         _check_budgets(attack, a.budgets, key, path, errors, shapes)
+        if type(attack).budget_param == "eps":
+            eps_budgets.setdefault(str(type(attack).threat_model), set()).update(
+                b for b in a.budgets if b is not None)
+        targets = [a.transfer_from] if a.transfer_from else (a.defenses or labels)
+        _warn_eot(attack, a.params, [t for t in targets if t in stochastic], stochastic, key, path, warnings)
         for ds in suite.datasets:
             if a.eval_size is not None and a.eval_size > ds.eval_size:
                 errors.append(f"{path}: {key}.eval_size: {a.eval_size} examples, more than dataset "
                               f"{(ds.label or ds.name)!r} attacks (its eval_size: {ds.eval_size})")
         for name in (a.defenses or []):
             if name not in labels:
-                errors.append(f"{path}: {key}.defenses: {UnknownName('defense label', name, labels)}")
+                errors.append(f"{path}: {key}.defenses: "
+                              f"{_defense_label_problem(name, labels, detector_labels, 'attack')}")
         if a.transfer_from is not None:
             if a.transfer_from not in labels:
-                errors.append(f"{path}: {key}.transfer_from: {UnknownName('defense label', a.transfer_from, labels)}")
+                errors.append(f"{path}: {key}.transfer_from: "
+                              f"{_defense_label_problem(a.transfer_from, labels, detector_labels, 'craft on')}")
             elif a.surface not in surfaces.get(a.transfer_from, {a.surface}):
                 errors.append(f"{path}: {key}.surface: {UnknownName('attack surface', a.surface, sorted(surfaces[a.transfer_from]))}")
         backend = getattr(attack, "backend", None)
@@ -466,8 +544,65 @@ def _check_semantics(suite: Suite, path: str, data_ctx) -> list[str]:
                     f" for {shape_words(shape)}" if bound.dims_power else "")
                 errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite{at_most}, got {budget}")
                 break
-    _check_detectors(suite, path, errors, shapes, train_splits)
+        else:
+            _check_headline(tm, budget, eps_budgets.get(tm, set()), path, errors, warnings)
+    _check_detectors(suite, path, errors, shapes, train_splits, warnings)
     return errors
+
+
+def _check_headline(tm: str, budget: float, ran: set[float], path: str, errors: list[str],
+                    warnings: list[str]) -> None:
+    """The headline eps of threat model ``tm`` must be a budget some attack of the suite runs at (``ran``: the
+    bounded eps budgets of its attacks of that threat model).
+
+    Refused where attacks of that threat model run at other eps budgets: the leaderboard would silently
+    headline one of those instead (the largest every attack of a table ran at), answering a question the
+    user did not ask, and nothing has run yet that a correction would cost. Only warned where no attack of
+    the threat model has an eps budget at all (C&W's c, unbounded minimal attacks): then no table has a
+    headline to substitute, the key changes nothing, and the numbers are the same without it."""
+    if budget in ran:
+        return
+    words = f"{ThreatModel.label_of(tm)} eps"
+    if not ran:
+        warnings.append(f"{path}: headline.{tm}: no attack of the suite runs at a bounded {words} budget: this "
+                        f"headline changes nothing (the {tm} tables take their default); remove it, or add an attack "
+                        f"with such a budget")
+        return
+    close = [b for b in sorted(ran) if math.isclose(b, budget, rel_tol=1e-3)]
+    hint = f"; did you mean {close[0]!r} (the budgets must be the same number)?" if close else ""
+    errors.append(f"{path}: headline.{tm}: no attack runs at {words} {budget:g}: the leaderboard would fall back to "
+                  f"another budget without a word; the {words} budgets that run: "
+                  f"{', '.join(f'{b:g}' for b in sorted(ran))}{hint}")
+
+
+def _warn_eot(attack, params: dict[str, Any], targets: list[str], stochastic: dict[str, bool], key: str,
+              path: str, warnings: list[str]) -> None:
+    """``eot: k`` (k > 1) on an attack of a deterministic defense: a warning (``targets``: the labels it
+    crafts on).
+
+    Warned, not refused: the numbers are right (the average of k equal gradients is that gradient), only k
+    times the work; and one attack entry may rightly serve stochastic and deterministic defenses alike (the
+    default, every defense), where splitting it is the user's call. An attack whose targets are all
+    stochastic is what EOT is for: no warning."""
+    eot = params.get("eot")
+    if not isinstance(eot, int) or eot <= 1 or not getattr(attack, "uses_gradients", True):
+        return
+    deterministic = [t for t in targets if not stochastic.get(t, False)]
+    if not deterministic:
+        return
+    names = ", ".join(repr(t) for t in deterministic)
+    only = [t for t in targets if stochastic.get(t, False)]
+    hint = (f"; attack only the stochastic ones (defenses: [{', '.join(only)}])" if only else
+            "; eot is for stochastic defenses (test-time randomness): use eot: 1")
+    plural = "s" if len(deterministic) > 1 else ""
+    warnings.append(f"{path}: {key}.params.eot: eot: {eot} on the deterministic defense{plural} {names}: "
+                    f"{_times(eot)} the work for the same gradient{hint}")
+
+
+def _times(k: int) -> str:
+    words = {2: "twice", 3: "three times", 4: "four times", 5: "five times", 10: "ten times", 20: "twenty times",
+             100: "a hundred times"}
+    return words.get(k, f"{k} times")
 
 
 def _check_out_distribution(out: OutDistributionEntry, shape: tuple[int, ...] | None, key: str, path: str,
@@ -581,13 +716,18 @@ def _check_input_shapes(defense, shapes: dict[str, tuple[int, ...] | None], key:
 
 
 def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[str, tuple[int, ...] | None],
-                     train_splits: dict[str, int]) -> None:
+                     train_splits: dict[str, int], warnings: list[str] | None = None) -> None:
     """The detector experiments: detector defenses, the attacks building their data, baselines and
-    detector-aware attacks (``shapes`` and ``train_splits``: by dataset label, where known)."""
+    detector-aware attacks (``shapes`` and ``train_splits``: by dataset label, where known); ``warnings``
+    gets what is wasteful but not wrong."""
+    warnings = [] if warnings is None else warnings
+    stochastic = {d.label: d.name in defenses and bool(getattr(defenses.get(d.name).factory, "stochastic", False))
+                  for d in suite.detectors}
     for i, a in enumerate(suite.detector_attacks):
         attack = _check_entry(attacks, a, f"detector_attacks[{i}]", path, errors)
         if attack is not None:
             _check_budgets(attack, a.budgets, f"detector_attacks[{i}]", path, errors, shapes)
+            _warn_eot(attack, a.params, list(stochastic), stochastic, f"detector_attacks[{i}]", path, warnings)
     known_attacks = [a.label for a in suite.detector_attacks]
     for i, d in enumerate(suite.detectors):
         key = f"detectors[{i}]"
@@ -638,6 +778,7 @@ def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[st
             attack = _check_entry(attacks, a, where, path, errors)
             if attack is not None:
                 _check_budgets(attack, a.budgets, where, path, errors, shapes)
+                _warn_eot(attack, a.params, [d.label], stochastic, where, path, warnings)
             for k, weight in enumerate(a.detector_weights):
                 if not weight > 0:
                     errors.append(f"{path}: {where}.detector_weights[{k}]: must be > 0, got {weight}")

@@ -34,7 +34,7 @@ from torch import nn
 from bench.data import DatasetSplits
 from bench.defense import Defense, DetectorDefense
 from bench.models import InputSpec
-from bench.registry import defenses
+from bench.registry import ClassifierName, defenses
 from defenses.pretrained import Pretrained, nested_defense
 
 
@@ -49,7 +49,7 @@ class BiModelMismatch(DetectorDefense):
                  epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
                  optimizer: Literal["adam", "sgd"] = "sgd", weight_decay: float = 0.0,
                  lr_schedule: Literal["constant", "cosine"] = "constant", crop_flip: bool = False,
-                 classifier: str = "svc", classifier_params: dict[str, Any] | None = None):
+                 classifier: ClassifierName = "svc", classifier_params: dict[str, Any] | None = None):
         # Each model: an architecture name (trained here) or {pretrained: {...}} (loaded: defenses/pretrained.py).
         self.model_specs = {"model_a": model_a, "model_b": model_b}
         for key, spec in self.model_specs.items():

@@ -16,15 +16,18 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-def bad_suite_error(write_suite, capsys, tmp_path, text):
+def bad_suite_error(write_suite, capsys, tmp_path, text, *, problems: int = 1):
+    """The error of a suite with ``problems`` problems: one line each, each naming the file."""
     path = write_suite(text)
     store = tmp_path / "store"
     board = tmp_path / "board"
     code, out, err = run_cli(capsys, "run", path, "--store", store, "--leaderboard", board, "--data-dir", tmp_path / "data")
     assert code == 2
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == problems, err
+    assert lines[0].startswith(f"advbench: error: {path}: ")
+    assert all(line.startswith(f"{path}: ") for line in lines[1:]), err
     assert not store.exists() and not board.exists(), "a rejected suite must write nothing"
-    assert str(path) in err
     return err
 
 
@@ -62,12 +65,15 @@ def test_bad_suite_names_file_and_key(write_suite, capsys, tmp_path, edit, key, 
     assert f": {key}:" in err and message in err
 
 
-def test_every_problem_is_listed_on_one_line(write_suite, capsys, tmp_path):
+def test_every_problem_is_listed_on_a_line_of_its_own(write_suite, capsys, tmp_path):
     text = TINY_SUITE.replace("params: {steps: 5,", "params: {steps: five,").replace("budgets: [0.1, 0.3]\n  - name: pgd",
                                                                                     "budgets: [0.1, -0.3]\n  - name: pgd")
     text = text.replace("name: gaussian-augment", "name: gausian-augment")
-    err = bad_suite_error(write_suite, capsys, tmp_path, text)
-    assert "attacks[1].params.steps" in err and "attacks[0].budgets[1]" in err and "defenses[1].name" in err
+    err = bad_suite_error(write_suite, capsys, tmp_path, text, problems=3)
+    lines = err.strip().splitlines()
+    assert [next(k for k in ("defenses[1].name", "attacks[0].budgets[1]", "attacks[1].params.steps")
+                 if f": {k}: " in line) for line in lines] == \
+        ["defenses[1].name", "attacks[0].budgets[1]", "attacks[1].params.steps"]
     assert "more)" not in err
 
 
@@ -120,10 +126,16 @@ def test_every_shipped_suite_validates_and_plans(suite_path, capsys, tmp_path):
     suite = load_suite(suite_path)
     plan = build_plan(suite)
     assert plan.tasks and len(set(plan.keys)) == len(plan.keys)
+    capsys.readouterr()
     # The command, as a user runs it: --download lets torchvision data that is not here pass the availability
     # check (nothing is fetched by validate), so every other check runs as on a machine that has it.
     code, out, err = run_cli(capsys, "validate", suite_path, "--download", "--data-dir", tmp_path / "data")
-    assert code == 0 and "ok" in out and not err, err
+    assert code == 0 and "ok" in out, err
+    # Warnings (wasteful, not wrong) only where known; a suite's headline for a threat model with no eps budget
+    # changes nothing and should go from the suite.
+    known = {"randomized-mnist": ["headline.l2"], "randomized-cifar10": ["headline.l2"]}.get(suite_path.stem, [])
+    for line in err.splitlines():
+        assert line.startswith(f"advbench: warning: {suite_path}: ") and any(f": {k}: " in line for k in known), err
 
 
 def test_two_labels_for_one_defense_config_train_once(write_suite):
@@ -261,8 +273,9 @@ def test_what_failed_mid_run_is_a_validation_error(write_suite, capsys, tmp_path
     path = write_suite(text)
     code, out, err = run_cli(capsys, "validate", path)
     assert code == 2 and not out
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"advbench: error: {path}: {key}: ") and message in err, err
+    lines = err.splitlines()  # one problem per line (the detector-attack case has a second: train_attacks)
+    assert "Traceback" not in err and all(line.startswith(f"{path}: ") for line in lines[1:]), err
+    assert err.startswith(f"advbench: error: {path}: {key}: ") and message in lines[0], err
 
     store, board = tmp_path / "store", tmp_path / "board"
     code, out, err_run = run_cli(capsys, "run", path, "--store", store, "--leaderboard", board,

@@ -208,12 +208,12 @@ def test_seed_parameters_are_bounded_to_what_numpy_and_sklearn_accept():
     reg = Registry("thing", "advbench.test-things")
 
     @reg.register("seeded")
-    def seeded(*, seed: int = 0, split_seed: int = 0, steps: int = 1) -> int:
+    def seeded(*, seed: int = 0, split_seed: int = 0, width: int = 1) -> int:
         return seed
 
     entry = reg.get("seeded")
     assert entry.validate({"seed": 2**32 - 1, "split_seed": 0})["seed"] == 2**32 - 1
-    assert entry.validate({"steps": 2**40})["steps"] == 2**40  # not a seed: no such bound
+    assert entry.validate({"width": 2**40})["width"] == 2**40  # not a seed (nor a cost count): no such bound
     for name, value in (("seed", 2**32), ("split_seed", -1), ("seed", 10**23)):
         with pytest.raises(pydantic.ValidationError, match=r"a seed must be from 0 to 2\*\*32 - 1"):
             entry.validate({name: value})

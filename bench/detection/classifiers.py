@@ -1,50 +1,76 @@
-"""The binary classifiers a detector trains: scikit-learn estimators by short name or import path,
-and the one score every evaluation reads from them (``positive_scores``).
+"""The binary classifiers a detector trains, as a registry (``bench.registry.classifiers``), and the one
+score every evaluation reads from them (``positive_scores``).
+
+A detector's ``classifier`` is a registry name: the scikit-learn classifiers below by short name, or a
+plugin's, registered through the ``advbench.classifiers`` entry-point group (an entry point naming a
+factory ``fn(**params)`` or a class, either returning an unfitted estimator with ``fit`` and ``predict``,
+registered under the entry point's name; or a module that registers its own). A suite names code to run
+only where it says so (a pretrained ``factory``): validating a classifier's name looks it up and imports
+nothing it says. The built-ins import scikit-learn when built, not when registered.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any, Callable
 
 import numpy as np
 
-_CLASSIFIERS = {
-    # No probability=True: deprecated in scikit-learn 1.9 (removed in 1.11); scores come from
-    # decision_function, and AUC uses it too. classifier_params {"probability": true} still works.
-    "svc": ("sklearn.svm.SVC", {"kernel": "rbf"}),
-    "logistic-regression": ("sklearn.linear_model.LogisticRegression", {"max_iter": 1000}),
-    "random-forest": ("sklearn.ensemble.RandomForestClassifier", {}),
-    "mlp": ("sklearn.neural_network.MLPClassifier", {"max_iter": 500}),
+from ..registry import UnknownName, classifiers
+
+# name -> (scikit-learn class, its defaults here, description). No probability=True: deprecated in
+# scikit-learn 1.9 (removed in 1.11); scores come from decision_function, and AUC uses it too.
+# classifier_params {"probability": true} still works.
+_SKLEARN = {
+    "svc": ("sklearn.svm.SVC", {"kernel": "rbf"}, "RBF support-vector machine (sklearn.svm.SVC), Monteiro et al.'s"),
+    "logistic-regression": ("sklearn.linear_model.LogisticRegression", {"max_iter": 1000},
+                            "logistic regression (sklearn.linear_model.LogisticRegression, max_iter 1000)"),
+    "random-forest": ("sklearn.ensemble.RandomForestClassifier", {},
+                      "random forest (sklearn.ensemble.RandomForestClassifier)"),
+    "mlp": ("sklearn.neural_network.MLPClassifier", {"max_iter": 500},
+            "multi-layer perceptron (sklearn.neural_network.MLPClassifier, max_iter 500)"),
 }
 
 
-def make_classifier(name: str, params: dict[str, Any] | None = None, *, seed: int | None = 0):
-    """An unfitted scikit-learn classifier: a short name (``svc`` = RBF SVM, the paper's;
-    ``logistic-regression``, ``random-forest``, ``mlp``) or a dotted import path such as
-    ``sklearn.ensemble.GradientBoostingClassifier``. ``params`` override the defaults; ``seed`` sets
-    ``random_state`` where the class has one and ``params`` do not. ``ValueError`` on a bad name or
-    parameter."""
-    path, defaults = _CLASSIFIERS.get(name, (name, {}))
-    if "." not in path:
-        raise ValueError(f"unknown classifier {name!r}; use one of {', '.join(_CLASSIFIERS)} "
-                         "or a dotted import path such as sklearn.ensemble.GradientBoostingClassifier")
-    module_name, _, class_name = path.rpartition(".")
-    try:
+def _sklearn_factory(path: str, defaults: dict[str, Any]) -> Callable[..., Any]:
+    """A factory ``fn(**params)`` of the scikit-learn class at ``path`` (imported when called) with
+    ``defaults`` under ``params``."""
+
+    def factory(**params: Any) -> Any:
+        module_name, _, class_name = path.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"classifier {name!r} cannot be imported: {e}") from e
-    if not (inspect.isclass(cls) and hasattr(cls, "fit") and hasattr(cls, "predict")):
-        raise ValueError(f"classifier {name!r} is not a scikit-learn-style classifier (fit/predict)")
-    kwargs = {**defaults, **(params or {})}
-    accepted = inspect.signature(cls).parameters
-    if seed is not None and "random_state" in accepted and "random_state" not in kwargs:
-        kwargs["random_state"] = seed
+        return cls(**{**defaults, **params})
+
+    factory.__qualname__ = factory.__name__ = f"sklearn_{path.rpartition('.')[2]}"
+    return factory
+
+
+for _name, (_path, _defaults, _description) in _SKLEARN.items():
+    classifiers.add(_name, _sklearn_factory(_path, _defaults), description=_description, sklearn_class=_path,
+                    defaults=_defaults)
+
+
+def make_classifier(name: str, params: dict[str, Any] | None = None, *, seed: int | None = 0):
+    """An unfitted classifier registered as ``name`` in ``bench.registry.classifiers`` (``svc`` = RBF
+    SVM, the paper's; ``logistic-regression``, ``random-forest``, ``mlp``; or a plugin's). ``params``
+    override its defaults; ``seed`` sets ``random_state`` where the estimator has one and ``params`` do
+    not. ``ValueError`` on an unknown name or a bad parameter."""
     try:
-        return cls(**kwargs)
-    except TypeError as e:
+        entry = classifiers.get(name)
+    except UnknownName as e:
+        raise ValueError(str(e)) from None
+    params = dict(params or {})
+    try:
+        estimator = entry.factory(**params)
+    except TypeError as e:  # a keyword the estimator does not take
         raise ValueError(f"classifier {name!r}: {e}") from e
+    if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+        raise ValueError(f"classifier {name!r} did not build a scikit-learn-style classifier (fit/predict), "
+                         f"but {type(estimator).__name__}")
+    if seed is not None and "random_state" not in params and callable(getattr(estimator, "get_params", None)) \
+            and "random_state" in estimator.get_params(deep=False):
+        estimator.set_params(random_state=seed)
+    return estimator
 
 
 def positive_scores(classifier, features: np.ndarray) -> np.ndarray:
