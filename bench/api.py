@@ -91,9 +91,10 @@ def results(store: str | Path = "results", *, table: Literal["results", "detecti
             per_example: bool = False):
     """The stored rows of ``table`` as a DataFrame: those in some suite's latest plan (``current_only``), or
     ``suite``'s, or those of the task ``keys``. ``plan_suites`` (results) is a comma-separated string;
-    ``per_example``: keep the ``correct`` column (a boolean array per row)."""
+    ``per_example``: keep the per-example columns (``correct``, a boolean array per row, and the arrays of
+    ``bench.store.PER_EXAMPLE_ARRAYS``: attacked indices and perturbation sizes)."""
     from .registry import UnknownName
-    from .store import Store
+    from .store import PER_EXAMPLE_ARRAYS, Store
 
     if table not in TABLES:
         raise UserError(f"table: {UnknownName('table', table, list(TABLES))}")
@@ -116,7 +117,7 @@ def results(store: str | Path = "results", *, table: Literal["results", "detecti
     if table == "results":
         frame = frame.assign(plan_suites=[", ".join(s) for s in frame["plan_suites"]])
         if not per_example:
-            frame = frame.drop(columns=["correct"])
+            frame = frame.drop(columns=["correct", *PER_EXAMPLE_ARRAYS])
     return _tidy(frame.sort_values(task_key, kind="stable").reset_index(drop=True))
 
 
@@ -129,7 +130,7 @@ def _tidy(frame):
     tidy = {}
     for column in frame.columns:
         values = frame[column]
-        if column == "correct" or pd.api.types.is_numeric_dtype(values):
+        if column == "correct" or pd.api.types.is_numeric_dtype(values) or any(hasattr(v, "shape") for v in values):
             continue
         values = values.replace("", None)
         present = values.dropna()

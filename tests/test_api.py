@@ -18,7 +18,7 @@ import bench
 from bench.api import export, read_export, write_frame
 from bench.cli import main
 from bench.errors import UserError
-from bench.store import DETECTION_COLUMNS, RESULT_COLUMNS
+from bench.store import DETECTION_COLUMNS, PER_EXAMPLE_ARRAYS, RESULT_COLUMNS
 from bench.training import TrainConfig, train_classifier
 
 ATTACKS = [{"name": "fgsm", "budgets": [0.1, 0.3]}]
@@ -51,8 +51,9 @@ def evaluated(model, tmp_path_factory):
 def test_evaluate_returns_one_row_per_result(evaluated):
     _, frame = evaluated
     assert isinstance(frame, pd.DataFrame)
-    # the store's columns, less the per-example flags
-    assert set(RESULT_COLUMNS) - {"correct"} <= set(frame.columns) and "correct" not in frame.columns
+    # the store's columns, less the per-example arrays (flags, indices, perturbation sizes)
+    per_example = {"correct", *PER_EXAMPLE_ARRAYS}
+    assert set(RESULT_COLUMNS) - per_example <= set(frame.columns) and not per_example & set(frame.columns)
     own = _own(frame)
     assert sorted(zip(own["attack"], own["budget"].fillna(-1))) == [("fgsm", 0.1), ("fgsm", 0.3), ("none", -1)]
     assert set(own["defense"]) == {"mlp"} and own["key"].is_unique

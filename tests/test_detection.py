@@ -45,8 +45,9 @@ def test_registered_and_interface(bimodel):
     assert bimodel.surfaces()["model_b"] is bimodel.modules()["model_b"]
     with pytest.raises(ValueError):
         defenses.get("bimodel-mismatch").build(classifier="no-such-classifier")
-    assert type(make_classifier("sklearn.ensemble.GradientBoostingClassifier")).__name__ == \
-        "GradientBoostingClassifier"
+    assert type(make_classifier("random-forest")).__name__ == "RandomForestClassifier"  # a registry name
+    with pytest.raises(ValueError):  # an import path is not a classifier name: nothing is imported
+        make_classifier("sklearn.ensemble.GradientBoostingClassifier")
 
 
 def test_models_are_trained(bimodel, data):

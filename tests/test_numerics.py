@@ -103,8 +103,11 @@ def test_compare_command_exit_status(tmp_path, capsys):
     assert main(["compare", str(old), str(new)]) == 1
     assert "moved beyond them" in capsys.readouterr().out
     assert main(["compare", str(old), str(old)]) == 0
-    assert main(["compare", str(tmp_path / "absent.csv"), str(new)]) == 0  # the first CI run has no baseline
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main(["compare", str(empty), str(new)]) == 0  # the first CI run has no baseline: an empty file
     assert "no baseline numbers" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "absent.csv"), str(new)]) == 2  # a path that does not exist: a typo
     assert main(["compare", str(old), str(tmp_path / "absent.csv")]) == 2
 
 
@@ -113,9 +116,13 @@ def test_every_build_writes_its_numbers(tmp_path):
     paths = build_leaderboard(frame, tmp_path)
     assert tmp_path / NUMBERS_FILE in paths
     numbers = read_numbers(tmp_path / NUMBERS_FILE)
-    assert sorted(numbers["key"]) == sorted(frame["key"])
+    rows = numbers[numbers["metric"] != "best_known"]
+    assert sorted(rows["key"]) == sorted(frame["key"])
+    # ... and each defense's best-known robust accuracy at the headline budget, keyed by what it is of
+    best = numbers[numbers["metric"] == "best_known"]
+    assert len(best) == frame["defense"].nunique() and best["key"].str.startswith("best-known:").all()
     row = frame.iloc[2]
     line = numbers.set_index("key").loc[row["key"]]
     assert line["value"] == pytest.approx(row["robust_acc"]) and line["n"] == row["n"]
     assert line["ci_low"] == pytest.approx(row["robust_ci_low"], abs=1e-6)
-    assert compare_numbers(numbers, read_numbers(tmp_path / NUMBERS_FILE)).same == len(frame)
+    assert compare_numbers(numbers, read_numbers(tmp_path / NUMBERS_FILE)).same == len(numbers)
