@@ -495,9 +495,10 @@ def _check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | No
         if attack is None:
             continue
         _check_budgets(attack, a.budgets, key, path, errors, shapes)
+        # Every threat model an attack runs in has an entry; a minimum-norm attack's (C&W's c) adds no budget.
+        budgets = eps_budgets.setdefault(str(type(attack).threat_model), set())
         if type(attack).budget_param == "eps":
-            eps_budgets.setdefault(str(type(attack).threat_model), set()).update(
-                b for b in a.budgets if b is not None)
+            budgets.update(b for b in a.budgets if b is not None)
         targets = [a.transfer_from] if a.transfer_from else (a.defenses or labels)
         _warn_eot(attack, a.params, [t for t in targets if t in stochastic], stochastic, key, path, warnings)
         for ds in suite.datasets:
@@ -545,28 +546,27 @@ def _check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | No
                 errors.append(f"{path}: headline.{tm}: the headline eps must be > 0 and finite{at_most}, got {budget}")
                 break
         else:
-            _check_headline(tm, budget, eps_budgets.get(tm, set()), path, errors, warnings)
+            _check_headline(tm, budget, eps_budgets.get(tm), path, errors, warnings)
     _check_detectors(suite, path, errors, shapes, train_splits, warnings)
     return errors
 
 
-def _check_headline(tm: str, budget: float, ran: set[float], path: str, errors: list[str],
+def _check_headline(tm: str, budget: float, ran: set[float] | None, path: str, errors: list[str],
                     warnings: list[str]) -> None:
     """The headline eps of threat model ``tm`` must be a budget some attack of the suite runs at (``ran``: the
-    bounded eps budgets of its attacks of that threat model).
+    bounded eps budgets of its attacks of that threat model; None: no attack runs in it).
 
     Refused where attacks of that threat model run at other eps budgets: the leaderboard would silently
     headline one of those instead (the largest every attack of a table ran at), answering a question the
-    user did not ask, and nothing has run yet that a correction would cost. Only warned where no attack of
-    the threat model has an eps budget at all (C&W's c, unbounded minimal attacks): then no table has a
-    headline to substitute, the key changes nothing, and the numbers are the same without it."""
-    if budget in ran:
+    user did not ask, and nothing has run yet that a correction would cost. Accepted where its attacks are
+    all minimum-norm ones (C&W's c, DeepFool): the best-known robust accuracy at that eps counts their
+    examples by their perturbation sizes (bench.report.best_known). Warned where no attack runs in it."""
+    if ran is not None and (budget in ran or not ran):
         return
     words = f"{ThreatModel.label_of(tm)} eps"
-    if not ran:
-        warnings.append(f"{path}: headline.{tm}: no attack of the suite runs at a bounded {words} budget: this "
-                        f"headline changes nothing (the {tm} tables take their default); remove it, or add an attack "
-                        f"with such a budget")
+    if ran is None:
+        warnings.append(f"{path}: headline.{tm}: no attack of the suite runs in {ThreatModel.label_of(tm)}: this "
+                        f"headline changes nothing; remove it, or add an attack of that threat model")
         return
     close = [b for b in sorted(ran) if math.isclose(b, budget, rel_tol=1e-3)]
     hint = f"; did you mean {close[0]!r} (the budgets must be the same number)?" if close else ""

@@ -298,12 +298,15 @@ def test_a_headline_no_attack_runs_at_is_refused_with_the_budgets_that_run(capsy
                              "be the same number)?")
 
 
-def test_a_headline_for_a_threat_model_without_eps_budgets_is_a_warning(capsys, write_suite):
+def test_a_headline_for_a_threat_model_without_attacks_is_a_warning(capsys, write_suite):
     code, out, err, path = validate(capsys, write_suite, SUITE + "headline: {linf: 0.3, l2: 2.0}\n")
     assert code == 0 and "ok" in out
-    assert err == [f"advbench: warning: {path}: headline.l2: no attack of the suite runs at a bounded L2 eps budget: "
-                   f"this headline changes nothing (the l2 tables take their default); remove it, or add an attack "
-                   f"with such a budget"]
+    assert err == [f"advbench: warning: {path}: headline.l2: no attack of the suite runs in L2: this headline "
+                   f"changes nothing; remove it, or add an attack of that threat model"]
+    # Minimum-norm attacks only (C&W's budget is c): the best known at L2 eps 2 counts them by their sizes.
+    with_cw = SUITE + "  - {name: cw-l2, params: {steps: 5}, budgets: [1.0]}\nheadline: {linf: 0.3, l2: 2.0}\n"
+    code, out, err, path = validate(capsys, write_suite, with_cw)
+    assert code == 0 and "ok" in out and err == []
 
 
 RANDOMIZED = SUITE.replace("  - {name: undefended, params: {epochs: 1}}\n",
