@@ -10,8 +10,11 @@ The modules, each importing only those above it:
 
 * ``format``     the missing-value marker, the percent and number formatters, file-name parts
 * ``model``      Table, Plot, Heatmap, the dataset and detector sections, Leaderboard
-* ``robustness`` result rows -> one section per dataset (pooling, worst case, details, plot series);
+* ``rows``       store rows, screened and normalized (``Row``), newest rerun first
+* ``robustness`` rows -> one section per dataset (pooling, worst case, details, plot series);
   how every number is counted is in its docstring
+* ``best_known`` each deployed defense's best-known robust accuracy over every stored result on it
+* ``summary``    the best-known tables: the leaderboard's summary and each section's first tables
 * ``detection``  detection rows -> one section per (dataset, detector)
 * ``views``      paper-shaped tables, registered by name in ``bench.registry.views``
 * ``compute``    all of the above -> Leaderboard

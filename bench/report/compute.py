@@ -6,7 +6,7 @@ import pandas as pd
 
 from .. import checks
 from ..metrics import OUT_DISTRIBUTION_ATTACK, REJECTION_CONVENTION
-from . import best_known, detection, robustness, summary
+from . import best_known, detection, robustness, rows, summary
 from .legend import model_legend
 from .model import Leaderboard
 from .soundness import LEGEND as CHECKS_LEGEND
@@ -21,7 +21,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     """Compute every table and plot series of the leaderboard (no I/O). ``settings``: each suite's report
     settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
     detectors = detection.detector_sections(detections)
-    results, problems = robustness.screen(results) if results is not None else (results, [])
+    results, problems = rows.screen(results) if results is not None else (results, [])
     legend = (f"{best_known.RULE} {robustness.LEGEND}"
               + (f" {REJECTION_CONVENTION}" if _has_rejections(results, detections) else ""))
     if results is None or results.empty:
@@ -32,17 +32,17 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     taken_files: set[str] = set()
     sections = []
     flagged = False  # some row failed a soundness check: the legend says what its mark means
-    shown: dict[object, robustness.Row] = {}  # every row some section shows, once (a row two suites share)
+    shown: dict[object, rows.Row] = {}  # every row some section shows, once (a row two suites share)
     suites_known: list[summary.SuiteEvidence] = []
     parts = suite_frames(results)
     for suite, frame in parts:
         headline = ((settings or {}).get(suite) or {}).get("headline") or {}
-        frame = robustness.separate_models(frame)  # one row per trained model, also in the views
+        frame = rows.separate_models(frame)  # one row per trained model, also in the views
         verdicts = checks.evaluate(frame)  # where the suite ran its soundness checks
         evidence = best_known.collect(frame)  # every row on a deployed model counts, the checks' own included
         frame = checks.split(frame)[0]  # their rows are evidence for the verdicts, not table rows
         # Out-distribution rows have no class to be right about: the reject-option view shows them, not the tables.
-        suite_rows = robustness.dedupe(robustness.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
+        suite_rows = rows.dedupe(rows.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
         shown.update((r.key or id(r), r) for r in suite_rows)
         failed = checks.flags(verdicts)
         for dataset in sorted({r.dataset for r in suite_rows}):
@@ -55,7 +55,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                     clean[r.defense] = (hits + r.hits, n + r.n)
             known = summary.SuiteEvidence(
                 suite=suite, section=name, dataset=dataset,
-                evidence={d: rows for (ds, d), rows in evidence.items() if ds == dataset}, clean=clean,
+                evidence={d: found for (ds, d), found in evidence.items() if ds == dataset}, clean=clean,
                 headline={tm: float(eps) for tm, eps in headline.items() if eps is not None},
                 flags={(d, tm): numbers for (ds, d, tm), numbers in failed.items() if ds == dataset})
             suites_known.append(known)
@@ -69,7 +69,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                 verdicts=[v for v in verdicts if v.dataset == dataset], best=summary.suite_tables(known)))
         flagged = flagged or any(v.failed for v in verdicts)
     # Out-distribution rows are not counted as superseded for not being in the tables.
-    produced = robustness.produced_line(list(shown.values()),
+    produced = rows.produced_line(list(shown.values()),
                                         total=int(((results["attack"] != OUT_DISTRIBUTION_ATTACK)
                                                    & ~checks.is_check_row(results)).sum()))
     if detectors:

@@ -300,7 +300,7 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
                       on_problem: Callable[[str], None] | None = None) -> list[Path]:
     """Write README.md, index.html, plots/*.png and numbers.csv into `out_dir`; return the written paths.
 
-    A stored row that cannot be shown (``robustness.row_problem``) or a plot that cannot be drawn is
+    A stored row that cannot be shown (``rows.row_problem``) or a plot that cannot be drawn is
     left out, said on the page and passed to ``on_problem``; the rest is built.
 
     Plots are written first and README.md last, each atomically, so an

@@ -43,8 +43,6 @@ rows it pools.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,24 +54,14 @@ import pandas as pd
 from ..checks import Verdict
 from ..checks import flags as check_flags
 from ..labels import BUDGET_SYMBOLS, budget_label
-from ..metrics import METRICS, RESULT_METRICS, MetricSpec, wilson_interval
+from ..metrics import METRICS, MetricSpec, wilson_interval
 from ..threat_models import ThreatModel
-from .format import MISSING, PCT, is_missing, metric_text, natural_key, pct, sanitize
+from .format import MISSING, PCT, metric_text, natural_key, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
+from .rows import DETAIL_METRICS as _DETAIL_METRICS
+from .rows import Row
 from .soundness import checks_tables, flagged
 
-_REQUIRED_COLUMNS = ("dataset", "defense", "attack", "seed", "n", "robust_acc")
-# Older store rows may lack later columns; these defaults keep them usable (every metric: NaN).
-_OPTIONAL_COLUMNS = {
-    "suite": "", "threat_model": "", "surface": "deployed", "source": "white-box", "evaluated_on": "deployed",
-    "budget_param": "", "budget": math.nan,
-    **{m.name: math.nan for m in RESULT_METRICS if m.name not in _REQUIRED_COLUMNS},
-    "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None, "examples": "",
-}
-# The metrics with a details column of their own, and the metrics a row reads for them.
-_DETAIL_METRICS = tuple(m for m in RESULT_METRICS if m.detail)
-_ROW_METRICS = tuple(dict.fromkeys(
-    [m.name for m in _DETAIL_METRICS] + [m.of for m in _DETAIL_METRICS if m.pooling == "counts" and m.of != "n"]))
 # For these budgets, budget 0 means "no attack", so clean accuracy is the curve's start.
 _ZERO_IS_CLEAN = {"eps", "epsilon"}
 
@@ -84,239 +72,6 @@ LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds; 
           "largest budget they all ran at, with its 95% interval (a one-attack table: its column); rows are ranked "
           "by it, and a row without it is listed after, by name. "
           f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
-
-
-# --------------------------------------------------------------------------- rows
-
-
-@dataclass(frozen=True, eq=False)
-class Row:
-    """One store row, normalized; `hits` = examples still correct after the attack."""
-
-    suite: str
-    dataset: str
-    defense: str
-    attack: str
-    threat_model: str
-    surface: str
-    source: str
-    budget_param: str
-    budget: float | None  # None = unbounded / no budget
-    seed: int
-    n: int
-    hits: float  # an integer count, except for the mean over a stochastic defense's repeats
-    metrics: dict[str, float | None]  # the stored values of _ROW_METRICS (None where missing)
-    key: str
-    created_at: str
-    created: pd.Timestamp
-    versions: str
-    git_commit: str
-    correct: np.ndarray | None
-    examples: str = ""  # bench.store.examples_digest of the attacked images ("" for clean rows and old stores)
-
-    @property
-    def is_clean(self) -> bool:
-        return self.attack == CLEAN_ATTACK
-
-    @property
-    def identity(self) -> tuple:
-        # Clean rows are one per dataset/defense/seed whatever surface they name.
-        if self.is_clean:
-            return (self.dataset, self.defense, CLEAN_ATTACK, self.seed)
-        return (self.dataset, self.defense, self.surface, self.source, self.attack,
-                self.budget_param, self.budget, self.seed)
-
-    def count(self, of: str) -> int | None:
-        """The examples a "counts" metric is a fraction of: all n, or the count another fraction stands for."""
-        if of == "n":
-            return self.n
-        fraction = self.metrics[of]
-        return None if fraction is None else round(fraction * self.n)
-
-
-def _text(value, default: str = "") -> str:
-    return default if is_missing(value) else str(value)
-
-
-def _number(value) -> float | None:
-    if is_missing(value):
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
-
-
-def _bool_array(value) -> np.ndarray | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return np.asarray(value).astype(bool).ravel()
-
-
-def separate_models(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` with the ``defense`` label made unique per trained model configuration.
-
-    Where one (dataset, label) holds rows of two or more ``defense_config`` values, each config's rows
-    are relabelled ``label (suite)`` if every config comes from one suite and no two share it, else
-    ``label #<6 hex of the config's SHA-256>``. Rows without a config (older stores) keep their label.
-    Unchanged (the same frame) where every label is one model.
-    """
-    if "defense_config" not in results.columns or results.empty:
-        return results
-    configs = results["defense_config"].map(lambda c: "" if is_missing(c) else str(c))
-    suites = results["suite"].map(lambda s: "" if is_missing(s) else str(s)) if "suite" in results.columns \
-        else pd.Series("", index=results.index)
-    labels = results["defense"].copy()
-    for (_, label), group in results.groupby(["dataset", "defense"], sort=False):
-        known = configs[group.index]
-        distinct = sorted(set(known) - {""})
-        if len(distinct) < 2:
-            continue
-        suites_of = {c: set(suites[known.index[known == c]]) for c in distinct}
-        by_suite = all(len(v) == 1 and "" not in v for v in suites_of.values()) and \
-            len({next(iter(v)) for v in suites_of.values()}) == len(distinct)
-        for config in distinct:
-            tag = next(iter(suites_of[config])) if by_suite else \
-                "#" + hashlib.sha256(config.encode()).hexdigest()[:6]
-            labels[known.index[known == config]] = f"{label} ({tag})" if by_suite else f"{label} {tag}"
-    if labels.equals(results["defense"]):
-        return results
-    return results.assign(defense=labels)
-
-
-# A budget beyond this is no budget any attack can mean (validation bounds each kind far below it): a row
-# with one is damaged, and would break the plots' axes.
-_MAX_BUDGET = 1e6
-
-
-def row_problem(record: dict) -> str | None:
-    """Why a stored result row cannot be shown, or None: a count that is not one, an accuracy outside
-    [0, 1], an impossible budget, or per-example flags that disagree with the stored accuracy (garbage
-    written over the blob: recomputed and compared here, so it never silently becomes the number)."""
-    n = _number(record.get("n"))
-    if n is None or n < 1 or n != int(n):
-        return f"n = {record.get('n')!r} is not a positive count"
-    for name in ("robust_acc", "clean_acc"):
-        value = _number(record.get(name))
-        if value is not None and not 0 <= value <= 1:
-            return f"{name} = {value} is outside [0, 1]"
-    budget = record.get("budget")
-    if budget is not None and not is_missing(budget) and not abs(float(budget)) <= _MAX_BUDGET:
-        return f"budget {budget} is not a budget (beyond {_MAX_BUDGET:g})"
-    correct = _bool_array(record.get("correct"))
-    if correct is not None and correct.size == int(n):
-        repeated = (_number(record.get("repeats")) or 1) > 1
-        stored = _number(record.get("robust_acc_strict" if repeated else "robust_acc"))
-        if stored is not None and abs(correct.mean() - stored) > 0.5 / n:
-            return (f"its per-example flags give {100 * correct.mean():.1f}% where its stored accuracy is "
-                    f"{100 * stored:.1f}%: the row is corrupt")
-    return None
-
-
-def screen(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``results`` without the rows ``row_problem`` refuses, and one line per refused row naming its key."""
-    if results.empty:
-        return results, []
-    problems = {i: row_problem(record) for i, record in zip(results.index, results.to_dict("records"))}
-    bad = [i for i, problem in problems.items() if problem]
-    lines = [f"stored row {results.at[i, 'key'] if 'key' in results.columns else i} left out: {problems[i]}"
-             for i in bad]
-    return (results.drop(index=bad) if bad else results), lines
-
-
-def normalize(results: pd.DataFrame) -> list[Row]:
-    missing = [c for c in _REQUIRED_COLUMNS if c not in results.columns]
-    if missing:
-        raise ValueError(f"results frame lacks column(s) {', '.join(missing)}")
-    frame = results.copy()
-    for column, default in _OPTIONAL_COLUMNS.items():
-        if column not in frame.columns:
-            frame[column] = [default] * len(frame)
-    # Parsed once, as UTC, so "Z" and "+00:00" spellings (and naive stamps) order correctly.
-    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
-
-    rows = []
-    for record, stamp in zip(frame.to_dict("records"), created):
-        n = int(record["n"])
-        is_clean = _text(record["attack"]) == CLEAN_ATTACK
-        correct = _bool_array(record["correct"])
-        if correct is not None and correct.size != n:
-            correct = None  # misaligned: unusable for per-example worst cases
-        acc = _number(record["robust_acc"])
-        if acc is None and is_clean:
-            acc = _number(record["clean_acc"])
-        # A stochastic defense scored several times stores its mean accuracy, and as ``correct`` the
-        # examples right in every repeat (for worst cases): its cell counts the mean.
-        repeated = (_number(record["repeats"]) or 1) > 1
-        if repeated:
-            hits = (acc or 0.0) * n  # a mean over repeats: a fractional count
-        else:
-            hits = int(correct.sum()) if correct is not None else round((acc or 0.0) * n)
-        rows.append(Row(
-            suite=_text(record["suite"]),
-            dataset=_text(record["dataset"]),
-            defense=_defense_label(record),
-            attack=_text(record["attack"]),
-            threat_model=_text(record["threat_model"]),
-            surface=_text(record["surface"], "deployed"),
-            source=_text(record["source"], "white-box"),
-            budget_param=_text(record["budget_param"]),
-            budget=_number(record["budget"]),
-            seed=int(record["seed"]),
-            n=n,
-            hits=hits,
-            metrics={name: _number(record[name]) for name in _ROW_METRICS},
-            key=_text(record["key"]),
-            created_at=_text(record["created_at"]),
-            created=stamp,
-            versions=_text(record["versions"]),
-            git_commit=_text(record["git_commit"]),
-            correct=correct,
-            examples=_text(record["examples"]),
-        ))
-    return rows
-
-
-def _defense_label(record: dict) -> str:
-    """Examples scored on a part of a defense (one ensemble member) form a row of their own."""
-    evaluated_on = _text(record.get("evaluated_on"), "deployed")
-    defense = _text(record["defense"])
-    return defense if evaluated_on == "deployed" else f"{defense} [{evaluated_on}]"
-
-
-def _recency(row: Row) -> tuple:
-    # An unparseable stamp (NaT) sorts as oldest.
-    parsed = not pd.isna(row.created)
-    return (parsed, row.created.value if parsed else 0, row.created_at)
-
-
-def dedupe(rows: list[Row]) -> list[Row]:
-    """Keep the newest row of each identity (a rerun supersedes the older result)."""
-    newest: dict[tuple, Row] = {}
-    for row in rows:
-        kept = newest.get(row.identity)
-        if kept is None or _recency(row) > _recency(kept):
-            newest[row.identity] = row
-    return list(newest.values())
-
-
-def produced_line(rows: list[Row], total: int) -> str:
-    """The "how this was produced" line; versions and commit are the newest row's."""
-    suites = sorted({r.suite for r in rows if r.suite})
-    newest = max(rows, key=_recency)
-    try:
-        versions = json.loads(newest.versions) if newest.versions else {}
-    except json.JSONDecodeError:
-        versions = newest.versions  # shown as stored rather than dropped
-    if isinstance(versions, dict):
-        versions = ", ".join(f"{k} {v}" for k, v in versions.items())
-    text = (f"Produced by advbench (bench.report) from {total} stored result{'s' if total != 1 else ''}"
-            f" of suite{'s' if len(suites) != 1 else ''} {', '.join(suites) or MISSING}")
-    superseded = total - len(rows)
-    if superseded:
-        text += f" ({superseded} superseded by newer reruns, not shown)"
-    text += f"; newest result {newest.created_at or MISSING}, commit {newest.git_commit or MISSING}"
-    if versions:
-        text += f", versions: {versions}"
-    return text + "."
 
 
 # --------------------------------------------------------------------------- cells
