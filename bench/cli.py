@@ -384,26 +384,18 @@ def cmd_run(args) -> int:
     from .runner import RunContext, get_executor, resolve_device
     from .store import Store
 
-    suite = load_suite(args.suite, data_ctx=_data_ctx(args))
+    from dataclasses import replace
+
+    data = _data_ctx(args)
+    # A dry run reads the datasets' registry meta (shape, sizes), not their files, so it sizes and prices a plan
+    # before anything is downloaded; validate and a real run check the files.
+    suite = load_suite(args.suite, data_ctx=replace(data, check_files=False) if args.dry_run else data)
     plan = build_plan(suite)
+    if args.dry_run:  # before resolve_device: a device this machine lacks (--device cuda) is estimated, not refused
+        from .runner.estimate import dry_run
+
+        return dry_run(suite, plan, args.device or suite.device, args.store, data)
     device = resolve_device(args.device or suite.device)
-
-    if args.dry_run:
-        existing = Store.open_existing(args.store)
-        done = existing.done_keys(plan.keys) if existing else set()
-        failed = {r["key"] for r in existing.failed_tasks(plan.keys)} if existing else set()
-        for task in plan.tasks:
-            state = "done" if task.key in done else ("failed, will retry" if task.key in failed else "to run")
-            print(f"{task.kind:13}  {task.key}  {state:17}  {task.label}")
-        from .runner.cost import TaskCosts
-        from .runner.progress import duration
-
-        todo = [t for t in plan.tasks if t.key not in done]
-        costs = TaskCosts(plan, existing.wall_times(plan.keys), existing.mean_wall_times()) if existing else None
-        guess = f", about {duration(costs.total(todo))} from the store's timings" if todo and costs else ""
-        print(f"{len(plan.tasks)} tasks planned: {len(done)} done, {len(todo)} to run{guess} "
-              f"(device {device}; store {args.store})")
-        return 0
 
     executor = get_executor(*_executor_choice(args))  # a bad name or option fails before anything is written
     store = Store(args.store)

@@ -7,6 +7,9 @@ work starts (``advbench validate`` and ``run``): it says how to get missing data
 file for a cheap structural check (headers against sizes, not the images) so a truncated or
 corrupt file fails there with its path, and compares the files with torchvision's MD5
 checksums unless the suite's dataset entry says ``verify: false`` (``DataContext.verify``).
+With ``--download`` nothing is fetched before the run loads the data: the check says what the
+run will fetch instead of failing. A dry run (``DataContext.check_files`` off) reads only the
+registry meta below, never the files.
 
 Each built-in entry's meta also says what validation needs without loading anything: ``shape`` (C, H, W)
 and ``sizes(params) -> (train, test)``, the split sizes for the suite's parameters (ValueError on
@@ -53,6 +56,10 @@ class DataContext:
     # dataset, so callers set it with ``dataclasses.replace(ctx, verify=entry.verify)``). False accepts
     # a local copy that differs from the official files; the structural checks still run.
     verify: bool = True
+    # False: validation reads only each dataset's registry meta (shape, sizes), never its files; what a
+    # dry run loads a suite with (bench/runner/estimate.py), so a plan's size and cost show before any
+    # download. ``validate`` and ``run`` keep it on.
+    check_files: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # "data" and Path("data") hash alike
@@ -109,17 +116,45 @@ def check_available(name: str, params: dict, ctx: DataContext) -> None:
     once per process. Passes when ``ctx.download`` is set (the load fetches the data; torchvision
     replaces files that fail its checksums) and for embedded datasets, whose entries have no
     ``check``. ``params`` are the suite's parameters; no built-in check depends on them.
+
+    With ``ctx.download`` nothing is fetched here (a run fetches the data when it first loads it, inside
+    torchvision): what is missing or damaged is printed as a note saying so, not raised. With
+    ``ctx.check_files`` off (a dry run) nothing on disk is looked at.
     """
     entry = datasets.get(name)
     check: Callable[[DataContext], str | None] | None = entry.meta.get("check")
-    if ctx.download or check is None:
+    if not ctx.check_files or check is None:
         return
     problem = check(ctx)
+    if ctx.download:
+        if problem:
+            _note_once(name, ctx, problem, check)
+        return
     checksums = entry.meta.get("checksums")
     if problem is None and ctx.verify and checksums is not None:
         problem = _checksum_problem(checksums, ctx.data_dir)
     if problem:
         raise UserError(f"dataset {name!r}: {problem}")
+
+
+_NOTED: set[tuple[str, Path]] = set()
+
+
+def _note_once(name: str, ctx: DataContext, problem: str, check: Callable) -> None:
+    """What ``--download`` will do about dataset ``name`` (once per process and data directory): the run
+    fetches the files that are missing (a check with ``missing`` and ``size``: torchvision's datasets); a
+    damaged copy, or data no check says how to fetch, is the check's own message, which says what to do."""
+    if (name, ctx.data_dir) in _NOTED:
+        return
+    _NOTED.add((name, ctx.data_dir))
+    missing = getattr(check, "missing", None)
+    if missing is None:
+        print(f"advbench: note: dataset {name!r}: {problem}; --download cannot fetch it")
+    elif missing(ctx):
+        print(f"advbench: note: dataset {name!r} is not under {ctx.data_dir} yet: with --download the run fetches "
+              f"it ({check.size}) into {ctx.data_dir} when it first loads it; nothing is downloaded before that")
+    else:
+        print(f"advbench: note: dataset {name!r}: {problem}; nothing is downloaded before the run loads it")
 
 
 def has_checksums(name: str) -> bool:
@@ -145,6 +180,7 @@ def clear_cache() -> None:
     _load_subsets.cache_clear()
     _load_full.cache_clear()
     _md5_of.cache_clear()
+    _NOTED.clear()
 
 
 @functools.lru_cache(maxsize=4)
@@ -352,17 +388,22 @@ def _files_check(folder: str, files: Sequence[str], size: str, structure: Callab
     """A check for a torchvision dataset that reads ``files`` from ``<data_dir>/<folder>``: all there, and
     ``structure`` (file name -> path) finds no problem."""
 
+    def missing(ctx: DataContext) -> list[Path]:
+        root = ctx.data_dir / folder
+        return [root / f for f in files if not (root / f).is_file()]
+
     def check(ctx: DataContext) -> str | None:
         root = ctx.data_dir / folder
-        missing = [root / f for f in files if not (root / f).is_file()]
-        if missing:
-            expected = root if folder and not root.is_dir() else ", ".join(str(p) for p in missing)
+        if absent := missing(ctx):
+            expected = root if folder and not root.is_dir() else ", ".join(str(p) for p in absent)
             return (f"not found under {ctx.data_dir} (expected {expected}); rerun with --download to fetch it "
                     f"({size}) into --data-dir, or copy the torchvision layout there{alternative}")
         problems = structure({f: root / f for f in files})
         return (f"{'; '.join(problems)} (delete what is damaged and rerun with --download, or copy good files "
                 f"there{alternative})") if problems else None
 
+    # What --download does about it (check_available's note): torchvision fetches missing files.
+    check.missing, check.size = missing, size  # type: ignore[attr-defined]
     return check
 
 
@@ -377,6 +418,11 @@ def _fashion_mnist_check(ctx: DataContext) -> str | None:
         return _fashion_torchvision_check(ctx)
     problems = _mnist_structure(debian)
     return f"{'; '.join(problems)} (reinstall the Debian package dataset-fashion-mnist)" if problems else None
+
+
+_fashion_mnist_check.missing = lambda ctx: (  # type: ignore[attr-defined]
+    _debian_fashion_mnist() is None and _fashion_torchvision_check.missing(ctx))
+_fashion_mnist_check.size = _fashion_torchvision_check.size  # type: ignore[attr-defined]
 
 
 def _debian_fashion_mnist() -> dict[str, Path] | None:

@@ -6,27 +6,53 @@ Two sources, best first:
    its seed, the attack's config without its budget, the surface, the number of examples), from earlier
    runs of the plan (a resumed or edited suite) and from this run as it goes. Two PGD crafts at other
    budgets on another seed of one defense cost the same;
-2. a count of work: forward-and-backward passes × examples (training: epochs × training images × 3; a
-   craft: attacked images × steps × restarts × EOT draws × 3; a score: scored images × repeats), times
-   ensemble members, converted to seconds at the rate the timed tasks show (seconds per pass, their
-   median);
+2. a count of work (``task_work``): forward passes of one example (a forward and backward counts 3) ×
+   examples, through one model of the task's defense. Training: epochs × training images × 3 × the
+   defense's training factor (``training_factor``: FGSM examples, a teacher, extra dustbin images...);
+   a craft: attacked images × the attack's passes per image (``attack_passes``: steps × restarts × EOT
+   draws × 2 (a forward and a backward to the input), binary-search steps, queries, target classes...);
+   a score: scored images × repeats; the soundness checks and detector steps alike. Split sizes left
+   unset come from the dataset's registry meta (``sizes``). ``TaskCosts`` counts every model alike
+   (ensemble members multiply) and converts at the rate the timed tasks show (seconds per pass, their
+   median); the dry run's estimate (``bench.runner.estimate``) weighs each pass by the FLOPs of the model
+   it goes through instead;
 3. before any task of the plan is timed: the store's mean wall time of the task's kind (other suites),
    else the count of work at ``DEFAULT_SECONDS_PER_PASS``.
 
 Crude by design: it only has to put a 10-minute training before a 1-second score and move the ETA toward
-the truth as the run goes.
+the truth as the run goes. Early stopping is counted at full length (DeepFool, C&W's abort_early: an upper
+bound), except AutoAttack's later attacks, counted on half the images (``AUTOATTACK_ROBUST_LEFT``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from ..plan import Plan, Task
 
 DEFAULT_SECONDS_PER_PASS = 2e-5  # one image forward on a small CNN, 2 CPU cores (order of magnitude)
-_FALLBACK_IMAGES = 10_000  # a dataset entry without a stated size (the whole split)
+_FALLBACK_IMAGES = 10_000  # a dataset entry without a stated size (the whole split) nor a registered one
+FORWARD_BACKWARD = 3  # a forward and backward pass, in forward passes (the backward costs about two)
+# An attack's gradient step: a forward and a backward to the input only (the attacks turn off the parameters'
+# gradients, bench/attacks/base.py), about one forward each. Attacks this module does not know: FORWARD_BACKWARD.
+INPUT_GRADIENT = 2
+TRAINED = "trained"  # ``Work.model`` of a train task: every module the defense trains
+# AutoAttack runs its later attacks only on the images its first one left robust: about none on an undefended
+# model, most on a robust one. Counted as half (the rest of the early stopping is counted at full length).
+AUTOATTACK_ROBUST_LEFT = 0.5
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one task computes, counted before it runs."""
+
+    passes: float  # forward passes of one example through ``model`` (a forward and backward: 3)
+    model: str  # which model of the defense: TRAINED, or a surface name ("deployed", "member:0", "single"...)
+    train: Task | None  # the train task of that defense (None: not in the plan)
 
 
 def _without(config: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -52,10 +78,15 @@ class TaskCosts:
         if passes > 0:
             self.rates.append(seconds / passes)
 
-    def seconds(self, task: Task) -> float:
+    def stored(self, task: Task) -> float | None:
+        """The mean wall time of timed tasks of ``task``'s signature, or None (source 1 only)."""
         same = self.timed.get(self.signature(task))
-        if same:
-            return sum(same) / len(same)
+        return sum(same) / len(same) if same else None
+
+    def seconds(self, task: Task) -> float:
+        same = self.stored(task)
+        if same is not None:
+            return same
         if not self.rates and task.kind in self.kind_means:
             return self.kind_means[task.kind]
         rate = statistics.median(self.rates) if self.rates else DEFAULT_SECONDS_PER_PASS
@@ -75,40 +106,165 @@ class TaskCosts:
 
     # -- the count of work
     def passes(self, task: Task) -> float:
-        train = self._train(task)
-        members = _members(train.config) if train else 1
-        cfg = task.config
-        if task.kind == "train":
-            params = cfg.get("defense", {}).get("params", {})
-            return float(params.get("epochs") or 1) * _images(cfg.get("dataset", {}), "train_size") * 3 * members
-        craft = self._craft(task)
-        if task.kind == "craft":
-            return _attack_passes(cfg) * members
-        if task.kind == "score":
-            if craft is not None:
-                n = craft.config.get("eval", {}).get("eval_size") or _FALLBACK_IMAGES
-            else:
-                n = _images(cfg.get("dataset", train.config.get("dataset", {}) if train else {}), "test_size")
-            return float(n) * float(cfg.get("repeats", 1)) * members * 2  # clean and attacked passes
-        # other kinds (detector data, probes, noise checks): an attack's worth if they name one, else a pass
-        if "attack" in cfg:
-            return _attack_passes(cfg) * members
-        return float(cfg.get("eval_size") or cfg.get("images") or _FALLBACK_IMAGES) * members
+        """``task_work``'s passes, every model counted alike: a pass through a whole ensemble is one per member."""
+        work = self.work(task)
+        members = _members(work.train.config) if work.train and work.model in (TRAINED, "deployed") else 1
+        return work.passes * members
+
+    def work(self, task: Task) -> Work:
+        return task_work(task, self.by_key)
 
     def _train(self, task: Task) -> Task | None:
-        if task.kind == "train":
-            return task
-        first = self.by_key.get(task.deps[0]) if task.deps else None
-        return first if first is not None and first.kind == "train" else None
+        return _train_of(task, self.by_key)
 
     def _craft(self, task: Task) -> Task | None:
-        if task.kind == "craft":
-            return task
-        for dep in task.deps[1:]:
-            upstream = self.by_key.get(dep)
-            if upstream is not None and upstream.kind == "craft":
-                return upstream
-        return None
+        return _craft_of(task, self.by_key)
+
+
+def _train_of(task: Task, by_key: dict[str, Task]) -> Task | None:
+    """The train task whose defense ``task`` runs: itself, or its first upstream task."""
+    if task.kind == "train":
+        return task
+    first = by_key.get(task.deps[0]) if task.deps else None
+    return first if first is not None and first.kind == "train" else None
+
+
+def _craft_of(task: Task, by_key: dict[str, Task]) -> Task | None:
+    if task.kind == "craft":
+        return task
+    for dep in task.deps[1:]:
+        upstream = by_key.get(dep)
+        if upstream is not None and upstream.kind == "craft":
+            return upstream
+    return None
+
+
+def task_work(task: Task, by_key: dict[str, Task]) -> Work:
+    """The count of work of ``task`` (a task of the plan whose tasks ``by_key`` holds): see the module docstring."""
+    train = _train_of(task, by_key)
+    cfg = task.config
+    if task.kind == "train":
+        defense = cfg.get("defense", {})
+        factor = training_factor(defense.get("name", ""), defense.get("params", {}))
+        epochs = float(defense.get("params", {}).get("epochs") or 1)
+        return Work(epochs * _images(cfg.get("dataset", {}), "train_size") * FORWARD_BACKWARD * factor, TRAINED, train)
+    if task.kind == "craft":
+        return Work(_attack_work(cfg), cfg.get("surface") or "deployed", train)
+    repeats = float(cfg.get("repeats", 1))
+    if task.kind == "score":
+        craft = _craft_of(task, by_key)
+        if craft is not None:
+            # the crafted images, and the clean ones they came from (shared between scores where deterministic)
+            return Work(_eval_images(craft.config) * repeats * 2, "deployed", train)
+        dataset = cfg.get("dataset", train.config.get("dataset", {}) if train else {})
+        return Work(_images(dataset, "test_size") * repeats, "deployed", train)
+    if task.kind == "check-noise":  # draws of noise per image, each scored, and the clean images
+        return Work(_eval_images(cfg) * (float(cfg.get("draws", 1)) + 1) * repeats, "deployed", train)
+    if task.kind == "probe":  # clean passes, and one input gradient
+        passes = max(float(cfg.get("passes", 1)), repeats)
+        return Work(_eval_images(cfg) * (passes + INPUT_GRADIENT), "deployed", train)
+    if task.kind == "detector-data":  # the attack at each budget on the detector's images, and their features
+        budgets = len(cfg.get("budgets") or [None])
+        return Work(_attack_work(cfg) * budgets + _eval_images(cfg) * (budgets + 1), "deployed", train)
+    if task.kind == "detect":  # the features of every detector-data set's clean and attacked images
+        data = [by_key[k] for k in (cfg.get("data") or {}).values() if k in by_key]
+        images = sum(_eval_images(d.config) * (len(d.config.get("budgets") or [None]) + 1) for d in data)
+        return Work(float(images or _FALLBACK_IMAGES), "deployed", train)
+    # adaptive attacks and kinds added later: an attack's worth if they name one, else a pass over the images
+    if "attack" in cfg:
+        return Work(_attack_work(cfg), "deployed", train)
+    return Work(_eval_images(cfg) * repeats, "deployed", train)
+
+
+def training_factor(name: str, params: dict[str, Any]) -> float:
+    """Training passes of defense ``name`` relative to plain training (epochs × images × a forward and backward
+    through every module it trains): what its ``fit`` adds. Unknown defenses (plugins): 1."""
+    if name == "pretrained":
+        return 0.0  # loaded, not trained
+    if name == "ensemble":  # every member trains as its member defense (the FLOPs count every member)
+        member = "gaussian-augment" if params.get("method") == "gauss-noise" else params.get("member_defense")
+        return training_factor(member or "undefended", params.get("member_params") or {})
+    if name == "adv-training":  # clean forward, the FGSM input gradient, the FGSM forward, both backwards
+        return 8 / 3
+    if name == "distillation":  # a teacher and a student, each trained as long, and the teacher's soft labels
+        return 2 + 1 / (FORWARD_BACKWARD * float(params.get("epochs") or 1))
+    if name == "random-layer-sampling":  # K sampled models per step (group optimisation)
+        return float(params.get("train_samples") or 1)
+    if name == "dustbin":  # the training set grows by the dustbin class's images; a naive model for interpolation
+        interpolate = bool(params.get("interpolate", True))
+        factor = 1 + float(params.get("out_fraction") or 0) + (
+            float(params.get("interpolated_fraction") or 0) if interpolate else 0)
+        if interpolate and not params.get("features_from"):
+            epochs = float(params.get("epochs") or 1)
+            factor += float(params.get("feature_epochs") or epochs) / epochs
+        return factor
+    return 1.0
+
+
+def attack_passes(name: str, params: dict[str, Any], budget: float | None = None,
+                  shape: tuple[int, ...] | None = None) -> float:
+    """Forward passes per attacked image of attack ``name`` with its (defaulted) ``params``: gradient steps
+    count ``INPUT_GRADIENT``, queries and noise draws 1. ``budget`` and ``shape`` (C, H, W) matter to
+    JSMA (pixels changed). Attacks this does not know: their ``steps`` (or ``max_iter``, ``queries``) × restarts
+    × EOT draws × 3, else 10 steps."""
+    p = params
+    steps = float(p.get("steps") or p.get("max_iter") or 0)
+    restarts, eot = float(p.get("restarts") or p.get("n_restarts") or 1), float(p.get("eot") or 1)
+    targets = float(p.get("target_classes") or 1)
+    grad = INPUT_GRADIENT
+    if name.startswith("fgsm"):
+        return grad * eot
+    if name.startswith("apgd-t"):
+        return steps * restarts * targets * eot * grad
+    if name.startswith("apgd"):
+        return steps * restarts * eot * grad
+    if name.startswith("autoattack"):
+        apgd = (p.get("steps") or 100) * grad
+        if p.get("version") == "rand":  # APGD-CE and APGD-DLR, each over EOT draws
+            return 2 * apgd * float(p.get("eot_draws") or 1)
+        # standard (auto resolves to it for a deterministic defense): APGD-CE, then APGD-T, FAB-T and Square on
+        # the images still robust (AUTOATTACK_ROBUST_LEFT of them)
+        later = apgd * targets + apgd * targets + float(p.get("square_queries") or 0)
+        return apgd + AUTOATTACK_ROBUST_LEFT * later
+    if name.startswith("fab"):
+        return steps * targets * grad
+    if name.startswith(("cw", "ead")):
+        return steps * float(p.get("binary_search_steps") or 1) * eot * grad
+    if name == "deepfool":  # a gradient per candidate class per step
+        return steps * (float(p.get("candidates") or 10) + 1) * grad / 2
+    if name in ("bim", "pgd-linf", "pgd-l2"):
+        return steps * eot * grad
+    if name.startswith("square"):
+        return float(p.get("queries") or 0)
+    if name == "gaussian-noise":
+        return float(p.get("repeats") or 1)
+    if name in ("salt-and-pepper", "gaussian-blur"):
+        return steps or 1.0
+    if name == "jsma":  # two pixels per step, up to gamma of them; a class gradient and the target's each step
+        pixels = math.prod(shape) if shape else 784
+        return max(1.0, (budget or 0.1) * pixels / 2) * (1 + 2 * grad)
+    steps = steps or float(p.get("n_queries") or p.get("queries") or 10)
+    return steps * restarts * eot * FORWARD_BACKWARD
+
+
+def _attack_work(cfg: dict[str, Any]) -> float:
+    attack = cfg.get("attack", {})
+    shape = None
+    dataset = _eval_dataset(cfg)
+    if dataset.get("name"):
+        shape = _registered(dataset["name"]).get("shape")
+    return _eval_images(cfg) * attack_passes(attack.get("name", ""), attack.get("params", {}), cfg.get("budget"),
+                                             shape)
+
+
+def _eval_dataset(cfg: dict[str, Any]) -> dict[str, Any]:
+    return cfg.get("eval", {}).get("dataset") or cfg.get("dataset") or {}
+
+
+def _eval_images(cfg: dict[str, Any]) -> float:
+    """The images a task attacks or scores: its ``eval_size`` (or ``images``), else its dataset's test split."""
+    n = cfg.get("eval", {}).get("eval_size") or cfg.get("eval_size") or cfg.get("images")
+    return float(n) if n else _images(_eval_dataset(cfg), "test_size")
 
 
 def _members(train_config: dict[str, Any]) -> int:
@@ -117,14 +273,24 @@ def _members(train_config: dict[str, Any]) -> int:
     return int(members) if isinstance(members, int) else len(members) if isinstance(members, list) else 1
 
 
+def _registered(name: str) -> dict[str, Any]:
+    """Dataset ``name``'s registry meta, or {} (not registered: a test's made-up task)."""
+    from ..registry import datasets
+
+    try:
+        return datasets.get(name).meta
+    except Exception:  # an unknown name (UnknownName)
+        return {}
+
+
 def _images(dataset: dict[str, Any], size_key: str) -> float:
-    return float(dataset.get(size_key) or _FALLBACK_IMAGES)
-
-
-def _attack_passes(cfg: dict[str, Any]) -> float:
-    params = cfg.get("attack", {}).get("params", {})
-    steps = params.get("steps") or params.get("max_iter") or params.get("n_queries") or 10
-    restarts = params.get("restarts") or params.get("n_restarts") or 1
-    eot = params.get("eot") or 1
-    images = cfg.get("eval", {}).get("eval_size") or cfg.get("images") or _FALLBACK_IMAGES
-    return float(images) * float(steps) * float(restarts) * float(eot) * 3
+    """A dataset entry's ``train_size``/``test_size``, else its split's size from the registry's ``sizes``."""
+    if dataset.get(size_key):
+        return float(dataset[size_key])
+    sizes = _registered(dataset.get("name") or "").get("sizes")
+    if sizes is not None:
+        try:
+            return float(sizes(dataset.get("params") or {})[0 if size_key == "train_size" else 1])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return float(_FALLBACK_IMAGES)
