@@ -27,7 +27,8 @@ from pathlib import Path
 from .errors import UserError
 
 # The keys of bench.registry.REGISTRIES (not imported here: `advbench --help` stays fast).
-REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors", "executors", "views")
+REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors", "classifiers", "executors",
+                  "views")
 
 DEFAULT_STORE = "results"
 DEFAULT_LEADERBOARD = "leaderboard"
@@ -77,7 +78,9 @@ class _VersionAction(argparse.Action):
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="where torchvision datasets live")
-    p.add_argument("--download", action="store_true", help="download missing torchvision datasets into --data-dir")
+    p.add_argument("--download", action="store_true",
+                   help="run: download missing torchvision datasets into --data-dir; validate: accept data not on "
+                        "disk yet and say what the run will fetch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,6 +213,11 @@ def cmd_validate(args) -> int:
     print(f"{args.suite}: ok — {len(suite.datasets)} dataset(s), {len(suite.defenses)} defense(s), "
           f"{len(suite.attacks)} attack(s){detectors}, {len(suite.seeds)} seed(s); "
           f"{len(plan.tasks)} tasks ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    from .runner.estimate import absurd_estimate
+
+    warning = absurd_estimate(plan, suite.device)
+    if warning:
+        print(f"advbench: warning: {args.suite}: {warning}", file=sys.stderr)
     return 0
 
 
@@ -403,6 +411,12 @@ def cmd_run(args) -> int:
     ctx = RunContext(store_dir=Path(args.store), data=_data_ctx(args), device=device,
                      batch_size=suite.batch_size, progress=not args.quiet and sys.stderr.isatty(), suite=suite.name)
     print(f"{suite.name}: {len(plan.tasks)} tasks, {len(store.done_keys(plan.keys))} already stored; device {device}")
+    from .runner.backfill import backfill_per_example
+
+    filled = backfill_per_example(plan, ctx, store)  # an older store's rows: from their stored inputs, nothing re-run
+    if filled:
+        print(f"{suite.name}: {filled} stored rows got their per-example indices and perturbation sizes from their "
+              f"crafted examples")
     try:
         summary = executor.run(plan, ctx, store)
     except KeyboardInterrupt:

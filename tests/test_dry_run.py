@@ -206,3 +206,26 @@ def test_a_context_without_file_checks_reads_nothing_on_disk(tmp_path):
     check_available("cifar10", {}, DataContext(tmp_path / "missing", check_files=False))
     suite = load_suite(SUITES / "cifar10.yaml", data_ctx=DataContext(tmp_path, check_files=False))
     assert len(build_plan(suite).tasks) == 143
+
+
+def test_validate_warns_of_a_suite_whose_estimate_is_absurd(capsys, write_suite, monkeypatch):
+    """A typo that scales cost (here 5,000 epochs, within the bound on epochs) validates, with one warning line
+    that names the estimate and what to check; a sane suite gets none. The digits are so small that 5,000
+    epochs take minutes: the threshold (a week) is lowered to a minute to show the mechanism."""
+    from tests.conftest import TINY_SUITE
+
+    monkeypatch.setattr(estimate, "ABSURD_SECONDS", 60)
+    code, out, err = run_cli(capsys, "validate", write_suite())
+    assert code == 0 and "ok" in out and err == ""
+    typo = TINY_SUITE.replace("params: {epochs: 4, batch_size: 64}\n  - name: gaussian",
+                              "params: {epochs: 5000, batch_size: 64}\n  - name: gaussian")
+    code, out, err = run_cli(capsys, "validate", write_suite(typo, "typo.yaml"))
+    assert code == 0 and "ok" in out
+    [line] = err.splitlines()
+    assert line.startswith("advbench: warning: ") and "typo.yaml: the cost model estimates" in line
+    assert "in train tasks" in line and "check the epochs, steps, restarts and sizes" in line
+
+
+def test_list_classifiers(capsys):
+    code, out, _ = run_cli(capsys, "list", "classifiers")
+    assert code == 0 and all(name in out for name in ("svc", "logistic-regression", "random-forest", "mlp"))

@@ -516,6 +516,24 @@ def dry_run(suite: Any, plan: Plan, requested_device: str, store_dir: str | Path
     return 0
 
 
+# A suite estimated beyond this is a typo (epochs: 5000), not a plan: validate says so (a warning, since a
+# patient user on a slow machine may mean it). A paper-scale suite on a GPU takes hours, not weeks.
+ABSURD_SECONDS = 7 * 86400
+
+
+def absurd_estimate(plan: Plan, requested_device: str) -> str | None:
+    """What ``validate`` warns about a suite whose cost-model estimate on its device is beyond
+    ``ABSURD_SECONDS`` (``auto`` on a machine without a GPU: estimated for cuda, where such a suite is meant to
+    run), with the task kind that costs the most; None for a suite of sane size."""
+    device = "cuda" if requested_device == "auto" else requested_device
+    est = estimate_plan(plan, device)
+    if est.seconds <= ABSURD_SECONDS:
+        return None
+    kind, seconds = max(est.by_kind.items(), key=lambda kv: kv[1])
+    return (f"the cost model estimates {_long_duration(est.seconds)} on {device}, {_long_duration(seconds)} of it in "
+            f"{kind} tasks ({est.rates}): check the epochs, steps, restarts and sizes")
+
+
 def _concrete(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
