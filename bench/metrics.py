@@ -126,6 +126,22 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (low, high)
 
 
+class HitsOfN:
+    """Mixin of a share of examples (a dataclass with ``hits`` and ``n``): its accuracy and 95% Wilson interval.
+    ``hits`` may be fractional where it is a mean over repeats."""
+
+    hits: float
+    n: int
+
+    @property
+    def acc(self) -> float:
+        return self.hits / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.n)
+
+
 # The ``attack`` of a result row scored on a dataset's out-distribution test set (its ``out_distribution:``).
 OUT_DISTRIBUTION_ATTACK = "out-distribution"
 

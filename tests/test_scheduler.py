@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from bench.runner.cost import TaskCosts
 from bench.runner.local import LocalExecutor
 from bench.runner.pool import PoolExecutor, ProcessWorkers, parse_devices
 from bench.runner.scheduler import Finished, Job, Scheduler, fused_kinds, fusion_groups
-from bench.store import Store
+from bench.store import PER_EXAMPLE_ARRAYS, Store
 
 POOL_SUITE = """\
 name: pool-tiny
@@ -144,9 +145,10 @@ def test_fused_scoring_makes_the_shared_clean_pass_once_and_stores_each_row_as_a
     finally:
         store.close()
     assert len(calls) == (1 + len(scores)) + 2 * len(scores)  # one clean pass for all six sets; two per task alone
+    arrays = ("correct", *PER_EXAMPLE_ARRAYS)
     for (got,), (want,) in zip(fused, alone):
-        assert {k: v for k, v in got.items() if k != "correct"} == {k: v for k, v in want.items() if k != "correct"}
-        assert (got["correct"] == want["correct"]).all()
+        assert {k: v for k, v in got.items() if k not in arrays} == {k: v for k, v in want.items() if k not in arrays}
+        assert all(np.array_equal(got[k], want[k]) for k in arrays)
 
 
 def test_fusion_groups_join_budgets_of_one_attack_and_model_only(pool_suite, tmp_path):
@@ -165,11 +167,12 @@ def test_fusion_groups_join_budgets_of_one_attack_and_model_only(pool_suite, tmp
 
 
 class _InProcessWorkers:
-    """One in-process worker that reports its first fused job as having found the artifact of ``broken``
-    damaged (as every task of a fused job does when one of them meets it), then runs jobs for real."""
+    """One in-process worker that reports its first fused job as having found the artifact of its first task's
+    crafted set damaged (as every task of a fused job does when one of them meets it; ``reported``: that craft's
+    key), then runs jobs for real."""
 
-    def __init__(self, broken: str):
-        self.slots, self.broken, self.queue = ["cpu#0"], broken, []
+    def __init__(self):
+        self.slots, self.broken, self.queue, self.reported = ["cpu#0"], True, [], None
 
     def submit(self, slot, tasks, upstream, ctx):
         self.queue.append((slot, tasks, upstream, ctx))
@@ -179,7 +182,8 @@ class _InProcessWorkers:
 
         slot, tasks, upstream, ctx = self.queue.pop(0)
         if len(tasks) > 1 and self.broken:
-            outcomes, self.broken = [("broken", self.broken)] * len(tasks), None
+            self.reported, self.broken = tasks[0].deps[1], False
+            outcomes = [("broken", self.reported)] * len(tasks)
         else:
             outcomes = run_fused(tasks, upstream, ctx)
         return [Finished(slot, outcomes, wall_s=0.1, where="cpu#0")]
@@ -194,17 +198,17 @@ class _InProcessWorkers:
 def test_a_fused_job_that_meets_a_broken_artifact_repairs_it_once_and_reruns_its_tasks(pool_suite, sequential_store,
                                                                                        tmp_path):
     plan, ctx = _plan_and_ctx(pool_suite, tmp_path / "store")
-    crafts = plan.by_kind("craft")
+    crafts = {t.key: t for t in plan.by_kind("craft")}
     lines: list[str] = []
     store = Store(tmp_path / "store")
+    workers = _InProcessWorkers()
     try:
-        summary = Scheduler(_InProcessWorkers(broken=crafts[0].key), fuse=("score",), echo=lines.append,
-                            poll_s=0.01).run(plan, ctx, store)
+        summary = Scheduler(workers, fuse=("score",), echo=lines.append, poll_s=0.01).run(plan, ctx, store)
     finally:
         store.close()
-    # Six scores in one job said "broken" together: one re-run of the craft, no task failed.
+    # The scores of one fused job said "broken" together: one re-run of the craft, no task failed.
     assert summary.ok and [line for line in lines if "re-running it" in line] == \
-        [f"artifact of {crafts[0].label} unreadable: re-running it"]
+        [f"artifact of {crafts[workers.reported].label} unreadable: re-running it"]
     assert _results(tmp_path / "store") == _results(sequential_store)
 
 

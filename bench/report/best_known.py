@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..checks import CHECK_SOURCE
-from ..metrics import OUT_DISTRIBUTION_ATTACK, wilson_interval
+from ..metrics import OUT_DISTRIBUTION_ATTACK, HitsOfN
 from ..threat_models import ThreatModel
 from .format import is_missing
 from .model import CLEAN_ATTACK
@@ -100,8 +100,9 @@ class Evidence:
 
 
 @dataclass(frozen=True)
-class BestKnown:
-    """One deployed defense's best-known robust accuracy at one (threat model, ε), pooled over seeds."""
+class BestKnown(HitsOfN):
+    """One deployed defense's best-known robust accuracy at one (threat model, ε), pooled over seeds (``acc``,
+    ``interval``: ``HitsOfN``)."""
 
     dataset: str
     defense: str
@@ -116,14 +117,6 @@ class BestKnown:
     apart: tuple[Evidence, ...]  # results within ε on images the number's set does not hold
     repeats: int  # > 1: a stochastic defense, its number strict
     strongest_mean: float | None  # the mean over repeats of the strongest attack's row (stochastic only)
-
-    @property
-    def acc(self) -> float:
-        return self.hits / self.n if self.n else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.hits, self.n)
 
 
 def _value(record: dict, name: str, default=None):

@@ -54,7 +54,7 @@ import pandas as pd
 from ..checks import Verdict
 from ..checks import flags as check_flags
 from ..labels import BUDGET_SYMBOLS, budget_label
-from ..metrics import METRICS, MetricSpec, wilson_interval
+from ..metrics import METRICS, HitsOfN, MetricSpec, wilson_interval
 from ..threat_models import ThreatModel
 from .format import MISSING, PCT, metric_text, natural_key, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
@@ -78,7 +78,7 @@ LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds; 
 
 
 @dataclass(frozen=True)
-class _Cell:
+class _Cell(HitsOfN):
     """Pooled counts of one cell and the store rows behind them. A stochastic defense's attack cell counts
     the examples robust in every repeat (``hits``, strict: what worst cases and headlines count too) and
     keeps the mean over repeats beside it (``mean_hits``), so the table shows both the same way."""
@@ -102,13 +102,6 @@ class _Cell:
         """The cell as a table shows it: "16.0 (17.8)" is strict, then the mean over repeats."""
         return pct(self.acc) if self.mean_hits is None else f"{pct(self.acc)} ({pct(self.mean_hits / self.n)})"
 
-    @property
-    def acc(self) -> float:
-        return self.hits / self.n if self.n else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.hits, self.n)
 
 
 def _strict_hits(row: Row) -> float:
