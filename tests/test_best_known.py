@@ -71,10 +71,26 @@ def test_check_rows_on_a_subset_of_the_images_combine_over_the_images_they_share
     best = best_known(_evidence(rows)[("toy", "d")], "linf", 0.2)
     assert (best.hits, best.n) == (0, 5)  # on the five they share: lower than 8/10 on all ten
     assert [e.attack for e in best.apart] == []  # the pgd row attacked all five: counted, not apart
-    # Rows on images the chosen set does not hold are named as apart, never silently mixed.
+    # Rows on none of the chosen set's images are named as apart, never silently mixed.
     rows.append(_attack_row("d", "fgsm", 0.2, [1] * 4, indices=[1, 2, 3, 4]))
     best = best_known(_evidence(rows)[("toy", "d")], "linf", 0.2)
     assert (best.hits, best.n) == (0, 5) and [e.attack for e in best.apart] == ["fgsm"]
+
+
+def test_a_check_on_part_of_the_images_counts_its_breaks_on_them_within_the_whole_set():
+    # The suite's two attacks on ten images leave 8; the check on the first five breaks one of those 8.
+    rows = [_attack_row("d", "pgd", 0.2, [1] * 8 + [0] * 2),
+            _attack_row("d", "fgsm", 0.2, [1] * 10),
+            _attack_row("d", "pgd@stronger", 0.2, [0, 1, 1, 1, 1], source="check:stronger", indices=INDICES[:5])]
+    best = best_known(_evidence(rows)[("toy", "d")], "linf", 0.2)
+    # On all ten: 7 robust (70%, the check's break counted); on the five the check attacked: 4 (80%).
+    assert (best.hits, best.n) == (7, 10) and best.apart == ()
+    assert (best.strongest, best.strongest_broke, best.only_strongest) == ("pgd", 2, 2)
+    # Where the five are the weaker part, they are the number: the check breaks three of them.
+    rows[2]["correct"] = np.array([0, 0, 0, 1, 1], dtype=bool)
+    rows[2]["robust_acc"] = 0.4
+    best = best_known(_evidence(rows)[("toy", "d")], "linf", 0.2)
+    assert (best.hits, best.n) == (2, 5)  # 40% on the five, against 5 of 10 (50%) on all ten
 
 
 def test_a_result_at_a_smaller_budget_counts_at_a_larger_one():

@@ -13,9 +13,9 @@ the harness has on a deployed model, not the number of one attack or one table:
   is broken at ε too: so a minimum-norm attack (C&W, EAD, DeepFool, FAB) counts through each example's
   perturbation, and one C&W run gives its whole accuracy-vs-ε curve.
 * **Which images.** Rows combine per example over the images they share: for each set of attacked images,
-  the rows that attacked all of them are combined on them; the set whose worst case is lowest is the
-  number (the lowest upper bound with evidence), and rows that did not attack all its images are named as
-  left apart, never silently mixed.
+  an example of it is broken if any row that attacked it broke it (every example's flag stays an upper bound
+  on its robustness); the set whose worst case is lowest is the number (the lowest upper bound with
+  evidence), and rows that attacked none of its images are named as counted apart, never silently mixed.
 * **Stochastic defenses.** An example counts as robust only if it was classified correctly (or rejected)
   in every repeat ("strict"); the mean over repeats of the attack that broke the most examples is given
   beside it.
@@ -50,8 +50,8 @@ RULE = ("Best known (the summary and each section's first tables): per deployed 
         "ε, an example counts as robust only if no stored result on the deployed model broke it within ε: every "
         "surface, transfer source, AutoAttack and soundness-check run counts (a row scored on one ensemble member "
         "does not), a result at a budget ≤ ε counts at ε, and a minimum-norm attack's example counts where its "
-        "perturbation is ≤ ε. Results combine over the images they share (the image set with the lowest number "
-        "is shown; results on other images are named apart). Stochastic defenses: strict, robust in every repeat. "
+        "perturbation is ≤ ε. Results combine per example over the images they share (of the attacked image sets, "
+        "the one with the lowest number is shown; results on none of its images are named apart). Stochastic defenses: strict, robust in every repeat. "
         "Broken most by: the attack that broke the most examples, and how many only it broke.")
 
 
@@ -172,17 +172,18 @@ def collect(results: pd.DataFrame) -> dict[tuple[str, str], list[Evidence]]:
     return dict(out)
 
 
-def _restricted(evidence: Evidence, broken: np.ndarray, images: tuple, reference: Evidence) -> np.ndarray | None:
-    """``broken`` of ``evidence`` on the reference row's images, in their order; None if it lacks one of them."""
+def _on_images(evidence: Evidence, broken: np.ndarray, images: tuple, reference: Evidence) -> np.ndarray | None:
+    """``broken`` of ``evidence`` on the reference row's images, in their order (False where it did not attack
+    one of them); None where it attacked none of them, or where the rows do not say which images they attacked."""
     if evidence.images == images:
         return broken
     if evidence.indices is None or reference.indices is None:
         return None
     position = {int(i): p for p, i in enumerate(evidence.indices)}
-    try:
-        return broken[[position[int(i)] for i in reference.indices]]
-    except KeyError:
+    where = np.array([position.get(int(i), -1) for i in reference.indices])
+    if (where < 0).all():
         return None
+    return np.where(where >= 0, broken[np.maximum(where, 0)], False)
 
 
 @dataclass
@@ -194,8 +195,9 @@ class _SeedOutcome:
 
 
 def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
-    """The chosen image set of one seed's rows at ``eps``: of the candidate sets (each row's images), the rows
-    that attacked all of its images combined on it; the lowest worst case wins (ties: more images)."""
+    """The chosen image set of one seed's rows at ``eps``: of the candidate sets (each row's images), every row
+    combined on the images it shares with it (an example is broken if any row that attacked it broke it); the
+    lowest worst case wins (ties: more images). Rows that share no image with it are apart."""
     within = [(r, b) for r in rows if (b := r.broken_within(eps)) is not None]
     if not within:
         return None
@@ -206,7 +208,7 @@ def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
         by_attack: dict[str, np.ndarray] = {}
         counted, apart = [], []
         for row, row_broken in within:
-            mine = _restricted(row, row_broken, images, reference)
+            mine = _on_images(row, row_broken, images, reference)
             if mine is None:
                 apart.append(row)
                 continue
