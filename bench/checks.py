@@ -52,7 +52,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .labels import budget_label
-from .metrics import wilson_interval
+from .metrics import HitsOfN
 from .registry import UnknownName, attacks
 from .threat_models import ThreatModel
 
@@ -202,7 +202,7 @@ CHECK_BY_NUMBER = {c.number: c for c in CHECKS}
 
 
 @dataclass(frozen=True)
-class Evidence:
+class Evidence(HitsOfN):
     """One number a verdict compares: hits of n (a mean over repeats may be fractional) and its interval."""
 
     label: str
@@ -211,11 +211,7 @@ class Evidence:
 
     @property
     def share(self) -> float:
-        return self.hits / self.n if self.n else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.hits, self.n)
+        return self.acc
 
     def text(self) -> str:
         low, high = self.interval

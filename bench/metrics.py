@@ -218,9 +218,8 @@ def cell_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np
     adv_correct = defended_mask(pred_adv, y, reject_class, attacked=attacked)
     fooled = (pred_adv == targets) if targets is not None else ~adv_correct
     success = clean_correct & fooled
-    delta = (x_adv - x).reshape(n, -1).astype(np.float64)
-    l2 = np.sqrt((delta ** 2).sum(1))[success]
-    linf = np.abs(delta).max(1, initial=0.0)[success]
+    delta = _deltas(x, x_adv)
+    l2, linf = (sizes[success] for sizes in _sizes(delta))
     mse = (delta ** 2).mean(1)[success]
     robust = int(adv_correct.sum())
     low, high = wilson_interval(robust, n)
@@ -289,6 +288,15 @@ def row_metrics(x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.
 def perturbation_sizes(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
     """Per example, the L2 and L∞ size of ``x_adv - x`` (float32, the ``perturbation_*`` columns of a row): with
     them a minimum-norm attack's examples count at every budget they fit in (bench.report.best_known)."""
-    delta = (np.asarray(x_adv, dtype=np.float64) - np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
-    return {"perturbation_l2": np.sqrt((delta ** 2).sum(1)).astype(np.float32),
-            "perturbation_linf": np.abs(delta).max(1, initial=0.0).astype(np.float32)}
+    l2, linf = _sizes(_deltas(x, x_adv))
+    return {"perturbation_l2": l2.astype(np.float32), "perturbation_linf": linf.astype(np.float32)}
+
+
+def _deltas(x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
+    """``x_adv - x`` per example, flattened, in float64."""
+    return (x_adv - x).reshape(len(x), -1).astype(np.float64)
+
+
+def _sizes(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The L2 and L∞ size of each row of ``delta``."""
+    return np.sqrt((delta ** 2).sum(1)), np.abs(delta).max(1, initial=0.0)

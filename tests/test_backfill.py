@@ -9,6 +9,7 @@ import numpy as np
 
 from bench.cli import main
 from bench.report.best_known import best_known, collect
+from bench.report.rows import dedupe, normalize
 from bench.store import Store
 
 SUITE = """\
@@ -47,7 +48,7 @@ def test_rows_keep_their_norms_and_an_older_store_gets_them_without_rerunning(wr
     assert attacked.loc["pgd-linf", "perturbation_linf"].max() <= 0.1 + 1e-6  # within its budget
 
     # C&W's budget is c, not a distance: it counts at each ε exactly where its broken examples' L2 sizes fit.
-    evidence = collect(before)[("digits", "undefended")]
+    evidence = collect(dedupe(normalize(before)))[("digits", "undefended")]
     broken = ~cw["correct"]
     for eps in (0.5, 1.0, 2.0):
         expected = int((~(broken & (cw["perturbation_l2"] <= eps * (1 + 1e-5)))).sum())

@@ -14,6 +14,7 @@ from bench.metrics import wilson_interval
 from bench.report import compute_leaderboard, summary
 from bench.report.best_known import best_known, collect
 from bench.report.numbers import leaderboard_numbers
+from bench.report.rows import dedupe, normalize
 from bench.report.render import render_html, render_markdown
 from test_report import _md_table, _row
 
@@ -41,7 +42,7 @@ def _clean(defense: str, right: int = 9) -> dict:
 
 
 def _evidence(rows: list[dict]) -> dict:
-    return collect(pd.DataFrame(rows))
+    return collect(dedupe(normalize(pd.DataFrame(rows))))
 
 
 # --------------------------------------------------------------------------- which rows count

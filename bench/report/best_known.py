@@ -25,19 +25,17 @@ the harness has on a deployed model, not the number of one attack or one table:
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
 from ..checks import CHECK_SOURCE
 from ..metrics import OUT_DISTRIBUTION_ATTACK, HitsOfN
 from ..threat_models import ThreatModel
-from .format import is_missing
 from .model import CLEAN_ATTACK
+from .rows import Row
 
 # The stored per-example perturbation size of each threat model whose budget is a distance.
 NORM_COLUMNS = {ThreatModel.LINF.value: "perturbation_linf", ThreatModel.L2.value: "perturbation_l2"}
@@ -51,31 +49,50 @@ RULE = ("Best known (the summary and each section's first tables): per deployed 
         "surface, transfer source, AutoAttack and soundness-check run counts (a row scored on one ensemble member "
         "does not), a result at a budget ≤ ε counts at ε, and a minimum-norm attack's example counts where its "
         "perturbation is ≤ ε. Results combine per example over the images they share (of the attacked image sets, "
-        "the one with the lowest number is shown; results on none of its images are named apart). Stochastic defenses: strict, robust in every repeat. "
-        "Broken most by: the attack that broke the most examples, and how many only it broke.")
+        "the one with the lowest number is shown; results on none of its images are named apart). Stochastic "
+        "defenses: strict, robust in every repeat. Broken most by: the attack that broke the most examples, and "
+        "how many only it broke.")
 
 
 @dataclass(frozen=True, eq=False)
 class Evidence:
     """One stored result on a deployed model, per example: what was broken, and how far from the image."""
 
-    key: str
-    dataset: str
-    defense: str
-    attack: str
-    surface: str
-    source: str
-    threat_model: str
-    budget_param: str
-    budget: float | None
-    seed: int
-    correct: np.ndarray  # defended, per example (a stochastic defense's: in every repeat)
+    row: Row
     images: tuple  # which test images, in order: their indices, else the digest, else only their number
-    indices: np.ndarray | None
     norms: np.ndarray | None  # per example, the perturbation's size in the threat model's norm
-    repeats: int
-    mean_acc: float  # the stored robust accuracy (a mean over repeats where repeated)
-    created_at: str
+
+    @classmethod
+    def of(cls, row: Row) -> "Evidence":
+        indices = row.example_indices
+        images = (("indices", indices.tobytes()) if indices is not None
+                  else ("digest", row.examples) if row.examples else ("count", row.n))
+        return cls(row, images, getattr(row, NORM_COLUMNS[row.threat_model]))
+
+    # What the report reads of the row, by the names the rest of this module uses.
+    dataset = property(lambda self: self.row.dataset)
+    defense = property(lambda self: self.row.defense)
+    attack = property(lambda self: self.row.attack)
+    source = property(lambda self: self.row.source)
+    threat_model = property(lambda self: self.row.threat_model)
+    budget_param = property(lambda self: self.row.budget_param)
+    budget = property(lambda self: self.row.budget)
+    seed = property(lambda self: self.row.seed)
+    correct = property(lambda self: self.row.correct)
+    indices = property(lambda self: self.row.example_indices)
+
+    @property
+    def surface(self) -> str:
+        return self.row.surface or "deployed"
+
+    @property
+    def repeats(self) -> int:
+        return int(self.row.metrics.get("repeats") or 1)
+
+    @property
+    def mean_acc(self) -> float:
+        """The stored robust accuracy (a mean over repeats where repeated)."""
+        return self.row.hits / self.row.n
 
     @property
     def name(self) -> str:
@@ -85,7 +102,7 @@ class Evidence:
         where = []
         if self.source.startswith("transfer:"):
             where.append(f"transfer from {self.source.split(':', 1)[1]}")
-        if self.surface and self.surface != "deployed":
+        if self.surface != "deployed":
             where.append(f"surface {self.surface}")
         return f"{self.attack} ({', '.join(where)})" if where else self.attack
 
@@ -119,56 +136,15 @@ class BestKnown(HitsOfN):
     strongest_mean: float | None  # the mean over repeats of the strongest attack's row (stochastic only)
 
 
-def _value(record: dict, name: str, default=None):
-    value = record.get(name, default)
-    return default if value is None or (not isinstance(value, np.ndarray) and is_missing(value)) else value
-
-
-def _array(value, dtype) -> np.ndarray | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return np.asarray(value, dtype=dtype).ravel()
-
-
-def collect(results: pd.DataFrame) -> dict[tuple[str, str], list[Evidence]]:
-    """(dataset, defense) -> its evidence: the newest row of each attack, budget, surface, source and seed
-    scored on the deployed model with per-example flags, in a threat model whose budget is a distance."""
-    newest: dict[tuple, Evidence] = {}
-    for record in results.to_dict("records"):
-        attack = str(_value(record, "attack", ""))
-        threat_model = str(_value(record, "threat_model", ""))
-        if (attack in _NOT_ATTACKS or threat_model not in NORM_COLUMNS
-                or _value(record, "evaluated_on", "deployed") != "deployed"):
-            continue
-        n = int(_value(record, "n", 0))
-        correct = _array(_value(record, "correct"), bool)
-        if correct is None or correct.size != n or n == 0:
-            continue
-        indices = _array(_value(record, "example_indices"), np.int64)
-        if indices is not None and indices.size != n:
-            indices = None
-        norms = _array(_value(record, NORM_COLUMNS[threat_model]), np.float64)
-        if norms is not None and norms.size != n:
-            norms = None
-        digest = str(_value(record, "examples", ""))
-        images = (("indices", indices.tobytes()) if indices is not None
-                  else ("digest", digest) if digest else ("count", n))
-        budget = _value(record, "budget")
-        evidence = Evidence(
-            key=str(_value(record, "key", "")), dataset=str(record["dataset"]), defense=str(record["defense"]),
-            attack=attack, surface=str(_value(record, "surface", "deployed")) or "deployed",
-            source=str(_value(record, "source", "white-box")) or "white-box", threat_model=threat_model,
-            budget_param=str(_value(record, "budget_param", "")),
-            budget=None if budget is None else float(budget), seed=int(record["seed"]), correct=correct,
-            images=images, indices=indices, norms=norms, repeats=int(_value(record, "repeats", 1) or 1),
-            mean_acc=float(_value(record, "robust_acc", 0.0)), created_at=str(_value(record, "created_at", "")))
-        identity = (evidence.dataset, evidence.defense, evidence.surface, evidence.source, attack,
-                    evidence.budget_param, evidence.budget, evidence.seed)
-        if identity not in newest or evidence.created_at > newest[identity].created_at:
-            newest[identity] = evidence
+def collect(rows: Iterable[Row]) -> dict[tuple[str, str], list[Evidence]]:
+    """(dataset, defense) -> its evidence: of ``rows`` (``bench.report.rows.dedupe``d: the newest of each
+    identity), those scored on the deployed model with per-example flags, in a threat model whose budget is a
+    distance."""
     out: dict[tuple[str, str], list[Evidence]] = defaultdict(list)
-    for evidence in newest.values():
-        out[(evidence.dataset, evidence.defense)].append(evidence)
+    for row in rows:
+        if (row.attack not in _NOT_ATTACKS and row.threat_model in NORM_COLUMNS and row.evaluated_on == "deployed"
+                and row.correct is not None):
+            out[(row.dataset, row.defense)].append(Evidence.of(row))
     return dict(out)
 
 

@@ -39,10 +39,12 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
         headline = ((settings or {}).get(suite) or {}).get("headline") or {}
         frame = rows.separate_models(frame)  # one row per trained model, also in the views
         verdicts = checks.evaluate(frame)  # where the suite ran its soundness checks
-        evidence = best_known.collect(frame)  # every row on a deployed model counts, the checks' own included
-        frame = checks.split(frame)[0]  # their rows are evidence for the verdicts, not table rows
         # Out-distribution rows have no class to be right about: the reject-option view shows them, not the tables.
-        suite_rows = rows.dedupe(rows.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
+        every_row = rows.dedupe(rows.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
+        evidence = best_known.collect(every_row)  # every row on a deployed model counts, the checks' own included
+        # The checks' rows are evidence for the verdicts and the best known, not table rows.
+        frame = checks.split(frame)[0]
+        suite_rows = [r for r in every_row if not r.source.startswith(checks.CHECK_SOURCE)]
         shown.update((r.key or id(r), r) for r in suite_rows)
         failed = checks.flags(verdicts)
         for dataset in sorted({r.dataset for r in suite_rows}):
@@ -61,10 +63,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
             suites_known.append(known)
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
-                views=[flag_view(view, {d: sorted({n for (ds, dd, _), numbers in failed.items()
-                                                   if ds == dataset and dd == d for n in numbers})
-                                        for (ds, d, _) in failed if ds == dataset})
-                       for view in view_tables(name, mine)],
+                views=[flag_view(view, _flags_by_defense(failed, dataset)) for view in view_tables(name, mine)],
                 legend=model_legend(name, mine), headline=headline,
                 verdicts=[v for v in verdicts if v.dataset == dataset], best=summary.suite_tables(known)))
         flagged = flagged or any(v.failed for v in verdicts)
@@ -78,6 +77,16 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     summary_tables, entries = summary.summary(suites_known)
     return Leaderboard(title=title, produced=produced, legend=legend, datasets=sections,
                        detectors=detectors, problems=problems, summary=summary_tables, best_known=entries)
+
+
+def _flags_by_defense(failed: dict[tuple[str, str, str], list[int]], dataset: str) -> dict[str, list[int]]:
+    """Each of ``dataset``'s defenses' failed checks over every threat model (what a view, which mixes threat
+    models, marks it with)."""
+    numbers: dict[str, set[int]] = {}
+    for (ds, defense, _), checks_failed in failed.items():
+        if ds == dataset:
+            numbers.setdefault(defense, set()).update(checks_failed)
+    return {defense: sorted(found) for defense, found in numbers.items()}
 
 
 def _has_rejections(results: pd.DataFrame | None, detections: pd.DataFrame | None) -> bool:

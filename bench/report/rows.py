@@ -24,6 +24,7 @@ _OPTIONAL_COLUMNS = {
     "budget_param": "", "budget": math.nan,
     **{m.name: math.nan for m in RESULT_METRICS if m.name not in _REQUIRED_COLUMNS},
     "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None, "examples": "",
+    "example_indices": None, "perturbation_l2": None, "perturbation_linf": None,
 }
 # The metrics with a details column of their own, and the metrics a row reads for them.
 DETAIL_METRICS = tuple(m for m in RESULT_METRICS if m.detail)
@@ -56,6 +57,12 @@ class Row:
     git_commit: str
     correct: np.ndarray | None
     examples: str = ""  # bench.store.examples_digest of the attacked images ("" for clean rows and old stores)
+    evaluated_on: str = "deployed"  # the part of the defense scored (``defense`` names it where it is not all)
+    # Per example, aligned with ``correct`` (None where the store has none or they do not align): the attacked
+    # test indices and the perturbation's L2 and L∞ sizes (bench.report.best_known).
+    example_indices: np.ndarray | None = None
+    perturbation_l2: np.ndarray | None = None
+    perturbation_linf: np.ndarray | None = None
 
     @property
     def is_clean(self) -> bool:
@@ -88,10 +95,11 @@ def _number(value) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _bool_array(value) -> np.ndarray | None:
+def _array(value, dtype=bool) -> np.ndarray | None:
+    """A stored per-example array (flags by default) as ``dtype``, flat; None where there is none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return np.asarray(value).astype(bool).ravel()
+    return np.asarray(value, dtype=dtype).ravel()
 
 
 def separate_models(results: pd.DataFrame) -> pd.DataFrame:
@@ -144,7 +152,7 @@ def row_problem(record: dict) -> str | None:
     budget = record.get("budget")
     if budget is not None and not is_missing(budget) and not abs(float(budget)) <= _MAX_BUDGET:
         return f"budget {budget} is not a budget (beyond {_MAX_BUDGET:g})"
-    correct = _bool_array(record.get("correct"))
+    correct = _array(record.get("correct"))
     if correct is not None and correct.size == int(n):
         repeated = (_number(record.get("repeats")) or 1) > 1
         stored = _number(record.get("robust_acc_strict" if repeated else "robust_acc"))
@@ -180,9 +188,7 @@ def normalize(results: pd.DataFrame) -> list[Row]:
     for record, stamp in zip(frame.to_dict("records"), created):
         n = int(record["n"])
         is_clean = _text(record["attack"]) == CLEAN_ATTACK
-        correct = _bool_array(record["correct"])
-        if correct is not None and correct.size != n:
-            correct = None  # misaligned: unusable for per-example worst cases
+        correct = _aligned(record["correct"], bool, n)  # misaligned flags are unusable for worst cases
         acc = _number(record["robust_acc"])
         if acc is None and is_clean:
             acc = _number(record["clean_acc"])
@@ -214,8 +220,18 @@ def normalize(results: pd.DataFrame) -> list[Row]:
             git_commit=_text(record["git_commit"]),
             correct=correct,
             examples=_text(record["examples"]),
+            evaluated_on=_text(record["evaluated_on"], "deployed"),
+            example_indices=_aligned(record["example_indices"], np.int64, n),
+            perturbation_l2=_aligned(record["perturbation_l2"], np.float64, n),
+            perturbation_linf=_aligned(record["perturbation_linf"], np.float64, n),
         ))
     return rows
+
+
+def _aligned(value, dtype, n: int) -> np.ndarray | None:
+    """A stored per-example array as ``dtype``, or None where missing or not one value per example."""
+    array = _array(value, dtype)
+    return array if array is not None and array.size == n else None
 
 
 def _defense_label(record: dict) -> str:

@@ -33,6 +33,14 @@ class SuiteEvidence:
     clean: dict[str, tuple[float, int]]  # defense -> (examples right, n) on the clean test split
     headline: dict[str, float] = field(default_factory=dict)  # the suite's headline budget per threat model
     flags: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (defense, threat model) -> failed checks
+    _computed: dict[tuple[str, str, float], BestKnown | None] = field(default_factory=dict, repr=False)
+
+    def best(self, defense: str, threat_model: str, eps: float) -> BestKnown | None:
+        """``best_known`` of one defense, computed once (the section's table and the summary both show it)."""
+        key = (defense, threat_model, round(eps, 9))
+        if key not in self._computed:
+            self._computed[key] = best_known(self.evidence[defense], threat_model, eps)
+        return self._computed[key]
 
     def threat_models(self) -> list[str]:
         return threat_models(e for rows in self.evidence.values() for e in rows)
@@ -103,7 +111,7 @@ def suite_tables(suite: SuiteEvidence) -> list[Table]:
         if headline is None:
             continue
         others = [b for b in suite.budgets(tm) if not math.isclose(b, headline)]
-        bests = {d: best_known(rows, tm, headline) for d, rows in suite.evidence.items()}
+        bests = {d: suite.best(d, tm, headline) for d in suite.evidence}
         order = _rank(bests)
         head = f"Best known {budget_label('eps', headline)}"
         columns = {b: f"{budget_label('eps', b)}" for b in others}
@@ -113,7 +121,7 @@ def suite_tables(suite: SuiteEvidence) -> list[Table]:
             values.loc[d, "Clean"] = suite.clean_acc(d)
             values.loc[d, head] = bests[d].acc if bests[d] else math.nan
             for b, label in columns.items():
-                at = best_known(suite.evidence[d], tm, b)
+                at = suite.best(d, tm, b)
                 values.loc[d, label] = at.acc if at else math.nan
         setting = f"best known robust accuracy, {ThreatModel.label_of(tm)}"
         table = values_table(f"{suite.section} — {setting}", setting, values)
@@ -149,8 +157,8 @@ def summary(suites: list[SuiteEvidence]) -> tuple[list[Table], list[SummaryEntry
             for s in suites:
                 if s.dataset != dataset:
                     continue
-                for defense, evidence in s.evidence.items():
-                    best = best_known(evidence, tm, eps)
+                for defense in s.evidence:
+                    best = s.best(defense, tm, eps)
                     if best is not None:
                         rows.append(SummaryEntry(s.suite, s.section, s.clean_acc(defense), best,
                                                  tuple(s.flags.get((defense, tm), []))))
