@@ -1,38 +1,11 @@
-"""The robustness part of the leaderboard: stored result rows -> one section per dataset.
+"""The robustness part of the leaderboard, laid out: typed numbers -> one section per dataset.
 
-How numbers are counted
------------------------
-* A *cell* is one (dataset, defense, attack, budget) within a table; a table is
-  one (dataset, threat model, source, attack surface). Rows of several seeds
-  are pooled: accuracy = total correct / total n, and the 95% Wilson interval
-  is recomputed on the pooled counts (an average of per-seed accuracies would
-  weight a small seed like a large one). The other metrics pool as their
-  ``MetricSpec`` says (bench.metrics).
-* "Worst case" is counted per example: at every budget that two or more attacks
-  of a table share, an example counts as robust only if it survived every one
-  of them (AND of the per-example ``correct`` arrays of the same
-  dataset/defense/seed/surface/source). Taking the minimum of the attacks'
-  accuracies instead would overstate robustness whenever attacks break
-  different examples. Without per-example arrays the cell shows "—". A
-  stochastic defense scored several times (``repeats``) shows the mean over
-  the repeats in its attack cells, but its per-example arrays say "correct in
-  every repeat", so its worst cases and headline count an example as robust
-  only if it survived every attack in every repeat.
-* The headline of a table is the per-example worst case over every attack in
-  it at the largest budget they all ran at (one attack: its own cell), shown
-  with its 95% interval after Clean. Rows are ranked by it, most robust first;
-  a row without it comes after, by name (rows that cover different columns are
-  never ranked against each other). Columns with no number in any row are
-  dropped.
-* A leaderboard row is one trained model configuration: (dataset, defense
-  config with defaults filled in, scoring surface). Two configurations that
-  share a label (two suites in one store, each with its own ``undefended``) are
-  two rows, told apart by their suite's name where that separates them, else by
-  a short hash of the config (``separate_models``); cells and worst cases never
-  combine results of two models.
-* If the store holds several rows for the same (dataset, defense, surface,
-  source, attack, budget, seed) -- a rerun after a code change -- the newest
-  (``created_at``) wins; the produced-by line says how many were superseded.
+``bench.report.aggregate`` counts (pooled cells, per-example worst cases, headline, rank order; how every
+number is counted is in its docstring); this module only lays those numbers out as the ``Table``s and
+``Plot``s of ``bench.report.model``: one table per threat model, source and surface, with its headline
+column, its columns of attacks and budgets, its worst-case columns and the soundness flags; the details
+table; the accuracy-vs-budget plots. It counts nothing itself, except each details column's metric pooled
+over seeds as its ``MetricSpec`` says (``_pooled_text``).
 
 Every number can be traced: the per-dataset details table lists, for every
 cell, its seeds, n, interval, the metrics marked ``detail`` in their specs
@@ -44,19 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
 from ..checks import Verdict
 from ..checks import flags as check_flags
 from ..labels import BUDGET_SYMBOLS, budget_label
-from ..metrics import METRICS, HitsOfN, MetricSpec, wilson_interval
+from ..metrics import METRICS, MetricSpec
 from ..threat_models import ThreatModel
-from .format import MISSING, PCT, metric_text, natural_key, pct, sanitize
+from .aggregate import Cell, Group, GroupNumbers, section_numbers
+from .format import MISSING, PCT, metric_text, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
 from .rows import DETAIL_METRICS as _DETAIL_METRICS
 from .rows import Row
@@ -74,85 +45,15 @@ LEGEND = ("Cells: accuracy (%) under each attack and budget, pooled over seeds; 
           f"{MISSING}: no result, or not computable. n, 95% intervals and store keys are in the details tables.")
 
 
-# --------------------------------------------------------------------------- cells
+# --------------------------------------------------------------------------- cell text
 
 
-@dataclass(frozen=True)
-class _Cell(HitsOfN):
-    """Pooled counts of one cell and the store rows behind them. A stochastic defense's attack cell counts
-    the examples robust in every repeat (``hits``, strict: what worst cases and headlines count too) and
-    keeps the mean over repeats beside it (``mean_hits``), so the table shows both the same way."""
-
-    hits: float
-    n: int
-    rows: tuple[Row, ...]
-    worst_case: bool = False
-    mean_hits: float | None = None  # the mean over repeats' count, where the rows were scored repeatedly
-
-    @property
-    def shown_acc(self) -> float:
-        """What the details table lists as its accuracy: the mean over repeats where there is one."""
-        return (self.mean_hits if self.mean_hits is not None else self.hits) / self.n if self.n else math.nan
-
-    @property
-    def shown_interval(self) -> tuple[float, float]:
-        return wilson_interval(self.mean_hits if self.mean_hits is not None else self.hits, self.n)
-
-    def text(self) -> str:
-        """The cell as a table shows it: "16.0 (17.8)" is strict, then the mean over repeats."""
-        return pct(self.acc) if self.mean_hits is None else f"{pct(self.acc)} ({pct(self.mean_hits / self.n)})"
+def _cell_text(cell: Cell) -> str:
+    """A cell as a table shows it: "16.0 (17.8)" is strict, then the mean over repeats."""
+    return pct(cell.acc) if cell.mean_hits is None else f"{pct(cell.acc)} ({pct(cell.mean_hits / cell.n)})"
 
 
-
-def _strict_hits(row: Row) -> float:
-    """The examples robust in every repeat of a repeatedly scored row."""
-    if row.correct is not None:
-        return int(row.correct.sum())
-    strict = row.metrics.get("robust_acc_strict")
-    return round(strict * row.n) if strict is not None else row.hits
-
-
-def _pool(rows: Iterable[Row]) -> _Cell:
-    rows = tuple(sorted(rows, key=lambda r: r.seed))
-    n = sum(r.n for r in rows)
-    if not any(r.is_clean for r in rows) and any((r.metrics.get("repeats") or 1) > 1 for r in rows):
-        return _Cell(hits=sum(_strict_hits(r) for r in rows), n=n, rows=rows, mean_hits=sum(r.hits for r in rows))
-    return _Cell(hits=sum(r.hits for r in rows), n=n, rows=rows)
-
-
-def _worst_case(rows_by_attack: dict[str, list[Row]], attacks: tuple[str, ...]) -> _Cell | None:
-    """Per-example worst case over `attacks`, pooled over seeds; None if not computable.
-
-    Every seed must have every attack with a per-example array of one length:
-    a worst case over a subset of the attacks (or of the seeds) would be a
-    different, more optimistic number under the same heading.
-    """
-    by_seed: dict[int, dict[str, Row]] = defaultdict(dict)
-    for attack in attacks:
-        for row in rows_by_attack.get(attack, []):
-            by_seed[row.seed][attack] = row
-    if not by_seed:
-        return None
-    hits = n = 0
-    used: list[Row] = []
-    for seed in sorted(by_seed):
-        per_attack = by_seed[seed]
-        if len(per_attack) != len(attacks):
-            return None
-        arrays = [per_attack[a].correct for a in attacks]
-        if any(a is None for a in arrays) or len({a.size for a in arrays}) != 1:
-            return None
-        # Rows that attacked other images (an attack on fewer, or on those its model got right) do not align.
-        if len({per_attack[a].examples for a in attacks if per_attack[a].examples}) > 1:
-            return None
-        survived = np.logical_and.reduce(arrays)
-        hits += int(survived.sum())
-        n += int(survived.size)
-        used.extend(per_attack[a] for a in attacks)
-    return _Cell(hits=hits, n=n, rows=tuple(used), worst_case=True)
-
-
-def _interval_text(cell: _Cell | None) -> str:
+def _interval_text(cell: Cell | None) -> str:
     """A headline: "16.0 [11.2, 22.0]", and the mean over repeats after it where there is one."""
     if cell is None:
         return MISSING
@@ -203,17 +104,6 @@ def _setting(threat_model: str, source: str, surface: str) -> str:
     return ", ".join(parts)
 
 
-def _group_order(group: tuple[str, str, str]) -> tuple:
-    threat_model, source, surface = group
-    return (ThreatModel.rank_of(threat_model), threat_model, source != "white-box", natural_key(source),
-            surface != "deployed", natural_key(surface))
-
-
-def _budget_order(budget: tuple[str, float | None]) -> tuple:
-    param, value = budget
-    return (param, value is None, value if value is not None else 0.0)
-
-
 def _unique(label: str, taken: set[str]) -> str:
     candidate, i = label, 2
     while candidate in taken:
@@ -230,7 +120,7 @@ _DETAIL_COLUMNS = ("Setting", "Defense", "Attack", "Budget", "Seeds", METRICS["n
 _DETAIL_ALIGN = ("left",) * 5 + ("right",) * (3 + len(_DETAIL_METRICS)) + ("left",)
 
 
-def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: _Cell) -> list[str]:
+def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: Cell) -> list[str]:
     low, high = cell.shown_interval
     rows = cell.rows
     if cell.worst_case:
@@ -244,75 +134,13 @@ def _detail_row(setting: str, defense: str, attack: str, budget: str, cell: _Cel
             f"{pct(low)}–{pct(high)}", *metrics, keys]
 
 
-def _score(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _headline_budget(columns: list[tuple], attacks_at: dict[tuple, list[str]],
-                     headline_eps: float | None) -> tuple | None:
-    """The suite's headline eps where some attack of the table ran at it, else the largest budget every
-    attack of the table ran at; None where there is no such budget."""
-    if headline_eps is not None and ("eps", float(headline_eps)) in attacks_at:
-        return ("eps", float(headline_eps))
-    every = {a for a, _ in columns}
-    shared = [b for b, ran in attacks_at.items() if b[1] is not None and set(ran) == every]
-    return max(shared, key=_budget_order) if shared else None
-
-
-def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], clean: dict[str, _Cell],
-                 taken_files: set[str], headline_eps: float | None = None,
+def _build_group(dataset: str, numbers: GroupNumbers, clean: dict[str, Cell], taken_files: set[str],
                  flags: dict[str, list[int]] | None = None) -> tuple[Table, list[list[str]], list[Plot]]:
-    """One table of a dataset section; ``flags``: defense -> the soundness checks it failed in this threat
-    model (bench.checks), marked after its label and its headline."""
-    threat_model, source, surface = group
-    setting = _setting(threat_model, source, surface)
-
-    cells_rows: dict[tuple[str, str, tuple], list[Row]] = defaultdict(list)
-    for row in rows:
-        cells_rows[(row.defense, row.attack, (row.budget_param, row.budget))].append(row)
-    columns = sorted({(a, b) for _, a, b in cells_rows}, key=lambda c: (natural_key(c[0]), _budget_order(c[1])))
-    cells = {k: _pool(v) for k, v in cells_rows.items()}
-
-    attacks_at: dict[tuple, list[str]] = defaultdict(list)
-    for attack, budget in columns:
-        attacks_at[budget].append(attack)
-    worst_budgets = sorted((b for b, a in attacks_at.items() if len(a) >= 2), key=_budget_order)
-
-    defenses = sorted({d for d, _, _ in cells_rows})
-    worst: dict[tuple[str, tuple], _Cell | None] = {}
-    for defense in defenses:
-        for budget in worst_budgets:
-            attacks = tuple(attacks_at[budget])
-            by_attack = {a: cells_rows.get((defense, a, budget), []) for a in attacks}
-            worst[(defense, budget)] = _worst_case(by_attack, attacks)
-
-    def acc(defense: str, column: tuple) -> float:
-        cell = cells.get((defense, *column))
-        return cell.acc if cell else math.nan
-
-    def at(defense: str, budget: tuple) -> _Cell | None:
-        """The worst case over the attacks run at ``budget`` (one attack: its own cell)."""
-        ran = attacks_at[budget]
-        if len(ran) >= 2:
-            return worst[(defense, budget)]
-        return cells.get((defense, ran[0], budget))  # a stochastic defense's: strict, as its worst cases
-
-    # Rows rank by the headline; a row without it is not ranked against those with it (nor, without a
-    # headline, a row that misses a column against one that has them all).
-    headline_budget = _headline_budget(columns, attacks_at, headline_eps)
-    headline = {d: at(d, headline_budget) for d in defenses} if headline_budget is not None else {}
-    worst_budgets = [b for b in worst_budgets if b != headline_budget]  # the headline column shows it
-
-    def rank(defense: str) -> tuple:
-        if headline_budget is not None:
-            cell = headline[defense]
-            return (0, -cell.acc, defense) if cell else (1, 0.0, defense)
-        values = [acc(defense, c) for c in columns]
-        complete = not any(math.isnan(v) for v in values)
-        return (0, -_score(values), defense) if complete else (1, 0.0, defense)
-
-    order = sorted(defenses, key=rank)
+    """One table of a dataset section, its details rows and its plots; ``flags``: defense -> the soundness
+    checks it failed in this threat model (bench.checks), marked after its label and its headline."""
+    group, columns, attacks_at = numbers.group, numbers.columns, numbers.attacks_at
+    headline_budget, headline, order = numbers.headline_budget, numbers.headline, numbers.order
+    setting = _setting(*group)
 
     taken: set[str] = {"Defense", "Clean"}
     headline_columns = []
@@ -323,7 +151,7 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
         what = "worst case" if len(ran) >= 2 else ran[0]
         headline_columns = [_unique(f"Headline: {what} {budget_label(*headline_budget)}", taken)]
     labels = [_unique(f"{a} {budget_label(*b)}", taken) for a, b in columns]
-    worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in worst_budgets]
+    worst_labels = [_unique(f"Worst case {budget_label(*b)}", taken) for b in numbers.worst_budgets]
 
     values = pd.DataFrame(index=pd.Index(order, name="Defense"),
                           columns=["Clean", *headline_columns, *labels, *worst_labels], dtype=float)
@@ -337,13 +165,13 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
             if cell and cell.worst_case:
                 name = f"worst case ({', '.join(attacks_at[headline_budget])})"
                 details.append(_detail_row(setting, defense, name, budget_label(*headline_budget), cell))
-        for (attack, budget), label in zip(columns, labels):
-            values.loc[defense, label] = acc(defense, (attack, budget))
-            cell = cells.get((defense, attack, budget))
+        for column, label in zip(columns, labels):
+            values.loc[defense, label] = numbers.acc(defense, column)
+            cell = numbers.cell(defense, column)
             if cell:
-                details.append(_detail_row(setting, defense, attack, budget_label(*budget), cell))
-        for budget, label in zip(worst_budgets, worst_labels):
-            cell = worst[(defense, budget)]
+                details.append(_detail_row(setting, defense, column[0], budget_label(*column[1]), cell))
+        for budget, label in zip(numbers.worst_budgets, worst_labels):
+            cell = numbers.worst[(defense, budget)]
             values.loc[defense, label] = cell.acc if cell else math.nan
             if cell:
                 name = f"worst case ({', '.join(attacks_at[budget])})"
@@ -354,9 +182,9 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
 
     table = values_table(f"{dataset} — {setting}", setting, values)
     frame = table.frame.copy()
-    for (attack, budget), label in zip(columns, labels):  # a stochastic defense's: strict (mean over repeats)
+    for column, label in zip(columns, labels):  # a stochastic defense's: strict (mean over repeats)
         if label in frame.columns:
-            frame[label] = [cell.text() if (cell := cells.get((d, attack, budget))) else text
+            frame[label] = [_cell_text(cell) if (cell := numbers.cell(d, column)) else text
                             for d, text in zip(order, frame[label])]
     shown_headline = headline_columns or ([labels[0]] if single else [])
     for label in shown_headline:  # the headline with its 95% interval
@@ -366,15 +194,15 @@ def _build_group(dataset: str, group: tuple[str, str, str], rows: list[Row], cle
             frame[column] = [flagged(text, flags.get(d)) for text, d in zip(frame[column], order)]
     table = dataclasses.replace(table, frame=frame, flagged_rows=tuple(bool((flags or {}).get(d)) for d in order))
     plots = [plot for attack in dict.fromkeys(a for a, _ in columns)
-             for plot in _plots(dataset, group, setting, attack, order, cells, clean, taken_files)]
+             for plot in _plots(dataset, group, setting, attack, order, numbers.cells, clean, taken_files)]
     return table, details, plots
 
 
 MAX_LINES_PER_PLOT = 6  # more lines on one axes cannot be told apart: split into numbered parts
 
 
-def _plots(dataset: str, group: tuple[str, str, str], setting: str, attack: str, defenses: list[str],
-           cells: dict[tuple, _Cell], clean: dict[str, _Cell], taken_files: set[str]) -> list[Plot]:
+def _plots(dataset: str, group: Group, setting: str, attack: str, defenses: tuple[str, ...],
+           cells: dict[tuple, Cell], clean: dict[str, Cell], taken_files: set[str]) -> list[Plot]:
     """Robust accuracy vs budget of one attack, one line per defense that ran it at two or more budgets
     (one budget is a point, not a curve: the table has it), at most ``MAX_LINES_PER_PLOT`` lines a PNG."""
     threat_model, source, surface = group
@@ -431,22 +259,15 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
     """
     verdicts = list(verdicts)
     failed = check_flags(verdicts)
-    clean_rows: dict[str, list[Row]] = defaultdict(list)
-    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
-    for row in rows:
-        if row.is_clean:
-            clean_rows[row.defense].append(row)
-        else:
-            groups[(row.threat_model, row.source, row.surface)].append(row)
-    clean = {d: _pool(rs) for d, rs in clean_rows.items()}
+    numbers = section_numbers(rows, headline)
+    clean = numbers.clean
 
     tables: list[Table] = list(best)  # the section opens with its best-known numbers (bench.report.summary)
     details = [_detail_row("clean", d, CLEAN_ATTACK, MISSING, clean[d]) for d in sorted(clean)]
     plots: list[Plot] = []
-    for group in sorted(groups, key=_group_order):
-        flags = {defense: numbers for (_, defense, tm), numbers in failed.items() if tm == group[0]}
-        table, group_details, group_plots = _build_group(dataset, group, groups[group], clean, taken_files,
-                                                         (headline or {}).get(group[0]), flags)
+    for group in numbers.groups:
+        flags = {defense: found for (_, defense, tm), found in failed.items() if tm == group.group[0]}
+        table, group_details, group_plots = _build_group(dataset, group, clean, taken_files, flags)
         tables.append(table)
         details.extend(group_details)
         plots.extend(group_plots)

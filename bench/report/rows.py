@@ -1,6 +1,7 @@
 """Stored result rows, normalized: one ``Row`` per store row, with the checks every report makes before it
 counts anything (a damaged row is left out and named, never shown), and the identity that makes a newer rerun
-supersede an older row. ``bench.report.robustness`` lays the rows out in tables.
+supersede an older row (``dedupe``: the one newest-wins rule every report reads). ``bench.report.aggregate``
+counts the rows into cells, worst cases and headlines; ``bench.report.robustness`` lays those out in tables.
 """
 
 from __future__ import annotations
