@@ -29,17 +29,16 @@ from ..metrics import OUT_DISTRIBUTION_ATTACK, wilson_interval
 from ..registry import views as view_registry
 from .format import MISSING, pct
 from .model import CLEAN_ATTACK, Table, frame_table
+from .rows import newest
 
 OUTCOMES = (("Acc.", "acc_rate"), ("Rej.", "reject_rate"), ("Err.", "error_rate"))
-_IDENTITY = ["defense", "attack", "surface", "source", "budget_param", "budget", "seed", "evaluated_on"]
 
 
 def _newest(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per identity: a rerun supersedes the older result (as in the generic tables)."""
-    present = [c for c in _IDENTITY if c in frame.columns]
-    ordered = frame.sort_values("created_at", kind="stable") if "created_at" in frame.columns else frame
-    return ordered.assign(_budget=ordered["budget"].fillna(-1.0)).drop_duplicates(
-        [c if c != "budget" else "_budget" for c in present], keep="last").drop(columns="_budget")
+    """One row per identity, by the tables' own rule (``bench.report.rows.newest``: a rerun supersedes the
+    older result), ordered by ``created_at`` (the order the columns' defenses are first met in)."""
+    kept = newest(frame)
+    return kept.sort_values("created_at", kind="stable") if "created_at" in kept.columns else kept
 
 
 def pooled_rate(rows: pd.DataFrame, column: str) -> tuple[float, float, float, int] | None:

@@ -71,11 +71,8 @@ class Row:
 
     @property
     def identity(self) -> tuple:
-        # Clean rows are one per dataset/defense/seed whatever surface they name.
-        if self.is_clean:
-            return (self.dataset, self.defense, CLEAN_ATTACK, self.seed)
-        return (self.dataset, self.defense, self.surface, self.source, self.attack,
-                self.budget_param, self.budget, self.seed)
+        return identity(self.dataset, self.defense, self.attack, self.surface, self.source, self.budget_param,
+                        self.budget, self.seed)
 
     def count(self, of: str) -> int | None:
         """The examples a "counts" metric is a fraction of: all n, or the count another fraction stands for."""
@@ -242,30 +239,65 @@ def _defense_label(record: dict) -> str:
     return defense if evaluated_on == "deployed" else f"{defense} [{evaluated_on}]"
 
 
-def _recency(row: Row) -> tuple:
+def identity(dataset: str, defense: str, attack: str, surface: str, source: str, budget_param: str,
+             budget: float | None, seed: int) -> tuple:
+    """What a rerun supersedes: the row of the same identity, older. ``defense`` is the row's label (with the
+    part scored, ``_defense_label``); the other values as ``normalize`` reads them."""
+    # Clean rows are one per dataset/defense/seed whatever surface they name.
+    if attack == CLEAN_ATTACK:
+        return (dataset, defense, CLEAN_ATTACK, seed)
+    return (dataset, defense, surface, source, attack, budget_param, budget, seed)
+
+
+def _recency(created: pd.Timestamp, created_at: str) -> tuple:
     # An unparseable stamp (NaT) sorts as oldest.
-    parsed = not pd.isna(row.created)
-    return (parsed, row.created.value if parsed else 0, row.created_at)
+    parsed = not pd.isna(created)
+    return (parsed, created.value if parsed else 0, created_at)
+
+
+def _newest_of(items) -> list:
+    """Of ``(identity, recency, item)`` triples, the item of each identity with the greatest recency (the first
+    of equals), in the order their identities first appear: the one newest-wins rule."""
+    newest: dict[tuple, tuple] = {}
+    for key, recency, item in items:
+        kept = newest.get(key)
+        if kept is None or recency > kept[0]:
+            newest[key] = (recency, item)
+    return [item for _, item in newest.values()]
 
 
 def dedupe(rows: list[Row]) -> list[Row]:
     """Keep the newest row of each identity (a rerun supersedes the older result)."""
-    newest: dict[tuple, Row] = {}
-    for row in rows:
-        kept = newest.get(row.identity)
-        if kept is None or _recency(row) > _recency(kept):
-            newest[row.identity] = row
-    return list(newest.values())
+    return _newest_of((row.identity, _recency(row.created, row.created_at), row) for row in rows)
+
+
+def newest(results: pd.DataFrame) -> pd.DataFrame:
+    """The store rows of ``results`` that ``dedupe`` keeps, every column of the frame kept, in the frame's order:
+    for a view that reads columns a ``Row`` does not carry. Needs only the identity's columns (``dataset``,
+    ``defense``, ``attack``, ``seed``; the others default as in ``normalize``)."""
+    if results.empty:
+        return results
+    frame = results.copy()
+    for column in ("dataset", "surface", "source", "evaluated_on", "budget_param", "budget", "created_at"):
+        if column not in frame.columns:
+            frame[column] = [_OPTIONAL_COLUMNS.get(column, "")] * len(frame)
+    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+    triples = ((identity(_text(r["dataset"]), _defense_label(r), _text(r["attack"]), _text(r["surface"], "deployed"),
+                         _text(r["source"], "white-box"), _text(r["budget_param"]), _number(r["budget"]),
+                         int(r["seed"])),
+                _recency(stamp, _text(r["created_at"])), position)
+               for position, (r, stamp) in enumerate(zip(frame.to_dict("records"), created)))
+    return results.iloc[sorted(_newest_of(triples))]
 
 
 def produced_line(rows: list[Row], total: int) -> str:
     """The "how this was produced" line; versions and commit are the newest row's."""
     suites = sorted({r.suite for r in rows if r.suite})
-    newest = max(rows, key=_recency)
+    latest = max(rows, key=lambda r: _recency(r.created, r.created_at))
     try:
-        versions = json.loads(newest.versions) if newest.versions else {}
+        versions = json.loads(latest.versions) if latest.versions else {}
     except json.JSONDecodeError:
-        versions = newest.versions  # shown as stored rather than dropped
+        versions = latest.versions  # shown as stored rather than dropped
     if isinstance(versions, dict):
         versions = ", ".join(f"{k} {v}" for k, v in versions.items())
     text = (f"Produced by advbench (bench.report) from {total} stored result{'s' if total != 1 else ''}"
@@ -273,7 +305,7 @@ def produced_line(rows: list[Row], total: int) -> str:
     superseded = total - len(rows)
     if superseded:
         text += f" ({superseded} superseded by newer reruns, not shown)"
-    text += f"; newest result {newest.created_at or MISSING}, commit {newest.git_commit or MISSING}"
+    text += f"; newest result {latest.created_at or MISSING}, commit {latest.git_commit or MISSING}"
     if versions:
         text += f", versions: {versions}"
     return text + "."
