@@ -76,6 +76,16 @@ class Task:
         return self._spec
 
     @property
+    def model(self) -> str:
+        """The train task whose trained model this task runs on (a train task: itself): what model affinity,
+        caching and the batch-size memory key on."""
+        if self.kind == "train":
+            return self.key
+        if self._spec is None and not self.config:  # a bare task (a test's, a plugin's): its first upstream
+            return self.deps[0] if self.deps else self.key
+        return self.spec.model
+
+    @property
     def info(self) -> dict[str, Any]:
         """``about`` as a dict of the fields that are set (what result rows and older code read)."""
         return self.about.as_dict()

@@ -221,6 +221,7 @@ class OutDistributionScoreSpec(ScoreSpec):
     """Rejection of out-distribution images, which no class is right for."""
 
     examples: ClassVar[str] = "out-distribution"
+    evaluated_on: ClassVar[str] = DEPLOYED  # a reject option is the deployed model's
     out_distribution: OutDistributionRef
     seed: int
 

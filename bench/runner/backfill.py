@@ -19,6 +19,7 @@ from typing import Any
 
 from ..metrics import perturbation_sizes
 from ..plan import Plan, Task
+from ..plan.specs import CraftedScoreSpec, DatasetRef
 from ..store import ArtifactBroken, Store
 from .context import RunContext, attacked_indices, load_task_dataset
 
@@ -27,7 +28,7 @@ _CHECK_KINDS = ("check-noise", "probe")  # rows over the checks' examples, witho
 
 def _needs_examples(task: Task) -> bool:
     """A score task of crafted examples (not the clean split, not an out-distribution set)."""
-    return task.kind == "score" and len(task.deps) >= 2 and task.config.get("examples") != "out-distribution"
+    return task.kind == "score" and isinstance(task.spec, CraftedScoreSpec)
 
 
 def backfill_per_example(plan: Plan, ctx: RunContext, store: Store) -> int:
@@ -41,16 +42,16 @@ def backfill_per_example(plan: Plan, ctx: RunContext, store: Store) -> int:
     datasets: dict[str, Any] = {}
 
     def dataset_of(train: Task):
-        cfg = train.config["dataset"]
-        key = json.dumps(cfg, sort_keys=True)
+        dataset: DatasetRef = train.spec.dataset
+        key = json.dumps(dataset.payload(), sort_keys=True)
         if key not in datasets:
-            datasets[key] = load_task_dataset(cfg, ctx)
+            datasets[key] = load_task_dataset(dataset, ctx)
         return datasets[key]
 
     filled: dict[str, dict[str, Any]] = {}
     for key in missing:
         task = tasks[key]
-        train = tasks.get(task.deps[0])
+        train = tasks.get(task.model)
         if train is None:
             continue
         data = dataset_of(train)
@@ -59,7 +60,7 @@ def backfill_per_example(plan: Plan, ctx: RunContext, store: Store) -> int:
             filled[key] = {"example_indices": attacked_indices(task, upstream, data, ctx).numpy()}
             continue
         try:
-            crafted = store.load_artifact(task.deps[1])
+            crafted = store.load_artifact(task.spec.craft)
         except (ArtifactBroken, FileNotFoundError, KeyError):
             continue  # gone or damaged: the row keeps its gap until its producer re-runs
         indices = crafted["indices"]

@@ -26,9 +26,8 @@ _fitted: dict[tuple[str, str, str], int] = {}
 
 
 def model_key(task: Task) -> str:
-    """The trained model a task runs on (its first upstream task: the train task), for affinity and caching;
-    a task with no upstream (train) is its own model."""
-    return task.deps[0] if task.deps else task.key
+    """The trained model a task runs on (``Task.model``: its train task), for affinity and caching."""
+    return task.model
 
 
 def starting_batch_size(task: Task, device: str, configured: int) -> int:

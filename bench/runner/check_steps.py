@@ -19,7 +19,6 @@ disagree, zero_gradient, nan_gradient, vanishing_gradient, and the median gradie
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -33,9 +32,11 @@ from ..checks import PROBE, PROBE_ATTACK
 from ..diversity import defense_kappa
 from ..metrics import row_metrics
 from ..plan import Task
+from ..plan.specs import DEPLOYED, CheckNoiseSpec, ProbeSpec
 from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, attacked_indices, seeded_randomness, task_seed, trained_defense
+from .result_rows import Attacked, result_row
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device,
@@ -86,26 +87,19 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     ``probe`` task kind, registered in ``bench.runner.steps``). The row scores the defense on those clean
     examples as the score step would (a stochastic defense ``repeats`` times, an ensemble's κ), so it reads like
     any other row of the defense; its ``found`` counts are over all the passes."""
-    cfg = task.config
-    train = upstream[task.deps[0]]
+    spec: ProbeSpec = task.spec
+    train = upstream[spec.model]
     defense, data = trained_defense(train, ctx)
     idx = attacked_indices(task, upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
-    model = defense.surface("deployed")
+    model = defense.surface(DEPLOYED)
     device = torch.device(ctx.device)
-    repeats = cfg.get("repeats", 1)
-    preds, found = probe(model, x, y, passes=max(cfg["passes"], repeats), vanishing_below=cfg["vanishing_below"],
+    repeats = spec.repeats
+    preds, found = probe(model, x, y, passes=max(spec.passes, repeats), vanishing_below=spec.vanishing_below,
                          device=device, batch_size=ctx.batch_size, seed=task_seed(task))
-    info = task.info
-    row: dict[str, Any] = {
-        "dataset": info["dataset"], "defense": info["defense"], "defense_name": train.config["defense"]["name"],
-        "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
-        "evaluated_on": "deployed", "attack": PROBE_ATTACK, "threat_model": "none", "surface": "deployed",
-        "source": PROBE, "budget_param": "", "budget": None,
-        "attack_config": json.dumps({"name": PROBE_ATTACK, "params": {"passes": cfg["passes"],
-                                                                      "vanishing_below": cfg["vanishing_below"]},
-                                     "found": found}, sort_keys=True),
-    }
+    settings = {"passes": spec.passes, "vanishing_below": spec.vanishing_below}
+    row = result_row(task, train.spec, Attacked(PROBE_ATTACK, {"name": PROBE_ATTACK, "params": settings,
+                                                               "found": found}, surface=DEPLOYED, source=PROBE))
     scored = preds[:repeats].numpy()
     row.update(row_metrics(x.numpy(), x.numpy(), y.numpy(), scored, scored, attacked=False))
     row.update(examples=examples_digest(idx), example_indices=idx.numpy())
@@ -117,28 +111,22 @@ def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, stor
     """Check 6's evidence: random noise of the budget's norm on the checks' examples, scored on the deployed model
     as the score step scores an attack (a stochastic defense ``repeats`` times); one row, ``source``
     "check:noise" (the ``check-noise`` task kind, registered in ``bench.runner.steps``)."""
-    cfg = task.config
-    train = upstream[task.deps[0]]
+    spec: CheckNoiseSpec = task.spec
+    train = upstream[spec.model]
     defense, data = trained_defense(train, ctx)
     idx = attacked_indices(task, upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
-    model = defense.surface("deployed")
+    model = defense.surface(DEPLOYED)
     device = torch.device(ctx.device)
     seed = task_seed(task)
-    noise = NOISE[cfg["noise"]](draws=cfg["draws"])
-    x_adv = noise.run(model, x, y, cfg["budget"], batch_size=ctx.batch_size, device=device, seed=seed)
-    repeats = cfg.get("repeats", 1)
+    noise = NOISE[spec.noise](draws=spec.draws)
+    x_adv = noise.run(model, x, y, spec.budget, batch_size=ctx.batch_size, device=device, seed=seed)
+    repeats = spec.repeats
     with seeded_randomness(seed, device):
         preds = torch.stack([predict(model, x_adv, device=device, batch_size=ctx.batch_size) for _ in range(repeats)])
         clean = torch.stack([predict(model, x, device=device, batch_size=ctx.batch_size) for _ in range(repeats)])
-    info = task.info
-    row: dict[str, Any] = {
-        "dataset": info["dataset"], "defense": info["defense"], "defense_name": train.config["defense"]["name"],
-        "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
-        "evaluated_on": "deployed", "attack": cfg["noise"], "threat_model": str(noise.threat_model),
-        "surface": "deployed", "source": NOISE_SOURCE, "budget_param": "eps", "budget": cfg["budget"],
-        "attack_config": json.dumps({"name": cfg["noise"], "params": {"draws": cfg["draws"]}}, sort_keys=True),
-    }
+    row = result_row(task, train.spec, Attacked(spec.noise, {"name": spec.noise, "params": {"draws": spec.draws}},
+                                                str(noise.threat_model), DEPLOYED, NOISE_SOURCE, "eps", spec.budget))
     row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean.numpy(), preds.numpy()))
     row.update(examples=examples_digest(idx), example_indices=idx.numpy())
     row.update(defense_kappa(defense, x_adv, y, device))  # as the score step: the members' agreement

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -19,6 +19,7 @@ from ..data import DataContext, DatasetSplits, load_dataset
 from ..defense import Defense
 from ..errors import UserError
 from ..plan import Task
+from ..plan.specs import DatasetRef, EvalSet, TrainSpec
 from ..provenance import environment, git_commit, package_versions
 from ..registry import defenses
 from ..store import load_artifact
@@ -61,34 +62,36 @@ def seeded_randomness(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def load_task_dataset(cfg: dict[str, Any], ctx: RunContext) -> DatasetSplits:
-    """The dataset of a task config's ``dataset`` entry, with its subsets (and its ``verify``, absent = true)."""
-    data = ctx.data if cfg.get("verify", True) else replace(ctx.data, verify=False)
-    return load_dataset(cfg["name"], cfg["params"], data, train_size=cfg["train_size"],
-                        test_size=cfg["test_size"], seed=cfg["subset_seed"])
+def load_task_dataset(dataset: DatasetRef | Mapping[str, Any], ctx: RunContext) -> DatasetSplits:
+    """The dataset a task names (a ``DatasetRef``, or its payload as stored), with its subsets and ``verify``."""
+    ref = dataset if isinstance(dataset, DatasetRef) else DatasetRef.from_payload(dataset)
+    data = ctx.data if ref.verify else replace(ctx.data, verify=False)
+    return load_dataset(ref.name, ref.params, data, train_size=ref.train_size, test_size=ref.test_size,
+                        seed=ref.subset_seed)
 
 
-def eval_indices(data: DatasetSplits, eval_cfg: dict[str, Any],
+def eval_indices(data: DatasetSplits, eval_set: EvalSet,
                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The attacked test examples: the same seeded subset for every attack, so per-example worst cases over
     attacks line up; a smaller ``eval_size`` takes the first of the same order. ``correct_by`` (a trained
     defense's key): only the examples ``classify`` (that defense's predicted labels) gets right, in order."""
-    generator = torch.Generator().manual_seed(eval_cfg["dataset"]["subset_seed"])
+    generator = torch.Generator().manual_seed(eval_set.dataset.subset_seed)
     order = torch.randperm(len(data.test_y), generator=generator)
-    if eval_cfg.get("correct_by"):
+    if eval_set.correct_by:
         if classify is None:
             raise ValueError("eval_correct_by: the examples a defense gets right need its predictions")
         order = order[classify(data.test_x[order]) == data.test_y[order]]
-    return order[: eval_cfg["eval_size"]].sort().values
+    return order[: eval_set.eval_size].sort().values
 
 
 def attacked_indices(task: Task, upstream: dict[str, Task], data: DatasetSplits, ctx: RunContext) -> torch.Tensor:
-    """``eval_indices`` of a task's ``eval`` config; with ``correct_by``, that trained defense (an upstream
+    """``eval_indices`` of a task's ``eval`` set; with ``correct_by``, that trained defense (an upstream
     task) decides which examples it gets right."""
-    referee = task.config["eval"].get("correct_by")
+    eval_set: EvalSet = task.spec.eval
+    referee = eval_set.correct_by
     classify = None if referee is None else (
         lambda images: deployed_predictions(trained_defense(upstream[referee], ctx)[0], images, task, ctx))
-    return eval_indices(data, task.config["eval"], classify)
+    return eval_indices(data, eval_set, classify)
 
 
 def deployed_predictions(defense: Defense, x: torch.Tensor, task: Task, ctx: RunContext) -> torch.Tensor:
@@ -100,11 +103,11 @@ def deployed_predictions(defense: Defense, x: torch.Tensor, task: Task, ctx: Run
 
 def build_defense(train: Task, ctx: RunContext) -> tuple[Defense, DatasetSplits]:
     """The (untrained) defense of a train task, set up for its dataset, and that dataset."""
-    cfg = train.config
-    data = load_task_dataset(cfg["dataset"], ctx)
-    defense = defenses.get(cfg["defense"]["name"]).build(**cfg["defense"]["params"])
-    defense.label = train.info.get("defense")
-    defense.setup(data.input_spec(), seed=cfg["seed"], device=torch.device(ctx.device))
+    spec: TrainSpec = train.spec
+    data = load_task_dataset(spec.dataset, ctx)
+    defense = defenses.get(spec.defense.name).build(**spec.defense.params)
+    defense.label = train.about.defense
+    defense.setup(data.input_spec(), seed=spec.seed, device=torch.device(ctx.device))
     return defense, data
 
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..plan import Plan, Task
+from ..plan.specs import EntryRef, TrainSpec
 from ..registry import datasets, defenses
 from .cost import FORWARD_BACKWARD, TRAINED, TaskCosts, task_work
 from .progress import duration
@@ -168,7 +169,7 @@ class ModelProfile:
     defense: Any  # set up on the meta device
     shape: tuple[int, ...]
     dataset: str
-    config: dict[str, Any]
+    config: EntryRef  # the defense, as its train task names it
     labels: dict[str, str]  # module name -> architecture label
     module_flops: dict[str, float]  # module name -> forward FLOPs per example
     flops: dict[str, float] = field(default_factory=dict)  # model (TRAINED or a surface) -> forward FLOPs
@@ -201,19 +202,19 @@ class ModelProfile:
         return self._cpu
 
 
-def _build(defense_cfg: dict[str, Any], dataset: str, device: str) -> Any:
-    defense = defenses.get(defense_cfg["name"]).build(**defense_cfg.get("params", {}))
+def _build(defense: EntryRef, dataset: str, device: str) -> Any:
+    built = defenses.get(defense.name).build(**defense.params)
     with torch.device(device):
-        defense.setup(_spec(dataset), seed=0, device=torch.device(device))
-    return defense
+        built.setup(_spec(dataset), seed=0, device=torch.device(device))
+    return built
 
 
-def _labels(defense_cfg: dict[str, Any], modules: dict[str, nn.Module], dataset: str) -> dict[str, str]:
+def _labels(defense: EntryRef, modules: dict[str, nn.Module], dataset: str) -> dict[str, str]:
     """Each module's architecture label: the registered architecture the config names (``arch``, ``auto``
     resolved; a detector's ``model_a``/``model_b``), else the module's class."""
     from ..defense import default_architecture
 
-    params = defense_cfg.get("params", {})
+    params = defense.params
     spec = _spec(dataset)
     arch = params.get("arch")
     if arch is not None:
@@ -226,7 +227,7 @@ def _labels(defense_cfg: dict[str, Any], modules: dict[str, nn.Module], dataset:
         elif isinstance(named, dict):
             out[name] = "pretrained " + type(module).__name__
         else:
-            out[name] = arch or f"{defense_cfg['name']} {type(module).__name__}"
+            out[name] = arch or f"{defense.name} {type(module).__name__}"
     return out
 
 
@@ -235,37 +236,38 @@ _PROFILES: dict[str, ModelProfile] = {}
 
 def profile(train: Task) -> ModelProfile:
     """The ``ModelProfile`` of a train task's defense and dataset (cached per defense config and dataset)."""
-    defense_cfg, dataset = train.config["defense"], train.config["dataset"]["name"]
-    key = json.dumps([defense_cfg, dataset], sort_keys=True, default=str)
+    spec: TrainSpec = train.spec
+    defense, dataset = spec.defense, spec.dataset.name
+    key = json.dumps([defense.payload(), dataset], sort_keys=True, default=str)
     if key not in _PROFILES:
-        _PROFILES[key] = _profile(defense_cfg, dataset)
+        _PROFILES[key] = _profile(defense, dataset)
     return _PROFILES[key]
 
 
-def _profile(defense_cfg: dict[str, Any], dataset: str) -> ModelProfile:
+def _profile(defense_ref: EntryRef, dataset: str) -> ModelProfile:
     shape = tuple(datasets.get(dataset).meta.get("shape") or (3, 32, 32))
     note, cpu = None, None
     try:
-        defense = _build(defense_cfg, dataset, "meta")
+        defense = _build(defense_ref, dataset, "meta")
         modules = defense.modules()
         module_flops = {}
         for name, module in modules.items():
             try:
                 module_flops[name] = _forward_flops(module, shape, "meta")
             except Exception:  # no meta kernel for one of its operators: on the CPU
-                cpu = cpu or _build(defense_cfg, dataset, "cpu")
+                cpu = cpu or _build(defense_ref, dataset, "cpu")
                 module_flops[name] = _forward_flops(cpu.modules()[name], shape, "cpu")
     except Exception as e:  # a plugin defense that cannot be set up without its data: a stand-in
         from ..defense import default_architecture
 
         stand_in = default_architecture(_spec(dataset))
-        note = (f"{defense_cfg['name']} counted as one {stand_in} (it could not be built on the meta device: "
+        note = (f"{defense_ref.name} counted as one {stand_in} (it could not be built on the meta device: "
                 f"{type(e).__name__})")
-        defense_cfg = {"name": "undefended", "params": {"arch": stand_in}}
-        defense = _build(defense_cfg, dataset, "meta")
+        defense_ref = EntryRef("undefended", {"arch": stand_in})
+        defense = _build(defense_ref, dataset, "meta")
         modules = defense.modules()
         module_flops = {n: _forward_flops(m, shape, "meta") for n, m in modules.items()}
-    return ModelProfile(defense, shape, dataset, defense_cfg, _labels(defense_cfg, modules, dataset), module_flops,
+    return ModelProfile(defense, shape, dataset, defense_ref, _labels(defense_ref, modules, dataset), module_flops,
                         note=note, _cpu=cpu)
 
 

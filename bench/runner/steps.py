@@ -11,7 +11,6 @@ its number includes (a score row's crafting time).
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import torch
@@ -23,23 +22,27 @@ from ..data import load_out_distribution
 from ..diversity import defense_kappa
 from ..metrics import OUT_DISTRIBUTION_ATTACK, row_metrics
 from ..plan import Task
+from ..plan.entries import on_surface
+from ..plan.specs import (DEPLOYED, CheckNoiseSpec, CleanScoreSpec, CraftSpec, OutDistributionRef,
+                          OutDistributionScoreSpec, ProbeSpec, ScoreSpec, TrainSpec)
 from ..registry import attacks, task_steps
 from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, attacked_indices, build_defense, seeded_randomness, task_seed, trained_defense
 from .check_steps import run_check_noise, run_probe
+from .result_rows import CLEAN, Attacked, result_row
 
 
-@task_steps.register("train", version="1", table=None, artifact=True)
+@task_steps.register("train", version=TrainSpec.version, table=None, artifact=True)
 def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store) -> list[dict[str, Any]]:
     """Train a defense (dataset, defense config, seed) and store its checkpoint."""
+    spec: TrainSpec = task.spec
     defense, data = build_defense(task, ctx)
     if hasattr(defense, "data_context"):  # a defense that loads a second dataset (dustbin: out-distribution)
         defense.data_context = ctx.data
     # Other defenses' trained models it reads (Defense.defense_references), e.g. the dustbin's features_from.
-    defense.references = {param: trained_defense(upstream[key], ctx)[0]
-                          for param, key in task.config.get("references", {}).items()}
-    defense.fit(data, seed=task.config["seed"], progress=ctx.progress)
+    defense.references = {param: trained_defense(upstream[key], ctx)[0] for param, key in spec.references.items()}
+    defense.fit(data, seed=spec.seed, progress=ctx.progress)
     store.save_artifact(task.key, defense.state_dict())
     return []
 
@@ -54,20 +57,20 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
     """Craft tasks that differ only in budget (and so in key and seed), as one batch with a budget per
     example where the attack's backend takes one (``Attack.run_budgets``); each task's artifact is the
     one it would have crafted alone (the bench.runner.scheduler fuses them)."""
-    cfg = tasks[0].config
-    defense, data = trained_defense(upstream[tasks[0].deps[0]], ctx)
+    spec: CraftSpec = tasks[0].spec
+    defense, data = trained_defense(upstream[spec.model], ctx)
     idx = attacked_indices(tasks[0], upstream, data, ctx)
     x, y = data.test_x[idx], data.test_y[idx]
-    attack = attacks.get(cfg["attack"]["name"]).build(**cfg["attack"]["params"])
-    model = defense.surface(cfg["surface"])
+    attack = attacks.get(spec.attack.name).build(**spec.attack.params)
+    model = defense.surface(spec.surface)
     seeds = [task_seed(task) for task in tasks]
     targets = [attack.make_targets(model, x, y, seed=seed) for seed in seeds]
     with _craft_progress(tasks, ctx) as bar:
         if len(tasks) == 1:  # the plain call: what every backend and plugin attack implements
-            crafted = [attack.run(model, x, y, cfg["budget"], targets=targets[0], batch_size=ctx.batch_size,
+            crafted = [attack.run(model, x, y, spec.budget, targets=targets[0], batch_size=ctx.batch_size,
                                   device=ctx.device, seed=seeds[0], progress=bar)]
         else:
-            crafted = attack.run_budgets(model, x, y, [t.config["budget"] for t in tasks], seeds=seeds,
+            crafted = attack.run_budgets(model, x, y, [t.spec.budget for t in tasks], seeds=seeds,
                                          targets=targets, batch_size=ctx.batch_size, device=ctx.device)
     for task, x_adv, task_targets in zip(tasks, crafted, targets):
         x_adv = x_adv.detach().cpu().float()
@@ -80,7 +83,7 @@ def run_craft_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
     return [[] for _ in tasks]
 
 
-task_steps.register("craft", version="1", table=None, artifact=True, fused=run_craft_fused)(run_craft)
+task_steps.register("craft", version=CraftSpec.version, table=None, artifact=True, fused=run_craft_fused)(run_craft)
 
 
 def _craft_progress(tasks: list[Task], ctx: RunContext) -> Any:
@@ -90,12 +93,11 @@ def _craft_progress(tasks: list[Task], ctx: RunContext) -> Any:
     if not ctx.progress:
         return contextlib.nullcontext()
     task = tasks[0]
-    cfg = task.config
-    name = cfg["attack"]["name"]
-    budget = budget_label(attacks.get(name).factory.budget_param, cfg["budget"], symbol=False)
-    attack = task.info.get("attack") or name  # the suite's label of the attack
-    defense = task.info.get("defense", "")
-    on = defense if cfg["surface"] == "deployed" else f"{defense}.{cfg['surface']}"
+    spec: CraftSpec = task.spec
+    name = spec.attack.name
+    budget = budget_label(attacks.get(name).factory.budget_param, spec.budget, symbol=False)
+    attack = task.about.attack or name  # the suite's label of the attack
+    on = on_surface(task.about.defense or "", spec.surface)
     return tqdm(total=None, desc=f"craft {attack} {budget} on {on}", unit="batch", leave=False)
 
 
@@ -116,45 +118,40 @@ def run_score_fused(tasks: list[Task], upstream: dict[str, Task], ctx: RunContex
 
 def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Store,
                clean_predictions: dict[tuple, torch.Tensor]) -> dict[str, Any]:
-    train = upstream[task.deps[0]]
+    spec: ScoreSpec = task.spec
+    train = upstream[spec.model]
     defense, data = trained_defense(train, ctx)
-    info = task.info
-    evaluated_on = info.get("evaluated_on", "deployed")
+    evaluated_on = spec.evaluated_on
     scorer = defense.surface(evaluated_on)
     device = torch.device(ctx.device)
-    row: dict[str, Any] = {
-        "dataset": info["dataset"], "defense": info["defense"], "defense_name": train.config["defense"]["name"],
-        "defense_config": json.dumps(train.config["defense"], sort_keys=True), "seed": info["seed"],
-        "evaluated_on": evaluated_on,
-    }
     # A reject option's label (K): a rejected attacked example counts as defended, a rejected clean one
     # as an error (bench.metrics.REJECTION_CONVENTION); Acc./Rej./Err. keep the three apart.
     reject_class = defense.spec.num_classes if defense.has_reject_class else None
     attacked, indices = True, None
-    if task.config.get("examples") == "out-distribution":  # no class is right: only a rejection is
-        x = _out_distribution_test(task.config["out_distribution"], ctx)
+    if isinstance(spec, OutDistributionScoreSpec):  # no class is right: only a rejection is
+        x = _out_distribution_test(spec.out_distribution, ctx)
         y = torch.full((len(x),), -1, dtype=torch.int64)
         x_adv, targets, craft_time = x, None, 0.0
-        row.update(attack=OUT_DISTRIBUTION_ATTACK,
-                   attack_config=json.dumps(task.config["out_distribution"], sort_keys=True), threat_model="none", surface="", source="", budget_param="", budget=None)
-    elif len(task.deps) == 1:  # clean accuracy on the whole test split
+        what = Attacked(OUT_DISTRIBUTION_ATTACK, spec.out_distribution.payload())
+    elif isinstance(spec, CleanScoreSpec):  # clean accuracy on the whole test split
         x, y = data.test_x, data.test_y
         x_adv, targets, craft_time = x, None, 0.0
         attacked = False
-        row.update(attack="none", attack_config="{}", threat_model="none", surface="", source="",
-                   budget_param="", budget=None)
+        what = CLEAN
     else:
-        craft = upstream[task.deps[1]]
+        craft = upstream[spec.craft]
         crafted = store.load_artifact(craft.key)
         indices = crafted["indices"]
         x, y = data.test_x[indices], data.test_y[indices]
         x_adv, targets = crafted["x_adv"], crafted.get("targets")
         craft_time = (store.task(craft.key) or {}).get("wall_time_s") or 0.0
-        attack_cls = attacks.get(craft.config["attack"]["name"]).factory
-        row.update(attack=info["attack"], attack_config=json.dumps(craft.config["attack"], sort_keys=True),
-                   threat_model=str(attack_cls.threat_model), surface=info["surface"], source=info["source"],
-                   budget_param=attack_cls.budget_param, budget=craft.config["budget"])
-    repeats = task.config.get("repeats", 1)
+        crafting: CraftSpec = craft.spec
+        attack_cls = attacks.get(crafting.attack.name).factory
+        about = task.about
+        what = Attacked(about.attack, crafting.attack.payload(), str(attack_cls.threat_model), about.surface,
+                        about.source, attack_cls.budget_param, crafting.budget)
+    row = result_row(task, train.spec, what, evaluated_on=evaluated_on)
+    repeats = spec.repeats
     # The clean pass of images another crafted set of this job attacked too: the same predictions, unless
     # the defense draws randomness (then every task draws its own, seeded by its key).
     shared = None if defense.stochastic or indices is None else (evaluated_on, repeats, indices.numpy().tobytes())
@@ -172,7 +169,7 @@ def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
                            None if targets is None else targets.numpy(), reject_class=reject_class,
                            attacked=attacked))
-    if evaluated_on == "deployed":  # diversity of the members' votes on the scored inputs
+    if evaluated_on == DEPLOYED:  # diversity of the members' votes on the scored inputs
         row.update(defense_kappa(defense, x_adv, y, device))
     if indices is not None:
         row["examples"] = examples_digest(indices)
@@ -181,19 +178,19 @@ def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     return row
 
 
-task_steps.register("score", version="1", table="results", fused=run_score_fused)(run_score)
+task_steps.register("score", version=ScoreSpec.version, table="results", fused=run_score_fused)(run_score)
 
 
-def _out_distribution_test(cfg: dict[str, Any], ctx: RunContext) -> torch.Tensor:
+def _out_distribution_test(ref: OutDistributionRef, ctx: RunContext) -> torch.Tensor:
     """The test images of a dataset entry's ``out_distribution`` (a random ``test_size`` subset, seeded)."""
-    out = load_out_distribution(cfg["name"], cfg["params"], cfg["exclude_classes"], ctx.data)
+    out = load_out_distribution(ref.name, ref.params, ref.exclude_classes, ctx.data)
     x = out.test_x
-    if cfg.get("test_size") is not None and cfg["test_size"] < len(x):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.get("subset_seed", 0)))
-        x = x[order[: cfg["test_size"]].sort().values]
+    if ref.test_size is not None and ref.test_size < len(x):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(ref.subset_seed))
+        x = x[order[: ref.test_size].sort().values]
     return x
 
 
 # The soundness checks' own evidence (bench.checks): a probe of clean passes and input gradients, and noise.
-task_steps.register("probe", version="1", table="results")(run_probe)
-task_steps.register("check-noise", version="1", table="results")(run_check_noise)
+task_steps.register("probe", version=ProbeSpec.version, table="results")(run_probe)
+task_steps.register("check-noise", version=CheckNoiseSpec.version, table="results")(run_check_noise)
