@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bench.attacks import get_attack
-from bench.attacks.backends import _boundary_step
+from bench.attacks.fab import _boundary_step
 from bench.registry import attacks
 
 N = 32  # correctly classified test digits the attacks run on

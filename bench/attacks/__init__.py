@@ -35,18 +35,19 @@ their labels to adversarial images of the same shape, on the CPU, in [0, 1]::
 from __future__ import annotations
 
 from ..threat_models import ThreatModel
-from .backends import (art_generate, attack_loss, foolbox_keep_failures_clean, foolbox_run, torch_carlini_wagner_l2,
-                       torch_gradient_attack)
+from .backends import art_generate, attack_loss, foolbox_keep_failures_clean, foolbox_run, torch_gradient_attack
 from .base import (BUDGET_KINDS, Attack, AttackJob, Bound, BudgetKind, attack_context, check_images,
                    check_positive, eval_mode, get_attack, make_targets, model_device, project, random_targets)
 # Importing the family modules registers their attacks (bench.registry imports this package lazily).
-from .autoattack import (APGDCE, APGDDLR, APGDT, FABT, APGDCEL2, APGDDLRL2, APGDTL2, AutoAttack, AutoAttackL2, FABTL2,
-                         Square, SquareL2)
+from .apgd import APGDCE, APGDDLR, APGDT, APGDCEL2, APGDDLRL2, APGDTL2
+from .autoattack import AutoAttack, AutoAttackL2
 from .corruption import GaussianBlur, GaussianNoise, SaltAndPepper
+from .fab import FABT, FABTL2
 from .gradient import BIM, FGSM, PGDL2, FGSMTargeted, PGDLinf
-from .minimization import EAD, CarliniWagnerL2, DeepFool
+from .minimization import EAD, CarliniWagnerL2, DeepFool, torch_carlini_wagner_l2
 from .noise import NoiseL2, NoiseLinf
 from .sparse import JSMA
+from .square import Square, SquareL2
 
 THREAT_MODELS = tuple(t.value for t in ThreatModel)  # compatibility: the plain values
 

@@ -1,6 +1,7 @@
 """Minimization attacks: DeepFool (L2), Carlini & Wagner L2 and EAD (L1), whose budget may leave the distance free.
 
-Where to add an attack: docs/architecture.md.
+C&W's plain-PyTorch loop (``torch_carlini_wagner_l2``) is here, beside its class. Where to add an attack:
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -13,8 +14,97 @@ from torch import nn
 
 from ..registry import attacks
 from ..threat_models import ThreatModel
-from .backends import art_generate, foolbox_keep_failures_clean, foolbox_run, torch_carlini_wagner_l2
-from .base import Attack, AttackJob, check_positive, eval_mode, make_targets, model_device
+from .backends import art_generate, foolbox_keep_failures_clean, foolbox_run, repeat_draws
+from .base import Attack, AttackJob, check_positive, eval_mode, make_targets, model_device, per_example
+
+
+# --------------------------------------------------------------------------- C&W's plain-PyTorch loop
+
+
+def _margin(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """C&W's logit margin per example: the label's logit over the strongest rival (targeted: the reverse)."""
+    other = logits.detach().scatter(1, labels[:, None], -math.inf).argmax(1)
+    return logits[rows, other] - logits[rows, labels] if targeted else logits[rows, labels] - logits[rows, other]
+
+
+def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, learning_rate: float,
+                            binary_search_steps: int, abort_early: bool) -> torch.Tensor:
+    """Bare PyTorch C&W L2, step for step Foolbox 3's ``L2CarliniWagnerAttack`` (initial constant: the budget).
+
+    It exists because neither Foolbox's nor ART's C&W accepts a custom objective, which the detector-aware
+    attack needs: the untargeted margin is taken on the surface's ``attack_logits(x, labels)`` where it has
+    them (bench.detection.adaptive), else on ``model(x)``; targeted runs (``job.targets``) use ``model(x)``. Per
+    example the smallest-L2 adversarial over all steps and constants is kept; examples never fooled come
+    back unperturbed (Foolbox returns zeros there). With ``job.eot`` > 1 the margin term is averaged over
+    that many draws of a stochastic model's randomness, batched (EOT).
+    """
+    custom = getattr(job.model, "attack_logits", None)
+    b1, b2 = 0.9, 0.999  # Adam's betas, as Foolbox's AdamOptimizer
+    outs = []
+    for x0, y, t in job.batches():
+        n, targeted = len(x0), t is not None
+        labels = t if targeted else y
+        rows = torch.arange(n, device=x0.device)
+
+        def scores(x: torch.Tensor) -> torch.Tensor:
+            """Logits of ``job.eot`` draws, shaped (draws, n, classes)."""
+            x = repeat_draws(x, job.eot)
+            out = job.model(x) if targeted or custom is None else custom(x, y.repeat(job.eot))
+            return out.view(job.eot, n, -1)
+
+        def to_model(w: torch.Tensor) -> torch.Tensor:
+            return (torch.tanh(w) + 1) / 2  # tanh space -> (0, 1)
+
+        w0 = torch.atanh((x0 * 2 - 1) * 0.999999)  # (0, 1) -> tanh space, as Foolbox
+        x_rec = to_model(w0)
+        consts = torch.full((n,), float(job.budget), dtype=torch.float64)
+        lower, upper = torch.zeros(n, dtype=torch.float64), torch.full((n,), math.inf, dtype=torch.float64)
+        best, best_norm = x0.clone(), torch.full((n,), math.inf, device=x0.device)
+        for search_step in range(binary_search_steps):
+            if search_step == binary_search_steps - 1 and binary_search_steps >= 10:
+                consts = upper.clamp(max=1e10)  # last step: retry at the best constant found
+            delta = torch.zeros_like(w0)
+            m, v = torch.zeros_like(w0), torch.zeros_like(w0)  # Adam state (Foolbox's AdamOptimizer)
+            found = torch.zeros(n, dtype=torch.bool, device=x0.device)
+            previous = math.inf
+            c = consts.to(x0.device, torch.float32)
+            for step in range(steps):
+                delta.requires_grad_(True)
+                with torch.enable_grad():
+                    x = to_model(w0 + delta)
+                    draws = scores(x)
+                    # The margin term in expectation over the draws (EOT); one draw without eot.
+                    margin = torch.stack([_margin(d, labels, rows, targeted) for d in draws]).mean(0)
+                    loss = (c * (margin + confidence).clamp_min(0)).sum() + (x - x_rec).flatten(1).square().sum()
+                    (grad,) = torch.autograd.grad(loss, delta)
+                # Success is judged on the draws' mean logits (the single draw's logits without eot).
+                x, logits, delta = x.detach(), draws.detach().mean(0), delta.detach()
+                m = b1 * m + (1 - b1) * grad
+                v = b2 * v + (1 - b2) * grad.square()
+                delta = delta - learning_rate * (m / (1 - b1 ** (step + 1))) / (
+                    (v / (1 - b2 ** (step + 1))).sqrt() + 1e-8)
+                if abort_early and step % math.ceil(steps / 10) == 0:
+                    if not loss.item() <= 0.9999 * previous:
+                        break  # no progress over the last tenth of the steps
+                    previous = loss.item()
+                # success as Foolbox judges it: the label's logit shifted by kappa against the argmax
+                shifted = logits.scatter_add(1, labels[:, None], torch.full_like(logits[:, :1], -confidence if
+                                                                                   targeted else confidence))
+                is_adv = shifted.argmax(1) == labels if targeted else shifted.argmax(1) != labels
+                found |= is_adv
+                norms = (x - x0).flatten(1).norm(dim=1)
+                new_best = is_adv & (norms < best_norm)
+                best = torch.where(per_example(new_best, x.ndim), x, best)
+                best_norm = torch.where(new_best, norms, best_norm)
+            found_cpu = found.cpu()
+            upper = torch.where(found_cpu, consts, upper)
+            lower = torch.where(found_cpu, lower, consts)
+            consts = torch.where(upper.isinf(), consts * 10, (lower + upper) / 2)
+        outs.append(best.cpu())
+    return torch.cat(outs)
+
+
+# --------------------------------------------------------------------------- the attacks
 
 
 @attacks.register("deepfool")
