@@ -282,7 +282,7 @@ def assert_mnist_round_trip(d: DatasetSplits, arrays: dict[str, np.ndarray]) -> 
 
 def test_fashion_mnist_from_debian_files(tmp_path, monkeypatch):
     arrays = write_mnist_files(tmp_path / "debian", compress=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(data.torchvision_sets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     ctx = DataContext(tmp_path / "empty")
     check_available("fashion-mnist", {}, ctx)
     d = load_dataset("fashion-mnist", {}, ctx)
@@ -291,7 +291,7 @@ def test_fashion_mnist_from_debian_files(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_falls_back_to_torchvision(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data.torchvision_sets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     ctx = DataContext(tmp_path)
     with pytest.raises(UserError, match="--download.*dataset-fashion-mnist"):
         check_available("fashion-mnist", {}, ctx)
@@ -500,7 +500,7 @@ def test_corrupt_idx_file_fails_validate(tmp_path, write_suite, capsys, file, da
 
 
 def test_truncated_debian_fashion_mnist_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(data.torchvision_sets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     write_mnist_files(tmp_path / "debian", compress=True)
     damaged = tmp_path / "debian" / "t10k-images-idx3-ubyte.gz"
     damaged.write_bytes(damaged.read_bytes()[:-40])
@@ -509,7 +509,7 @@ def test_truncated_debian_fashion_mnist_file(tmp_path, monkeypatch):
     assert str(err.value).startswith(f"dataset 'fashion-mnist': {damaged}: truncated or corrupt")
     assert "reinstall the Debian package dataset-fashion-mnist" in str(err.value)
     with pytest.raises(UserError, match=f"{damaged}: truncated or corrupt gzip file"):
-        data._read_idx_gz(damaged)  # the loader's own reader says the same, without a traceback
+        data.formats._read_idx_gz(damaged)  # the loader's own reader says the same, without a traceback
 
 
 def test_truncated_svhn_and_stl10_files(tmp_path):
@@ -558,11 +558,11 @@ def test_unofficial_copy_fails_with_its_md5_and_loads_with_verify_false(tmp_path
 
 def test_unverified_loader_is_torchvision_without_file_md5s():
     for cls in (tvd.CIFAR10, tvd.CIFAR100, tvd.SVHN, tvd.STL10):
-        unverified = data._unverified(cls)
+        unverified = data.checksums._unverified(cls)
         assert issubclass(unverified, cls) and unverified.__name__ == cls.__name__
-        assert data._torchvision_md5s(unverified) == {} and len(data._torchvision_md5s(cls)) >= 2
+        assert data.checksums._torchvision_md5s(unverified) == {} and len(data.checksums._torchvision_md5s(cls)) >= 2
         assert getattr(unverified, "tgz_md5", None) == getattr(cls, "tgz_md5", None)  # downloads stay verified
-    assert data._unverified(tvd.MNIST) is tvd.MNIST  # nothing to skip: torchvision checks no raw MNIST file
+    assert data.checksums._unverified(tvd.MNIST) is tvd.MNIST  # nothing to skip: torchvision checks no raw MNIST file
 
 
 def test_verify_false_is_recorded_in_each_row(tmp_path, write_suite, capsys):
