@@ -13,11 +13,24 @@ attack libraries put models into eval mode.
 Three kinds: ``ClassifierDefense`` (one trained classifier; subclasses change its training),
 ``Defense`` (anything else: ensembles, ...), and ``DetectorDefense`` (models plus a binary
 adversarial-example detector on their features, which the detector task steps are typed against).
+
+Optional hooks, each declared on ``Defense`` with the default that means "not used", so the harness reads
+them as plain attributes (never by ``hasattr``/``getattr``):
+
+* flags: ``stochastic``, ``forward_passes``, ``has_reject_class``, ``is_detector``, ``defense_references``;
+* ``data_context``: set by the train step before ``fit`` (a defense that loads a second dataset reads it);
+* ``resolve_params(params)`` (classmethod): the parameters a task key hashes (the plan), e.g. a weights
+  file's SHA-256 pinned in;
+* ``check_input_shape(shape)``: suite validation, raising ValueError where the defense cannot take a
+  dataset's images.
+
+A registry factory may be a function as well as a class (``bench.registry``): what the harness reads of a
+factory before building it goes through ``defense_class_flag``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -26,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import to_art, to_foolbox
-from .data import DatasetSplits
+from .data import DataContext, DatasetSplits
 from .models import InputSpec, build_architecture
 from .registry import UnknownName, architectures
 from .training import TrainConfig, random_crop_flip, train_classifier
@@ -39,15 +52,31 @@ class Defense:
     stochastic: ClassVar[bool] = False       # predictions vary between calls (test-time noise, sampling)
     has_reject_class: ClassVar[bool] = False  # the deployed model has an extra "reject" output
     is_detector: ClassVar[bool] = False
-    forward_passes: ClassVar[int] = 1         # forward passes per prediction
+    forward_passes: int = 1                   # forward passes per prediction (may be set per instance)
     # Parameters whose value is the label of another defense of the suite whose trained model ``fit`` reads
     # (e.g. the dustbin's ``features_from``): the plan makes that train task an input of this one, and the
     # train step hands the trained defenses over in ``references`` (parameter -> Defense) before ``fit``.
     defense_references: ClassVar[tuple[str, ...]] = ()
     label: str | None = None                  # the suite's label for it (progress bars), set by the runner
+    # Where the run's dataset files are (``--data-dir``, ``--download``): the train step sets it before ``fit``,
+    # for a defense that loads a second dataset (the dustbin's out-distribution set); None until then.
+    data_context: DataContext | None = None
 
     spec: InputSpec
     device: torch.device
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a task key hashes, given the suite's validated ones (``bench.plan``): a defense whose
+        output depends on a file its parameters name pins the file's content in (``pretrained``: its SHA-256),
+        so a changed file changes the keys. Default: ``params`` themselves, unchanged."""
+        return params
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Suite validation, on the built but untrained defense, once per dataset (``shape``: C, H, W): raise
+        ValueError (one line) where it cannot take that dataset's images (a user's network, a second
+        dataset of another shape). Default: every shape is fine."""
+        return None
 
     def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
         raise NotImplementedError
@@ -103,6 +132,23 @@ class Defense:
 
     def as_foolbox(self, surface: str = "deployed"):
         return to_foolbox(self.surface(surface), self.device)
+
+
+# The hooks and flags ``defense_class_flag`` reads: what is known of a defense before it is built.
+# (Not ``forward_passes``: a defense may set it per instance, from its parameters: read it on the built one.)
+CLASS_HOOKS = ("stochastic", "has_reject_class", "is_detector", "defense_references", "resolve_params")
+
+
+def defense_class_flag(factory: Callable[..., Any], name: str) -> Any:
+    """A class-level flag or hook (``CLASS_HOOKS``) of what a defense registry factory builds, without building
+    it: the class's own where the factory is a ``Defense`` subclass (every built-in one is); where it is a
+    function or another callable (the registry allows them), what it carries under that name, else
+    ``Defense``'s default (not stochastic, parameters unchanged, ...)."""
+    if name not in CLASS_HOOKS:
+        raise AttributeError(f"{name!r} is not a class-level defense hook (one of {', '.join(CLASS_HOOKS)})")
+    if isinstance(factory, type) and issubclass(factory, Defense):
+        return getattr(factory, name)
+    return getattr(factory, name, getattr(Defense, name))
 
 
 def default_architecture(spec: InputSpec) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 
 from .attacks.base import BUDGET_KINDS, shape_words
-from .defense import DetectorDefense
+from .defense import Defense, DetectorDefense, defense_class_flag
 from .errors import UserError
 from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
 from .threat_models import ThreatModel
@@ -148,7 +148,7 @@ def check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | Non
         elif defense is not None:
             surfaces[d.label] = set(defense.surface_names())
             loss_surfaces[d.label] = set(defense.loss_surface_names())
-            stochastic[d.label] = bool(getattr(defense, "stochastic", False))
+            stochastic[d.label] = bool(defense.stochastic)
             _check_input_shapes(defense, shapes, f"defenses[{i}]", path, errors)
 
     labels = [d.label for d in suite.defenses]
@@ -371,15 +371,14 @@ def _check_budgets(attack, budgets: list[float | None], key: str, path: str, err
                 break
 
 
-def _check_input_shapes(defense, shapes: dict[str, tuple[int, ...] | None], key: str, path: str,
+def _check_input_shapes(defense: Defense, shapes: dict[str, tuple[int, ...] | None], key: str, path: str,
                         errors: list[str]) -> None:
     """A defense built from the user's own network (``pretrained``; an ensemble or detector with loaded
     models) checks it takes each dataset's images."""
-    check_shape = getattr(defense, "check_input_shape", None)
-    for label, shape in shapes.items() if check_shape is not None else ():
+    for label, shape in shapes.items():
         try:
             if shape is not None:
-                check_shape(shape)
+                defense.check_input_shape(shape)  # Defense's default: any shape
         except (ValueError, UnknownName) as e:
             errors.append(f"{path}: {key}.params: dataset {label!r}: {e}")
             break
@@ -391,7 +390,7 @@ def _check_detectors(suite: Suite, path: str, errors: list[str], shapes: dict[st
     detector-aware attacks (``shapes`` and ``train_splits``: by dataset label, where known); ``warnings``
     gets what is wasteful but not wrong."""
     warnings = [] if warnings is None else warnings
-    stochastic = {d.label: d.name in defenses and bool(getattr(defenses.get(d.name).factory, "stochastic", False))
+    stochastic = {d.label: d.name in defenses and bool(defense_class_flag(defenses.get(d.name).factory, "stochastic"))
                   for d in suite.detectors}
     for i, a in enumerate(suite.detector_attacks):
         attack = _check_entry(attacks, a, f"detector_attacks[{i}]", path, errors)
