@@ -146,7 +146,8 @@ class Dustbin(ClassifierDefense):
 
     has_reject_class = True
     defense_references = ("features_from",)
-    # Where ``fit`` finds the out-distribution dataset's files; the train step sets the run's (--data-dir).
+    # Where ``fit`` finds the out-distribution dataset's files (``Defense.data_context``, None there): the train
+    # step sets the run's (--data-dir); this default serves a dustbin fitted outside a run.
     data_context: DataContext = DataContext(Path("data"))
 
     def __init__(self, *, out_distribution: str = "fashion-mnist", out_params: dict[str, Any] | None = None,
