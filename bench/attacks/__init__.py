@@ -27,6 +27,9 @@ their labels to adversarial images of the same shape, on the CPU, in [0, 1]::
   (torch's and numpy's global generators) is seeded inside a fork and the global
   state is restored afterwards; the model's train/eval flags and its parameters'
   ``requires_grad`` are restored too, and no gradient is left on a parameter.
+* A surface may define ``attack_loss(x, y)`` and ``attack_logits(x, y)`` for the plain-PyTorch loops to read
+  (``HasAttackLoss``, ``HasAttackLogits``: bench/attacks/surface.py); every reader asks ``custom_loss(model)`` /
+  ``custom_logits(model)``, and the other backends refuse such a surface.
 * Examples an attack fails on come back unperturbed or as the library returns
   them; for an ``eps`` budget the result is always projected onto the budget ball
   (a no-op up to rounding), so the harness may rely on it. The harness scores.
@@ -38,6 +41,7 @@ from ..threat_models import ThreatModel
 from .backends import art_generate, attack_loss, foolbox_keep_failures_clean, foolbox_run, torch_gradient_attack
 from .base import (BUDGET_KINDS, Attack, AttackJob, Bound, BudgetKind, attack_context, check_images,
                    check_positive, eval_mode, get_attack, make_targets, model_device, project, random_targets)
+from .surface import HasAttackLogits, HasAttackLoss, custom_logits, custom_loss
 # Importing the family modules registers their attacks (bench.registry imports this package lazily).
 from .apgd import APGDCE, APGDDLR, APGDT, APGDCEL2, APGDDLRL2, APGDTL2
 from .autoattack import AutoAttack, AutoAttackL2
@@ -59,6 +63,7 @@ __all__ = [
     "THREAT_MODELS", "BUDGET_KINDS", "Attack", "AttackJob", "Bound", "BudgetKind", "ThreatModel",
     "get_attack", "attack_loss", "eval_mode", "model_device", "attack_context", "check_images",
     "check_positive", "make_targets", "random_targets", "project",
+    "HasAttackLoss", "HasAttackLogits", "custom_loss", "custom_logits",
     "art_generate", "foolbox_run", "foolbox_keep_failures_clean", "torch_gradient_attack", "torch_carlini_wagner_l2",
     "FGSM", "FGSMTargeted", "BIM", "PGDLinf", "PGDL2", "DeepFool", "CarliniWagnerL2", "EAD", "JSMA",
     "GaussianBlur", "GaussianNoise", "SaltAndPepper",

@@ -26,6 +26,7 @@ from ..threat_models import ThreatModel
 from .backends import art_generate, repeat_draws, scores
 from .base import AttackJob, check_positive, per_example, project
 from .members import TARGET_CLASSES, Member, batches_with_rows, example_draws, norm_of, target_count
+from .surface import custom_loss
 
 
 # --------------------------------------------------------------------------- the plain-PyTorch loop
@@ -47,7 +48,7 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.
                    draws: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example loss and input gradient, each the mean over ``draws`` draws of the model's randomness
     (EOT, batched as ``eot_attack_loss``), and the draws' mean logits."""
-    if hasattr(model, "attack_loss"):
+    if custom_loss(model) is not None:
         raise ValueError("APGD needs per-example losses; this attack surface defines only a summed attack_loss")
     n = len(x)
     x = x.detach().requires_grad_(True)

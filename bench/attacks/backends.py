@@ -19,6 +19,7 @@ from torch import nn
 
 from ..adapters import to_art, to_foolbox
 from .base import AttackJob, per_example, project
+from .surface import custom_logits, custom_loss
 
 
 # --------------------------------------------------------------------------- the fused gradient loop (FGSM, BIM, PGD)
@@ -96,7 +97,7 @@ def _ascend(model: nn.Module, eot: int, parts: list[BudgetPart], batches: list[t
     # the detector's decision flips, and the last iterate often lands back on the detected side:
     # keep each image's first iterate that succeeds (untargeted parts only; targeted runs are refused).
     guard = torch.cat([torch.full((len(b[0]),), b[2] is None, device=x0.device) for b in batches])
-    success_logits = getattr(model, "attack_logits", None) if bool(guard.any()) else None
+    success_logits = custom_logits(model) if bool(guard.any()) else None
     best, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(steps):
         x.requires_grad_(True)
@@ -138,10 +139,10 @@ def attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torc
     where it defines one (an ensemble's mean member loss, Grad. 2), else cross-entropy on its
     ``attack_logits(x, labels)`` where it defines those (a detector-guarded classifier, bench.detection.adaptive),
     else cross-entropy on its scores."""
-    custom = getattr(model, "attack_loss", None)
+    custom = custom_loss(model)
     if custom is not None:
         return custom(x, labels)
-    logits = getattr(model, "attack_logits", None)
+    logits = custom_logits(model)
     return F.cross_entropy(logits(x, labels) if logits is not None else model(x), labels, reduction="sum")
 
 
@@ -161,7 +162,7 @@ def eot_attack_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, dra
 def scores(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """What the score-based attacks read: the surface's ``attack_logits(x, labels)`` where it defines them
     (a detector folded in), else its output."""
-    logits = getattr(model, "attack_logits", None)
+    logits = custom_logits(model)
     return logits(x, labels) if logits is not None else model(x)
 
 

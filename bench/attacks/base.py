@@ -18,6 +18,7 @@ from torch import nn
 
 from ..registry import attacks
 from ..threat_models import ThreatModel
+from .surface import custom_logits, custom_loss
 
 # The order in which a backend annotation lists the backends (then any others, as the class lists them); it
 # is the order pydantic's messages name them in ("Input should be 'foolbox', 'art' or 'torch'").
@@ -330,12 +331,12 @@ class Attack:
                 raise ValueError(f"got {len(x)} images but {len(targets)} targets")
         if self.budget_kind().distance_bound and budget == 0:
             return x.clone()  # nothing may change; libraries reject or mishandle eps = 0
-        custom = hasattr(model, "attack_loss") or hasattr(model, "attack_logits")
+        custom = custom_loss(model) is not None or custom_logits(model) is not None
         if custom and self.backend != "torch":
             raise ValueError(f"this attack surface defines its own loss, which only the plain PyTorch backend "
                              f"uses; {type(self).__name__} runs on {self.backend}"
                              + ("; set backend: torch" if "torch" in self.backends else ""))
-        if hasattr(model, "attack_logits") and targets is not None and not getattr(self, "_targets_on_forward", False):
+        if custom_logits(model) is not None and targets is not None and not getattr(self, "_targets_on_forward", False):
             # attack_logits count the true class's rival (e.g. "rejected") as correct: an untargeted objective.
             raise ValueError(f"this attack surface's attack_logits are untargeted; {type(self).__name__} "
                              "cannot run targeted on it")

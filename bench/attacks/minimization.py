@@ -16,6 +16,7 @@ from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import art_generate, foolbox_keep_failures_clean, foolbox_run, repeat_draws
 from .base import Attack, AttackJob, check_positive, eval_mode, make_targets, model_device, per_example
+from .surface import custom_logits
 
 
 # --------------------------------------------------------------------------- C&W's plain-PyTorch loop
@@ -38,7 +39,7 @@ def torch_carlini_wagner_l2(job: AttackJob, *, confidence: float, steps: int, le
     back unperturbed (Foolbox returns zeros there). With ``job.eot`` > 1 the margin term is averaged over
     that many draws of a stochastic model's randomness, batched (EOT).
     """
-    custom = getattr(job.model, "attack_logits", None)
+    custom = custom_logits(job.model)
     b1, b2 = 0.9, 0.999  # Adam's betas, as Foolbox's AdamOptimizer
     outs = []
     for x0, y, t in job.batches():

@@ -22,6 +22,7 @@ import torch
 
 from ..threat_models import ThreatModel
 from .base import Attack, AttackJob, check_positive, per_example
+from .surface import custom_logits
 
 
 class _Noise(Attack):
@@ -45,14 +46,14 @@ class _Noise(Attack):
 
     def _run_torch(self, job: AttackJob) -> torch.Tensor:
         gen = job.generator()
+        logits = custom_logits(job.model)
         outs = []
         for x, y, _ in job.batches():
             out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
             for _ in range(self.draws):
                 noisy = (x + self._noise(x.shape, job.budget, gen, x.device)).clamp(0.0, 1.0)
                 with torch.no_grad():  # a surface with attack_logits (a reject option) says what gets through
-                    scores = job.model.attack_logits(noisy, y) if hasattr(job.model, "attack_logits") \
-                        else job.model(noisy)
+                    scores = logits(noisy, y) if logits is not None else job.model(noisy)
                     wrong = scores.argmax(1) != y
                 keep = ~fooled  # an image not fooled yet takes this draw (the last one if none fools)
                 out[keep] = noisy[keep]
