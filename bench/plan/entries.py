@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import AttackEntry, DatasetEntry, DefenseEntry, Suite
+from ..defense import defense_class_flag
 from ..labels import budget_label
 from ..registry import attacks, datasets, defenses
 from .specs import DatasetRef, EntryRef, EvalSet, OutDistributionRef
@@ -35,13 +36,12 @@ def defense_ref(d: DefenseEntry) -> EntryRef:
     entry = defenses.get(d.name)
     # A defense whose output depends on a file its parameters name (``pretrained``'s weights) pins the file's
     # content in (its ``resolve_params``: the SHA-256), so a changed file changes the keys.
-    resolve = getattr(entry.factory, "resolve_params", None)
-    return EntryRef(d.name, resolve(d.params) if resolve else d.params, entry.version)
+    return EntryRef(d.name, defense_class_flag(entry.factory, "resolve_params")(d.params), entry.version)
 
 
 def is_stochastic(defense_name: str) -> bool:
     """Whether a registered defense draws randomness at test time (``Defense.stochastic``)."""
-    return bool(getattr(defenses.get(defense_name).factory, "stochastic", False))
+    return bool(defense_class_flag(defenses.get(defense_name).factory, "stochastic"))
 
 
 def attack_ref(a: AttackEntry, defense: DefenseEntry | None = None) -> EntryRef:

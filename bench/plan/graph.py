@@ -49,7 +49,7 @@ class TaskAbout:
     train_attacks: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != ()}
+        return asdict(self)
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Task:
 
     @property
     def info(self) -> dict[str, Any]:
-        """``about`` as a dict of the fields that are set (what result rows and older code read)."""
+        """``about`` as a dict (every field; None where it does not apply)."""
         return self.about.as_dict()
 
 

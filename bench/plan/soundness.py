@@ -85,7 +85,7 @@ def plan_checks(suite: Suite, train: TrainedModels) -> list[Task]:
                     scores.append(Task.of(
                         CheckNoiseSpec(model, noise, checks.NOISE_DRAWS, budget, eval_set, seed, repeats(suite, d)),
                         f"check: {noise} eps={budget:g} on {d.label} {where}",
-                        replace(about, attack=noise, budget=budget, source=checks.NOISE)))
+                        replace(about, attack=noise, attack_name=noise, budget=budget, source=checks.NOISE)))
                 if covered:
                     probes.append(Task.of(
                         ProbeSpec(model, eval_set, checks.PROBE_PASSES, checks.VANISHING_GRADIENT, seed,

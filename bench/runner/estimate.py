@@ -192,7 +192,7 @@ class ModelProfile:
         try:
             return _forward_flops(self.cpu_defense().surface(name), self.shape, "cpu")
         except Exception:
-            passes = getattr(self.defense, "forward_passes", 1) if name == "deployed" else 1
+            passes = self.defense.forward_passes if name == "deployed" else 1
             return passes * max(self.module_flops.values(), default=0.0)
 
     def cpu_defense(self) -> Any:

@@ -38,8 +38,7 @@ def run_train(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     """Train a defense (dataset, defense config, seed) and store its checkpoint."""
     spec: TrainSpec = task.spec
     defense, data = build_defense(task, ctx)
-    if hasattr(defense, "data_context"):  # a defense that loads a second dataset (dustbin: out-distribution)
-        defense.data_context = ctx.data
+    defense.data_context = ctx.data  # for a defense that loads a second dataset (dustbin: out-distribution)
     # Other defenses' trained models it reads (Defense.defense_references), e.g. the dustbin's features_from.
     defense.references = {param: trained_defense(upstream[key], ctx)[0] for param, key in spec.references.items()}
     defense.fit(data, seed=spec.seed, progress=ctx.progress)
