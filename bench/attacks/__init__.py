@@ -39,8 +39,10 @@ from __future__ import annotations
 
 from ..threat_models import ThreatModel
 from .backends import art_generate, attack_loss, foolbox_keep_failures_clean, foolbox_run, torch_gradient_attack
-from .base import (BUDGET_KINDS, Attack, AttackJob, Bound, BudgetKind, attack_context, check_images,
-                   check_positive, eval_mode, get_attack, make_targets, model_device, project, random_targets)
+from .base import (Attack, attack_context, check_images, check_positive, eval_mode, get_attack, make_targets,
+                   model_device, project, random_targets)
+from .budgets import BUDGET_KINDS, Bound, BudgetKind
+from .job import AttackJob
 from .surface import HasAttackLogits, HasAttackLoss, custom_logits, custom_loss
 # Importing the family modules registers their attacks (bench.registry imports this package lazily).
 from .apgd import APGDCE, APGDDLR, APGDT, APGDCEL2, APGDDLRL2, APGDTL2

@@ -1,4 +1,5 @@
-"""The ``Attack`` base class and what every attack shares: budget kinds, the run contract, contexts, helpers.
+"""The ``Attack`` base class and what every attack shares: the run contract, contexts, helpers (budget kinds:
+bench/attacks/budgets.py; the job of one run: bench/attacks/job.py).
 
 The contract an attack keeps is in ``bench/attacks/__init__.py``; where to add one, in docs/architecture.md.
 """
@@ -9,8 +10,7 @@ import contextlib
 import inspect
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, ClassVar, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,110 +18,13 @@ from torch import nn
 
 from ..registry import attacks
 from ..threat_models import ThreatModel
+from .budgets import BUDGET_KINDS, BudgetKind, shape_words
+from .job import AttackJob, AttackProgress, ProgressSteps, count_classes
 from .surface import custom_logits, custom_loss
 
 # The order in which a backend annotation lists the backends (then any others, as the class lists them); it
 # is the order pydantic's messages name them in ("Input should be 'foolbox', 'art' or 'torch'").
 BACKEND_ORDER = ("foolbox", "art", "torch")
-
-
-# --------------------------------------------------------------------------- budget kinds
-
-
-# The input shape (C, H, W) a budget is bounded for when the images' shape is unknown (a plugin dataset whose
-# registry entry has no ``shape`` meta, a budget checked without images): a generous fixed bound, as if the
-# images were 3x512x512 (the largest built-in dataset, STL-10, is 3x96x96), which still keeps absurd numbers
-# (1e308) out of the store and its plots.
-FALLBACK_INPUT_SHAPE = (3, 512, 512)
-
-
-@dataclass(frozen=True)
-class Bound:
-    """An inclusive upper bound on a budget number and the message when a budget exceeds it.
-
-    The bound is ``limit * d ** dims_power`` for images of d = C*H*W values in [0, 1]: ``dims_power`` 0 is a
-    fixed bound, 0.5 the L2 diameter of the input space (sqrt(d)), 1 its L1 diameter (d).
-    """
-
-    limit: float
-    # str.format'ed with ``budget`` (the float), ``bound`` (the bound for these images) and ``inputs`` (their
-    # shape in words)
-    message: str
-    dims_power: float = 0.0
-
-    def bound_for(self, input_shape: tuple[int, ...] | None) -> float:
-        return self.limit * math.prod(input_shape or FALLBACK_INPUT_SHAPE) ** self.dims_power
-
-
-def shape_words(input_shape: tuple[int, ...] | None) -> str:
-    """How a message names the images a budget is bounded for: "1x28x28 images" or the fallback."""
-    if input_shape:
-        return f"{'x'.join(map(str, input_shape))} images"
-    return f"images of unknown shape, bounded as {'x'.join(map(str, FALLBACK_INPUT_SHAPE))}"
-
-
-ANY_THREAT_MODEL = "*"  # a key of ``BudgetKind.upper``: the bound holds whatever the threat model
-
-
-@dataclass(frozen=True)
-class BudgetKind:
-    """What a budget number means for the attacks whose ``budget_param`` names this kind, as data.
-
-    ``Attack.budget_error`` checks every kind the same way (given, a number, finite, not negative), then
-    ``zero`` and ``upper`` from here; a new kind of budget is a new entry of ``BUDGET_KINDS``.
-    """
-
-    name: str
-    # How messages name the budget; ``{distance}`` is the attack's threat model, as ``distance_words`` names it.
-    words: str
-    # The message when a budget of 0 is refused (str.format'ed with ``budget``); None: 0 is allowed.
-    zero: str | None = None
-    # Upper bounds by threat model value (``ANY_THREAT_MODEL``: for all of them; a kind whose bound is per
-    # threat model bounds only the threat models it lists).
-    upper: Mapping[str, Bound] = field(default_factory=dict)
-    # Whether the budget bounds a distance (the threat model's norm): then a result is projected onto the
-    # budget ball, and a budget of 0 returns the images unchanged without running the attack.
-    distance_bound: bool = False
-    # How ``{distance}`` in ``words`` names a threat model; others by their value.
-    distance_words: Mapping[str, str] = field(default_factory=dict)
-
-    def words_for(self, threat_model: str) -> str:
-        tm = str(threat_model)
-        return self.words.format(distance=self.distance_words.get(tm, tm))
-
-    def upper_for(self, threat_model: str) -> Bound | None:
-        return self.upper.get(str(threat_model), self.upper.get(ANY_THREAT_MODEL))
-
-
-_GAMMA_RANGE = "gamma is a fraction of the features and must be in (0, 1], got {budget}"
-# No two images in [0, 1] are further apart than the input space's diameter: sqrt(C*H*W) in L2, C*H*W in L1.
-_L2_DIAMETER = Bound(1.0, "L2 eps {budget} exceeds {bound:.4g}, the largest L2 distance between two {inputs} in "
-                          "[0, 1] (sqrt(C*H*W))", dims_power=0.5)
-# C&W and EAD weigh their margin loss by c against the distance, starting the search over c at the budget and
-# multiplying it by 10 while the attack fails. Carlini & Wagner start at 1e-3 (the suites here at 0.00025 to
-# 2.5); a start above 1e6 is a slip of the keyboard, not an experiment, and the search would take it higher still.
-_C_LIMIT = 1e6
-
-BUDGET_KINDS: dict[str, BudgetKind] = {
-    "eps": BudgetKind(
-        "eps", "{distance} eps", distance_bound=True,
-        distance_words={ThreatModel.CORRUPTION.value: "L2"},  # a corruption's eps bounds its L2 change
-        upper={ThreatModel.LINF.value: Bound(1.0, "L-infinity eps {budget} exceeds 1, the whole [0, 1] pixel "
-                                                  "range (images are in [0, 1]; did you mean eps/255?)"),
-               ThreatModel.L2.value: _L2_DIAMETER,
-               ThreatModel.CORRUPTION.value: _L2_DIAMETER,
-               ThreatModel.L1.value: Bound(1.0, "L1 eps {budget} exceeds {bound:g}, the largest L1 distance between "
-                                                "two {inputs} in [0, 1] (C*H*W)", dims_power=1.0),
-               ThreatModel.L0.value: Bound(1.0, "L0 eps {budget} exceeds {bound:g}, the number of values of "
-                                                "{inputs} (C*H*W)", dims_power=1.0)}),
-    "c": BudgetKind(
-        "c", "the constant c",
-        zero="the constant c must be > 0 (the search over c scales it by 10 from its start)",
-        upper={ANY_THREAT_MODEL: Bound(_C_LIMIT, "the constant c {budget} exceeds {bound:g}, the largest start of the "
-                                                 "search over c (which multiplies it by 10 while the attack fails)")}),
-    "gamma": BudgetKind(
-        "gamma", "gamma", zero=_GAMMA_RANGE, upper={ANY_THREAT_MODEL: Bound(1.0, _GAMMA_RANGE)}),
-}
 
 
 # --------------------------------------------------------------------------- base class
@@ -376,96 +279,6 @@ def get_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
     return attacks.get(name).build(**(params or {}))
 
 
-# --------------------------------------------------------------------------- the job of one run
-
-
-class ProgressBar(Protocol):
-    """What ``Attack.run`` needs of a tqdm-like progress object: ``update(n)``; it sets ``total``."""
-
-    total: Any
-
-    def update(self, n: int = 1) -> Any: ...
-
-
-# ``Attack.run``'s ``progress``: a callback ``fn(done, total)`` or a tqdm-like object.
-AttackProgress = Union[Callable[[int, int], None], ProgressBar]
-
-
-class ProgressSteps:
-    """The steps of one ``Attack.run``, reported to its ``progress``: batches as ``AttackJob.batches``
-    hands them out, or one step for a backend that never asks for batches (a library call over the set)."""
-
-    def __init__(self, sink: AttackProgress):
-        self.bar = sink if callable(getattr(sink, "update", None)) else None
-        if self.bar is None and not callable(sink):
-            raise TypeError(f"progress must be a callback fn(done, total) or have update(n), got {sink!r}")
-        self.callback = None if self.bar is not None else sink
-        self.done = 0
-        self.total = 0
-
-    def add(self, steps: int) -> None:
-        """``steps`` more steps are coming (a backend that iterates the batches twice counts them twice)."""
-        self.total += steps
-        if self.bar is not None:
-            self.bar.total = self.total
-            refresh = getattr(self.bar, "refresh", None)
-            if callable(refresh):
-                refresh()
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        else:
-            self.callback(self.done, self.total)
-
-    def finish(self) -> None:
-        """After the run: a run that reported no step (a whole-set library call, a budget of 0) is one."""
-        if self.total == 0:
-            self.add(1)
-            self.advance()
-
-
-@dataclass
-class AttackJob:
-    """One call of ``Attack.run``: inputs on the CPU, batches moved to ``device``."""
-
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    targets: torch.Tensor | None
-    budget: float | None
-    batch_size: int
-    device: torch.device
-    seed: int
-    eot: int = 1  # draws of the model's randomness per gradient (``Attack._init_eot``)
-    _num_classes: int | None = field(default=None, repr=False)
-    # Where the batches done are reported (``Attack.run``'s ``progress``); None: nowhere.
-    progress: ProgressSteps | None = field(default=None, repr=False, compare=False)
-
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """The images, labels and targets (None if untargeted) in batches on ``device``; each batch the
-        caller is done with (it asks for the next one, or the loop ends) is one step of ``progress``."""
-        starts = range(0, len(self.x), self.batch_size)
-        if self.progress is not None:
-            self.progress.add(len(starts))
-        for i in starts:
-            sl = slice(i, i + self.batch_size)
-            t = None if self.targets is None else self.targets[sl].to(self.device)
-            yield self.x[sl].to(self.device), self.y[sl].to(self.device), t
-            if self.progress is not None:
-                self.progress.advance()
-
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            self._num_classes = _num_classes(self.model, self.x, self.device)
-        return self._num_classes
-
-    def generator(self) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.seed)
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -490,11 +303,6 @@ def model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-@torch.no_grad()
-def _num_classes(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
-    return int(model(x[:1].to(device)).shape[-1])
 
 
 @torch.no_grad()
@@ -574,7 +382,7 @@ def make_targets(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             logits = _predict(model, x, device)
         logits[torch.arange(len(y)), y] = math.inf  # never the true class
         return logits.argmin(dim=1)
-    num_classes = _num_classes(model, x, device)
+    num_classes = count_classes(model, x, device)
     if num_classes < 2:
         raise ValueError("a targeted attack needs a model with at least 2 classes")
     if mode == "next":
