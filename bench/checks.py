@@ -66,7 +66,6 @@ PROBE_ATTACK = "probe"  # the ``attack`` of a probe row
 CHECK_EXAMPLES = 200  # examples each extra task attacks: cheap, and enough for a 95% interval of about ±7%
 PROBE_PASSES = 3  # clean passes of the probe (a deterministic defense agrees with itself on every one)
 STEPS_FACTOR = 4  # check 3: the stronger attack runs this many times the suite's steps
-STEP_PARAMS = ("steps", "max_iter", "n_iter")  # how an iterative attack's parameters name its step count
 ABSOLUTE_STEP_PARAMS = ("step_size",)  # dropped at the unbounded budget: a fixed step caps the distance reached
 NOISE_ATTACKS = {ThreatModel.LINF.value: "noise-linf", ThreatModel.L2.value: "noise-l2"}  # bench/attacks/noise.py
 NOISE_DRAWS = 10  # noise draws per image; each image keeps the first that fools the defense
@@ -116,9 +115,18 @@ def is_gradient_attack(cls: type | None) -> bool:
     return uses_gradients(cls) and cls.budget_param == "eps" and str(cls.threat_model) in NOISE_ATTACKS
 
 
-def step_param(params: dict[str, Any]) -> str | None:
-    """The name of an attack's step-count parameter among ``params``, or None."""
-    return next((p for p in STEP_PARAMS if isinstance(params.get(p), int)), None)
+def step_param(params: dict[str, Any], attack: str | type | None = None) -> str | None:
+    """The name of the parameter that counts the iterations of ``attack`` (its registered name or class; None:
+    not known) where ``params`` hold an int for it, else None: the one its class declares (``Attack.step_param``);
+    for a class that declares none (an older plugin) or an attack not known here, the first of
+    ``GUESSED_STEP_PARAMS`` that ``params`` hold an int for."""
+    from .attacks.base import GUESSED_STEP_PARAMS
+
+    cls = attack_class(attack) if isinstance(attack, str) else attack
+    if cls is not None and hasattr(cls, "step_param"):
+        name = cls.step_param
+        return name if name is not None and isinstance(params.get(name), int) else None
+    return next((p for p in GUESSED_STEP_PARAMS if isinstance(params.get(p), int)), None)
 
 
 def base_attack(suite_attacks: Iterable[Any], defense: str, threat_model: str) -> Any | None:
@@ -132,7 +140,7 @@ def base_attack(suite_attacks: Iterable[Any], defense: str, threat_model: str) -
         if (getattr(a, "transfer_from", None) is None and (defenses is None or defense in defenses)
                 and is_gradient_attack(cls)
                 and not is_single_step(cls) and str(cls.threat_model) == threat_model
-                and step_param(a.params) and any(b is not None for b in a.budgets)):
+                and step_param(a.params, cls) and any(b is not None for b in a.budgets)):
             candidates.append(a)
     # Stable: suite order within each. Without EOT is cheaper (and check 1 asks for EOT on its own).
     candidates.sort(key=lambda a: (getattr(a, "surface", "deployed") != "deployed", (a.params.get("eot") or 1) > 1))
@@ -150,7 +158,7 @@ def headline_budget(entry: Any, headline: dict[str, float], threat_model: str) -
 def unbounded_budget(threat_model: str, input_shape: tuple[int, ...] | None) -> float | None:
     """A budget that reaches every image: the eps bound of the threat model for these inputs; None where that
     bound depends on an input shape the dataset's registry entry does not give (check 2 is then not run)."""
-    from .attacks.base import BUDGET_KINDS
+    from .attacks.budgets import BUDGET_KINDS
 
     bound = BUDGET_KINDS["eps"].upper_for(threat_model)
     if bound is None or (bound.dims_power and input_shape is None):
@@ -162,8 +170,9 @@ def unbounded_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if k in ABSOLUTE_STEP_PARAMS else v) for k, v in params.items()}
 
 
-def stronger_params(params: dict[str, Any]) -> dict[str, Any]:
-    name = step_param(params)
+def stronger_params(params: dict[str, Any], attack: str | type | None = None) -> dict[str, Any]:
+    """``params`` of ``attack`` (as ``step_param`` takes it) with ``STEPS_FACTOR`` times its iterations."""
+    name = step_param(params, attack)
     return {**params, name: params[name] * STEPS_FACTOR}
 
 
@@ -405,7 +414,7 @@ def _stronger(rows: list[_Row]):
     for (attack, _, surface, budget), rs in _grouped([r for r in rows if r.source == STRONGER]).items():
         base = reported.get((base_label(attack), "white-box", surface, budget))
         if base:
-            steps = step_param(rs[0].params)
+            steps = step_param(rs[0].params, rs[0].cls)
             more = f" ({rs[0].params[steps]} steps)" if steps else " (more steps)"
             pairs.append((_pool(base, _label(base[0]) + " as reported"), _pool(rs, _label(rs[0]) + more)))
     if not pairs:

@@ -24,7 +24,7 @@ from torch import nn
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import art_generate, repeat_draws, scores
-from .base import AttackJob, check_positive, per_example, project
+from .base import INPUT_GRADIENT, AttackJob, check_positive, count_of, per_example, project
 from .members import TARGET_CLASSES, Member, batches_with_rows, example_draws, norm_of, target_count
 from .surface import custom_loss
 
@@ -159,7 +159,13 @@ def torch_apgd(job: AttackJob, *, norm: str, eps: float, steps: int, loss: str, 
 class _APGD(Member):
     ascends_attack_loss = False  # it ascends its own per-example CE or DLR (surfaces with attack_loss refused)
     quick_params = {"steps": 10}
+    step_param = "steps"
     _loss: ClassVar[str]
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient step per step, restart and EOT draw."""
+        return count_of(params, "steps") * count_of(params, "restarts", 1) * count_of(params, "eot", 1) * INPUT_GRADIENT
 
     def __init__(self, *, backend: str | None = None, steps: int = 100, restarts: int = 1, eot: int = 1):
         super().__init__(backend=backend)
@@ -223,6 +229,14 @@ class _APGDT(Member):
     ascends_attack_loss = False
     quick_params = {"steps": 10, "target_classes": 2}
     salt = 3
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient step per step, restart, target class and EOT draw."""
+        p = params
+        return (count_of(p, "steps") * count_of(p, "restarts", 1) * count_of(p, "target_classes", 1)
+                * count_of(p, "eot", 1) * INPUT_GRADIENT)
 
     def __init__(self, *, backend: str | None = None, steps: int = 100, restarts: int = 1,
                  target_classes: int = TARGET_CLASSES, eot: int = 1):

@@ -26,16 +26,33 @@ import torch
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import repeat_draws
-from .base import Attack, AttackJob, check_positive
+from .base import INPUT_GRADIENT, Attack, AttackJob, check_positive, count_of
 from .members import TARGET_CLASSES, Member
 
 
 VERSIONS = ("auto", "standard", "rand")
+# AutoAttack runs its later attacks only on the images its first one left robust: about none on an undefended
+# model, most on a robust one. Its cost (``forward_passes``) counts them as half (the rest of the early stopping
+# is counted at full length).
+ROBUST_LEFT = 0.5
 
 
 class _AutoAttack(Attack):
     quick_params = {"steps": 5, "target_classes": 2, "square_queries": 50}
+    step_param = "steps"
     _suffix: ClassVar[str]
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """rand: APGD-CE and APGD-DLR, each over EOT draws. standard (auto resolves to it for a deterministic
+        defense): APGD-CE, then APGD-T, FAB-T and Square on the images still robust (``ROBUST_LEFT`` of them)."""
+        p = params
+        apgd = (p.get("steps") or 100) * INPUT_GRADIENT
+        if p.get("version") == "rand":
+            return 2 * apgd * count_of(p, "eot_draws", 1)
+        targets = count_of(p, "target_classes", 1)
+        later = apgd * targets + apgd * targets + count_of(p, "square_queries")
+        return apgd + ROBUST_LEFT * later
 
     def __init__(self, *, backend: str | None = None, version: Literal["auto", "standard", "rand"] = "auto",
                  steps: int = 100, target_classes: int = TARGET_CLASSES, square_queries: int = 5000,

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import math
 import numbers
-from typing import Any, ClassVar, Iterator, Literal, Optional, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +26,41 @@ from .surface import custom_logits, custom_loss
 # is the order pydantic's messages name them in ("Input should be 'foolbox', 'art' or 'torch'").
 BACKEND_ORDER = ("foolbox", "art", "torch")
 
+# The cost model's units (``Attack.forward_passes``; bench.runner.cost counts in the same): a forward and backward
+# pass through the weights, in forward passes (the backward costs about two), the base class's generic count
+# per step; and an attack's gradient step: a forward and a backward to the input only (``attack_context`` turns
+# off the parameters' gradients), about one forward each.
+FORWARD_BACKWARD = 3
+INPUT_GRADIENT = 2
+
+# How parameters commonly name an iteration count: an attack class that declares no ``step_param`` (a plugin
+# older than the declaration), or an attack not known here, is read as counting its iterations with the first
+# of these its parameters hold as an int (``bench.checks.step_param``).
+GUESSED_STEP_PARAMS = ("steps", "max_iter", "n_iter")
+
 
 # --------------------------------------------------------------------------- base class
 
 
 class Attack:
-    """Base class: subclasses set the class variables and implement ``_run_<backend>``."""
+    """Base class: subclasses set the class variables and implement ``_run_<backend>``.
+
+    Two declarations tell the harness how an attack iterates and what it costs, so that nothing outside the
+    class dispatches on its name:
+
+    * ``step_param`` (class variable, ``str | None``): the name of the parameter that counts its iterations
+      (gradient steps, queries, noise draws), None where it has none (FGSM's single step; JSMA, bounded by its
+      budget). The soundness checks read it (``bench.checks.step_param``): check 3 runs the suite's iterative
+      gradient attack with ``bench.checks.STEPS_FACTOR`` times that count. A class that declares none (a plugin
+      older than the declaration) is read by the names in ``GUESSED_STEP_PARAMS``.
+    * ``forward_passes(params, budget=None, shape=None)`` (classmethod, -> float): forward passes per attacked
+      image with its (defaulted) ``params``, at ``budget`` on images of ``shape`` (C, H, W; None: unknown), in
+      the cost model's units: a gradient step counts ``INPUT_GRADIENT``, a query or a noise draw 1; early
+      stopping is counted at full length. ``bench.runner.cost.attack_passes`` asks it (the dry run's estimate
+      and the run's ETA follow). The base class's is the generic count that serves any attack which declares
+      none: its ``steps`` (or ``max_iter``; else ``n_queries``, ``queries``; else 10) x ``restarts`` (or
+      ``n_restarts``) x ``eot`` x ``FORWARD_BACKWARD``.
+    """
 
     threat_model: ClassVar[ThreatModel]
     budget_param: ClassVar[str] = "eps"  # a key of BUDGET_KINDS
@@ -53,6 +82,9 @@ class Attack:
     # Parameters that make a run short, for tests and smoke checks (tests/test_attacks.py runs every
     # registered attack's default backend with them); not used by the harness.
     quick_params: ClassVar[dict[str, Any]] = {}
+    # The parameter that counts its iterations, None for none (the class docstring). Declared by every built-in
+    # family; left undeclared here, so that a class which declares nothing is read by GUESSED_STEP_PARAMS.
+    step_param: ClassVar[str | None]
 
     # Draws of a stochastic defense's randomness each gradient averages over (EOT); only attacks whose
     # __init__ takes ``eot`` (and calls ``_init_eot``) change it.
@@ -99,6 +131,20 @@ class Attack:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+    # -- cost
+
+    @classmethod
+    def forward_passes(cls, params: Mapping[str, Any], budget: float | None = None,
+                       shape: tuple[int, ...] | None = None) -> float:
+        """Forward passes per attacked image with ``params`` (the class docstring); this generic count serves
+        an attack that declares none: ``steps`` (or ``max_iter``, ``n_queries``, ``queries``; else 10) x
+        restarts x EOT draws x ``FORWARD_BACKWARD``."""
+        p = params
+        steps = float(p.get("steps") or p.get("max_iter") or 0)
+        restarts, eot = float(p.get("restarts") or p.get("n_restarts") or 1), float(p.get("eot") or 1)
+        steps = steps or float(p.get("n_queries") or p.get("queries") or 10)
+        return steps * restarts * eot * FORWARD_BACKWARD
 
     # -- budgets
 
@@ -290,6 +336,12 @@ def check_images(x: torch.Tensor) -> torch.Tensor:
     if len(x) and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
         raise ValueError(f"images must be in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
     return x.clamp(0.0, 1.0)  # absorbs rounding; the libraries assert the bounds exactly
+
+
+def count_of(params: Mapping[str, Any], name: str, default: float = 0.0) -> float:
+    """``params[name]`` as a float for a cost formula (``Attack.forward_passes``); ``default`` where it is
+    missing, None or 0."""
+    return float(params.get(name) or default)
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

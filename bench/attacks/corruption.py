@@ -10,7 +10,7 @@ import torch
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import foolbox_run
-from .base import Attack, AttackJob, check_positive
+from .base import Attack, AttackJob, check_positive, count_of
 
 
 @attacks.register("gaussian-blur")
@@ -27,6 +27,12 @@ class GaussianBlur(Attack):
     unbounded_ok = True
     backends = ("foolbox",)
     quick_params = {"steps": 20}
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A forward pass per sigma tried."""
+        return count_of(params, "steps") or 1.0
 
     def __init__(self, *, backend: str | None = None, steps: int = 200,
                  max_sigma: float | None = None):
@@ -56,6 +62,12 @@ class GaussianNoise(Attack):
     threat_model = ThreatModel.CORRUPTION
     backends = ("foolbox",)
     quick_params = {"repeats": 20}
+    step_param = "repeats"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A forward pass per draw."""
+        return count_of(params, "repeats", 1)
 
     def __init__(self, *, backend: str | None = None, repeats: int = 100,
                  check_trivial: bool = True):
@@ -85,6 +97,12 @@ class SaltAndPepper(Attack):
     unbounded_ok = True
     backends = ("foolbox",)
     quick_params = {"steps": 100}
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A forward pass per noise draw."""
+        return count_of(params, "steps") or 1.0
 
     def __init__(self, *, backend: str | None = None, steps: int = 1000,
                  across_channels: bool = True):

@@ -17,7 +17,7 @@ from torch import nn
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import scores
-from .base import AttackJob, check_positive, per_example
+from .base import INPUT_GRADIENT, AttackJob, check_positive, count_of, per_example
 from .members import TARGET_CLASSES, Member, batches_with_rows, norm_of, target_count
 
 
@@ -120,6 +120,12 @@ def torch_fab_targeted(job: AttackJob, *, norm: str, eps: float, steps: int, tar
 
 class _FABT(Member):
     quick_params = {"steps": 10, "target_classes": 2}
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient step per step and target class."""
+        return count_of(params, "steps") * count_of(params, "target_classes", 1) * INPUT_GRADIENT
 
     def __init__(self, *, backend: str | None = None, steps: int = 100, target_classes: int = TARGET_CLASSES):
         super().__init__(backend=backend)

@@ -18,12 +18,19 @@ from torch import nn
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import BudgetPart, art_generate, foolbox_run, torch_gradient_attack_fused
-from .base import Attack, AttackJob, check_positive, make_targets
+from .base import INPUT_GRADIENT, Attack, AttackJob, check_positive, count_of, make_targets
 
 
 class _TorchGradient(Attack):
     """The torch backend FGSM, BIM and PGD share: one loop (``torch_gradient_attack_fused``) for one budget
     (``_run_torch``) or several at once (``_run_torch_budgets``, which ``run_budgets`` calls)."""
+
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient step per step and EOT draw."""
+        return count_of(params, "steps") * count_of(params, "eot", 1) * INPUT_GRADIENT
 
     def _torch_loop(self) -> tuple[str, int, bool]:
         """The loop's norm, number of steps and whether it starts at a random point of the ball."""
@@ -51,6 +58,12 @@ class FGSM(_TorchGradient):
     backends = ("torch", "foolbox", "art")
     ascends_attack_loss = True
     single_step = True
+    step_param = None
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """One gradient step per EOT draw."""
+        return INPUT_GRADIENT * count_of(params, "eot", 1)
 
     def __init__(self, *, backend: str | None = None, eot: int = 1):
         super().__init__(backend=backend)
@@ -89,6 +102,12 @@ class FGSMTargeted(_TorchGradient):
     backends = ("torch", "foolbox", "art")
     ascends_attack_loss = True
     single_step = True
+    step_param = None
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """One gradient step per EOT draw (as FGSM)."""
+        return INPUT_GRADIENT * count_of(params, "eot", 1)
 
     def __init__(self, *, backend: str | None = None,
                  target: Literal["random", "next", "least-likely"] = "random", eot: int = 1):

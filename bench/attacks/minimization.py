@@ -15,7 +15,8 @@ from torch import nn
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import art_generate, foolbox_keep_failures_clean, foolbox_run, repeat_draws
-from .base import Attack, AttackJob, check_positive, eval_mode, make_targets, model_device, per_example
+from .base import (INPUT_GRADIENT, Attack, AttackJob, check_positive, count_of, eval_mode, make_targets, model_device,
+                   per_example)
 from .surface import custom_logits
 
 
@@ -122,6 +123,12 @@ class DeepFool(Attack):
     # foolbox 19 ex/s vs art 3.7 ex/s (strauss-mnist, 50 steps, 2 CPU cores); both fool all, median L2 1.84 vs 1.87.
     backends = ("foolbox", "art")
     quick_params = {"steps": 10}
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient per candidate class per step (early stopping counted at full length)."""
+        return count_of(params, "steps") * (count_of(params, "candidates", 10) + 1) * INPUT_GRADIENT / 2
 
     def __init__(self, *, backend: str | None = None,
                  steps: int = 50, overshoot: float = 0.02, candidates: int = 10):
@@ -152,6 +159,13 @@ class _CWLike(Attack):
     """Common parameter checks of C&W and EAD (budget: the initial constant c)."""
 
     budget_param = "c"
+    step_param = "steps"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A gradient step per step, binary-search step and EOT draw (abort_early counted at full length)."""
+        p = params
+        return count_of(p, "steps") * count_of(p, "binary_search_steps", 1) * count_of(p, "eot", 1) * INPUT_GRADIENT
 
     def _init(self, confidence: float, steps: int, learning_rate: float, binary_search_steps: int,
               abort_early: bool) -> None:

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from ..threat_models import ThreatModel
-from .base import Attack, AttackJob, check_positive, per_example
+from .base import Attack, AttackJob, check_positive, count_of, per_example
 from .surface import custom_logits
 
 
@@ -31,7 +31,13 @@ class _Noise(Attack):
     backends = ("torch",)
     quick_params = {"draws": 3}
     uses_gradients: ClassVar[bool] = False
+    step_param = "draws"
     _norm: ClassVar[str]
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A forward pass per draw."""
+        return count_of(params, "draws", 1)
 
     def __init__(self, *, backend: str | None = None, draws: int = 10):
         super().__init__(backend=backend)

@@ -10,7 +10,7 @@ from torch import nn
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import art_generate
-from .base import Attack, AttackJob, make_targets
+from .base import INPUT_GRADIENT, Attack, AttackJob, make_targets
 
 
 @attacks.register("jsma")
@@ -27,6 +27,14 @@ class JSMA(Attack):
     unbounded_ok = True
     targeted = True
     backends = ("art",)  # Foolbox 3 has no JSMA
+    step_param = None  # its iterations are bounded by gamma, not counted
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """Two pixels per step, up to gamma of them (the budget; None counted as 0.1); a class gradient and the
+        target's each step. Images of unknown shape are counted as 784 pixels."""
+        pixels = math.prod(shape) if shape else 784
+        return max(1.0, (budget or 0.1) * pixels / 2) * (1 + 2 * INPUT_GRADIENT)
 
     def __init__(self, *, backend: str | None = None, theta: float = 1.0):
         super().__init__(backend=backend)

@@ -18,7 +18,7 @@ import torch
 from ..registry import attacks
 from ..threat_models import ThreatModel
 from .backends import art_generate, scores
-from .base import AttackJob, check_positive, per_example
+from .base import AttackJob, check_positive, count_of, per_example
 from .members import Member, batches_with_rows, example_draws, norm_of
 
 
@@ -171,6 +171,12 @@ class _Square(Member):
     uses_gradients = False
     quick_params = {"queries": 200}
     salt = 4
+    step_param = "queries"
+
+    @classmethod
+    def forward_passes(cls, params, budget=None, shape=None) -> float:
+        """A forward pass per query."""
+        return count_of(params, "queries")
 
     def __init__(self, *, backend: str | None = None, queries: int = 5000, p_init: float = 0.8):
         super().__init__(backend=backend)

@@ -203,48 +203,21 @@ def training_factor(name: str, params: dict[str, Any]) -> float:
 
 def attack_passes(name: str, params: dict[str, Any], budget: float | None = None,
                   shape: tuple[int, ...] | None = None) -> float:
-    """Forward passes per attacked image of attack ``name`` with its (defaulted) ``params``: gradient steps
-    count ``INPUT_GRADIENT``, queries and noise draws 1. ``budget`` and ``shape`` (C, H, W) matter to
-    JSMA (pixels changed). Attacks this does not know: their ``steps`` (or ``max_iter``, ``queries``) × restarts
-    × EOT draws × 3, else 10 steps."""
-    p = params
-    steps = float(p.get("steps") or p.get("max_iter") or 0)
-    restarts, eot = float(p.get("restarts") or p.get("n_restarts") or 1), float(p.get("eot") or 1)
-    targets = float(p.get("target_classes") or 1)
-    grad = INPUT_GRADIENT
-    if name.startswith("fgsm"):
-        return grad * eot
-    if name.startswith("apgd-t"):
-        return steps * restarts * targets * eot * grad
-    if name.startswith("apgd"):
-        return steps * restarts * eot * grad
-    if name.startswith("autoattack"):
-        apgd = (p.get("steps") or 100) * grad
-        if p.get("version") == "rand":  # APGD-CE and APGD-DLR, each over EOT draws
-            return 2 * apgd * float(p.get("eot_draws") or 1)
-        # standard (auto resolves to it for a deterministic defense): APGD-CE, then APGD-T, FAB-T and Square on
-        # the images still robust (AUTOATTACK_ROBUST_LEFT of them)
-        later = apgd * targets + apgd * targets + float(p.get("square_queries") or 0)
-        return apgd + AUTOATTACK_ROBUST_LEFT * later
-    if name.startswith("fab"):
-        return steps * targets * grad
-    if name.startswith(("cw", "ead")):
-        return steps * float(p.get("binary_search_steps") or 1) * eot * grad
-    if name == "deepfool":  # a gradient per candidate class per step
-        return steps * (float(p.get("candidates") or 10) + 1) * grad / 2
-    if name in ("bim", "pgd-linf", "pgd-l2"):
-        return steps * eot * grad
-    if name.startswith("square"):
-        return float(p.get("queries") or 0)
-    if name == "gaussian-noise":
-        return float(p.get("repeats") or 1)
-    if name in ("salt-and-pepper", "gaussian-blur"):
-        return steps or 1.0
-    if name == "jsma":  # two pixels per step, up to gamma of them; a class gradient and the target's each step
-        pixels = math.prod(shape) if shape else 784
-        return max(1.0, (budget or 0.1) * pixels / 2) * (1 + 2 * grad)
-    steps = steps or float(p.get("n_queries") or p.get("queries") or 10)
-    return steps * restarts * eot * FORWARD_BACKWARD
+    """Forward passes per attacked image of attack ``name`` with its (defaulted) ``params``, as its class
+    declares them (``Attack.forward_passes``: gradient steps count ``INPUT_GRADIENT``, queries and noise draws
+    1). ``budget`` and ``shape`` (C, H, W) matter to JSMA (pixels changed). Attacks not registered here, and
+    factories that are no ``Attack``: the base class's generic count (their ``steps`` (or ``max_iter``,
+    ``queries``) × restarts × EOT draws × 3, else 10 steps)."""
+    from ..attacks.base import Attack
+    from ..registry import UnknownName, attacks
+
+    try:
+        factory = attacks.get(name).factory
+    except UnknownName:  # a plugin not installed here, a broken one, a made-up name
+        factory = Attack
+    if not (isinstance(factory, type) and issubclass(factory, Attack)):
+        factory = Attack
+    return factory.forward_passes(params, budget, shape)
 
 
 def _attack_work(cfg: dict[str, Any]) -> float:
