@@ -24,7 +24,8 @@ from bench.runner.batching import forget_fitted, run_with_backoff, starting_batc
 from bench.runner.cost import TaskCosts
 from bench.runner.local import LocalExecutor
 from bench.runner.pool import PoolExecutor, ProcessWorkers, parse_devices
-from bench.runner.scheduler import Finished, Job, Scheduler, fused_kinds, fusion_groups
+from bench.runner.loop import Finished
+from bench.runner.scheduler import Job, Scheduler, fused_kinds, fusion_groups
 from bench.store import PER_EXAMPLE_ARRAYS, Store
 
 POOL_SUITE = """\

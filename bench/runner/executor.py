@@ -30,6 +30,8 @@ class RunSummary:
     ran: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)   # (label, error)
     skipped: list[str] = field(default_factory=list)              # labels whose upstream failed
+    placements: dict[str, str] = field(default_factory=dict)      # task key -> where it ran
+    fused_jobs: int = 0                                           # jobs that ran several tasks as one
 
     @property
     def ok(self) -> bool:

@@ -1,11 +1,12 @@
-"""The one-machine pool: worker processes on the machine's devices, driven by ``bench.runner.scheduler``.
+"""The one-machine pool: worker processes on the machine's devices, in ``bench.runner.scheduler``'s order.
 
 ``advbench run SUITE --devices auto|cpu|cuda:0,cuda:1 --workers N`` starts N worker processes per device
 (``spawn``ed, so CUDA works in them and each inherits the run's pinned numerics, bench/numerics.py). The
 CPU cores are divided between the workers (``torch.set_num_threads``): two torch processes that each use
 every core thrash. A worker runs the jobs it is sent one after another through ``run_fused`` (which
 records each task in the store) and keeps its trained-defense cache between them, which is what the
-scheduler's affinity exploits. A worker that dies is noticed by its process sentinel and replaced.
+scheduler's affinity exploits. A worker that dies is noticed by its process sentinel and replaced (the
+run loop, ``bench.runner.loop``, retries its tasks).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
 from .context import RunContext
-from .scheduler import Finished, Scheduler, ScheduleSummary, fused_kinds
+from .executor import RunSummary
+from .loop import Finished
+from .scheduler import Scheduler, fused_kinds
 
 
 def usable_cores() -> int:
@@ -183,7 +186,7 @@ class PoolExecutor:
         self.threads = threads  # torch threads per worker; None: the cores divided among the workers
         self.last_workers: ProcessWorkers | None = None  # for tests and benchmarks: the pool of the last run
 
-    def run(self, plan: Plan, ctx: RunContext, store: Store) -> ScheduleSummary:
+    def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
         devices = self.devices or parse_devices(ctx.device)
         workers = self.workers or 1
         threads = self.threads or max(1, usable_cores() // (workers * len(devices)))

@@ -1,6 +1,21 @@
-"""How progress lines write a duration (the estimates themselves: ``bench.runner.cost``)."""
+"""What a run says as its tasks end: the reporters (``bench.runner.loop.Progress``) the run loop calls, and
+how a duration is written (the estimates themselves: ``bench.runner.cost``).
+
+``WorkersProgress`` (pool and Ray): ``[3/21] label: 1.2s on cpu#0 (fused with 1 other budget), about 3m05s
+left``, counting the tasks ended, out of those to do when the run started less those skipped or stored by
+another run; on a terminal also an overall tqdm bar in estimated seconds of work.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from ..plan import Task
+
+if TYPE_CHECKING:
+    from .loop import RunLoop
 
 
 def duration(seconds: float | None) -> str:
@@ -13,3 +28,66 @@ def duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class WorkersProgress:
+    """The pool's and Ray's lines, and (on a terminal) an overall bar in estimated seconds of work, so tqdm's
+    ETA is the cost estimate's, corrected by how fast the run goes."""
+
+    def __init__(self, run: "RunLoop"):
+        self.echo, self.costs = run.echo, run.costs
+        todo = [t for t in run.plan.tasks if t.key not in run.done]
+        self.estimate = {t.key: self.costs.seconds(t) for t in todo}
+        self.total, self.finished = len(todo), 0
+        self.bar = tqdm(total=round(sum(self.estimate.values()), 1), unit="s of work", desc="run",
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]"
+                        ) if run.ctx.progress and todo else None
+        self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.finished}/{self.total} tasks")
+
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            self.echo(line)
+
+    def _advance(self, task: Task) -> None:
+        self.finished += 1
+        if self.bar is not None:
+            self.bar.update(round(self.estimate.pop(task.key, 0.0), 1))
+            self._postfix()
+        else:
+            self.estimate.pop(task.key, None)
+
+    def started(self, tasks: list[Task]) -> None:
+        pass
+
+    def done(self, task: Task, seconds: float, where: str, batch_of: int = 1) -> None:
+        self._advance(task)
+        left = self.estimate and duration(sum(self.costs.seconds(t) for t in self._left_tasks()))
+        eta = f", about {left} left" if left else ""
+        what = "budget" if task.kind == "craft" else "crafted set"
+        fused = f" (fused with {batch_of - 1} other {what}{'s' if batch_of > 2 else ''})" if batch_of > 1 else ""
+        self._say(f"[{self.finished}/{self.total}] {task.label}: {seconds:.1f}s on {where}{fused}{eta}")
+
+    def failed(self, task: Task, error: str) -> None:
+        self._advance(task)
+        self._say(f"[{self.finished}/{self.total}] {task.label}: FAILED ({error})")
+
+    def drop(self, task: Task) -> None:
+        if task.key in self.estimate:
+            self.total -= 1
+            if self.bar is not None:
+                self.bar.total = round(self.bar.total - self.estimate[task.key], 1)
+                self._postfix()
+            del self.estimate[task.key]
+
+    def _left_tasks(self) -> list[Task]:
+        return [self.costs.by_key[k] for k in self.estimate]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

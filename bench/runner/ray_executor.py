@@ -1,11 +1,11 @@
 """Ray executor: the scheduler's workers as Ray actors, on one machine or a cluster.
 
-The same scheduler as the one-machine pool (``bench.runner.scheduler``: longest first, model affinity,
-fused craft batches, claims, retries of a dead worker's tasks, the progress bar) drives a set of Ray
-actors instead of local processes. Each actor asks Ray for ``gpus_per_worker`` of a GPU (0.25: four MNIST
-workers share one GPU; Ray sets each actor's CUDA_VISIBLE_DEVICES) and one CPU, and keeps its trained
-defenses cached between the jobs it is sent, as a pool worker does. An actor that dies (its node lost,
-the OOM killer) is replaced and its tasks retried.
+The same policy as the one-machine pool (``bench.runner.scheduler``: longest first, model affinity, fused
+batches) and the same run loop (``bench.runner.loop``: claims, healing, retries of a dead worker's tasks;
+the progress bar) drive a set of Ray actors instead of local processes. Each actor asks Ray for
+``gpus_per_worker`` of a GPU (0.25: four MNIST workers share one GPU; Ray sets each actor's
+CUDA_VISIBLE_DEVICES) and one CPU, and keeps its trained defenses cached between the jobs it is sent, as
+a pool worker does. An actor that dies (its node lost, the OOM killer) is replaced and its tasks retried.
 
 Workers write the store directory themselves, which must therefore be a path every node sees (SQLite in
 WAL mode handles the concurrent writers of one host; across hosts use a shared file system with POSIX
@@ -26,7 +26,9 @@ from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
 from .context import RunContext
-from .scheduler import Finished, Scheduler, ScheduleSummary, fused_kinds
+from .executor import RunSummary
+from .loop import Finished
+from .scheduler import Scheduler, fused_kinds
 
 
 class _RayWorker:
@@ -128,7 +130,7 @@ class RayExecutor:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      **({"runtime_env": {"env_vars": pinned}} if pinned else {}))
 
-    def run(self, plan: Plan, ctx: RunContext, store: Store) -> ScheduleSummary:
+    def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
         resources = self.ray.cluster_resources()
         gpus = self.gpus_per_worker if self.gpus_per_worker is not None else (
             1.0 if ctx.device.startswith("cuda") else 0.0)
