@@ -247,9 +247,8 @@ def test_detector_weight_sweep_only_adds_successes(guarded, data, tmp_path):
 
     cfg = {"budget": 0.15, "detector_weights": [3.0]}
     try:
-        single = through(_sweep_detector_weights(attack, g, x, y, cfg, ctx, seed=0))
-        swept_adv = _sweep_detector_weights(attack, g, x, y, {**cfg, "detector_weights": [3.0, 0.3, 0.1]}, ctx,
-                                            seed=0)
+        single = through(_sweep_detector_weights(attack, g, x, y, cfg["detector_weights"], cfg["budget"], ctx, seed=0))
+        swept_adv = _sweep_detector_weights(attack, g, x, y, [3.0, 0.3, 0.1], cfg["budget"], ctx, seed=0)
         assert g.detector_weight == 0.1 or through(swept_adv).all()  # the weights were tried in order
     finally:
         g.detector_weight = 1.0  # the module's other tests use the default

@@ -177,7 +177,7 @@ def run_adaptive(task: Task, upstream: dict[str, Task], ctx: RunContext, store: 
             x_adv = attack.run(model, x, y, spec.budget, batch_size=ctx.batch_size, device=ctx.device,
                                seed=seed).detach().cpu().float()
         else:
-            x_adv = _sweep_detector_weights(attack, guarded, x, y, spec, ctx, seed)
+            x_adv = _sweep_detector_weights(attack, guarded, x, y, spec.detector_weights, spec.budget, ctx, seed)
         artifact[f"x_adv_{evaluation.replace('-', '_')}"] = x_adv
         pred_model = predict(model, x_adv, device=device, batch_size=ctx.batch_size)
         pred_guarded = guarded_predictions(guarded, x_adv, batch_size=ctx.batch_size, device=device)
@@ -234,17 +234,17 @@ def _operating_threshold(defense: DetectorDefense, data: DatasetSplits, eval_idx
     return clean_threshold(scores, rule.fpr)
 
 
-def _sweep_detector_weights(attack, guarded, x: torch.Tensor, y: torch.Tensor, spec: AdaptiveSpec,
+def _sweep_detector_weights(attack, guarded, x: torch.Tensor, y: torch.Tensor, weights: list[float], budget: float,
                             ctx: RunContext, seed: int) -> torch.Tensor:
     """The detector-aware attack at each detector weight in turn (one run if the attack ignores them);
     each image keeps its first example that is misclassified and not detected, else the last one."""
     from ..detection.adaptive import guarded_predictions
 
     x_adv, through = None, torch.zeros(len(y), dtype=torch.bool)
-    for weight in spec.detector_weights or [guarded.detector_weight]:
+    for weight in weights or [guarded.detector_weight]:
         guarded.detector_weight = weight
         todo = ~through if x_adv is not None else torch.ones(len(y), dtype=torch.bool)
-        out = attack.run(guarded, x[todo], y[todo], spec.budget, batch_size=ctx.batch_size, device=ctx.device,
+        out = attack.run(guarded, x[todo], y[todo], budget, batch_size=ctx.batch_size, device=ctx.device,
                          seed=seed).detach().cpu().float()
         x_adv = out if x_adv is None else x_adv.index_put((todo.nonzero().squeeze(1),), out)
         pred = guarded_predictions(guarded, x_adv, batch_size=ctx.batch_size, device=ctx.device)
