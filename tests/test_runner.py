@@ -74,9 +74,13 @@ def test_cost_estimates_fall_back_from_timings_to_kind_means_to_counted_work():
     from bench.runner.cost import DEFAULT_SECONDS_PER_PASS, TaskCosts
     from bench.runner.progress import duration
 
-    train = Task("train", "t", "", {"defense": {"params": {"epochs": 2}}, "dataset": {"train_size": 100}}, [])
+    # Stored task configs (spec payloads): a made-up dataset and attack, so only these numbers count.
+    dataset = {"name": "made-up", "version": "1", "params": {}, "train_size": 100, "test_size": None, "subset_seed": 0}
+    train = Task("train", "t", "", {"dataset": dataset, "defense": {"name": "undefended", "params": {"epochs": 2}},
+                                    "seed": 0}, [])
     crafts = [Task("craft", f"c{i}", "", {"attack": {"name": "pgd", "params": {"steps": 5}}, "budget": b,
-                                          "eval": {"eval_size": 10}}, ["t"]) for i, b in enumerate([0.1, 0.3])]
+                                          "surface": "deployed", "eval": {"dataset": dataset, "eval_size": 10},
+                                          "seed": 0}, ["t"]) for i, b in enumerate([0.1, 0.3])]
     plan = Plan(None, [train, *crafts])
     fresh = TaskCosts(plan)  # nothing timed: counted work at the default rate
     assert fresh.seconds(train) == pytest.approx(2 * 100 * 3 * DEFAULT_SECONDS_PER_PASS)

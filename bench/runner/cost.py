@@ -21,29 +21,24 @@ Two sources, best first:
 
 Crude by design: it only has to put a 10-minute training before a 1-second score and move the ETA toward
 the truth as the run goes. Early stopping is counted at full length (DeepFool, C&W's abort_early: an upper
-bound), except AutoAttack's later attacks, counted on half the images (``AUTOATTACK_ROBUST_LEFT``).
+bound), except AutoAttack's later attacks, counted on half the images (``bench.attacks.autoattack.ROBUST_LEFT``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from ..attacks.base import FORWARD_BACKWARD, INPUT_GRADIENT
 from ..plan import Plan, Task
+from ..plan.specs import (AdaptiveSpec, CheckNoiseSpec, CleanScoreSpec, CraftedScoreSpec, CraftSpec, DatasetRef,
+                          DetectorDataSpec, DetectSpec, EntryRef, EvalSet, ProbeSpec, ScoreSpec, TrainSpec)
 
 DEFAULT_SECONDS_PER_PASS = 2e-5  # one image forward on a small CNN, 2 CPU cores (order of magnitude)
 _FALLBACK_IMAGES = 10_000  # a dataset entry without a stated size (the whole split) nor a registered one
-FORWARD_BACKWARD = 3  # a forward and backward pass, in forward passes (the backward costs about two)
-# An attack's gradient step: a forward and a backward to the input only (the attacks turn off the parameters'
-# gradients, bench/attacks/base.py), about one forward each. Attacks this module does not know: FORWARD_BACKWARD.
-INPUT_GRADIENT = 2
 TRAINED = "trained"  # ``Work.model`` of a train task: every module the defense trains
-# AutoAttack runs its later attacks only on the images its first one left robust: about none on an undefended
-# model, most on a robust one. Counted as half (the rest of the early stopping is counted at full length).
-AUTOATTACK_ROBUST_LEFT = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,18 +92,18 @@ class TaskCosts:
 
     # -- what makes two tasks cost the same
     def signature(self, task: Task) -> tuple:
-        cfg = task.config
         train = self._train(task)
         defense = json.dumps(_without(train.config, "seed"), sort_keys=True, default=str) if train else ""
         craft = self._craft(task)
         attack = json.dumps(_without(craft.config, "budget"), sort_keys=True, default=str) if craft else ""
-        return task.kind, defense, attack, json.dumps(_without(cfg, "budget", "seed"), sort_keys=True, default=str)
+        return task.kind, defense, attack, json.dumps(_without(task.config, "budget", "seed"), sort_keys=True,
+                                                      default=str)
 
     # -- the count of work
     def passes(self, task: Task) -> float:
         """``task_work``'s passes, every model counted alike: a pass through a whole ensemble is one per member."""
         work = self.work(task)
-        members = _members(work.train.config) if work.train and work.model in (TRAINED, "deployed") else 1
+        members = _members(work.train.spec) if work.train and work.model in (TRAINED, "deployed") else 1
         return work.passes * members
 
     def work(self, task: Task) -> Work:
@@ -122,58 +117,57 @@ class TaskCosts:
 
 
 def _train_of(task: Task, by_key: dict[str, Task]) -> Task | None:
-    """The train task whose defense ``task`` runs: itself, or its first upstream task."""
+    """The train task whose defense ``task`` runs: itself, or the one it runs on (``Task.model``)."""
     if task.kind == "train":
         return task
-    first = by_key.get(task.deps[0]) if task.deps else None
-    return first if first is not None and first.kind == "train" else None
+    model = by_key.get(task.model)
+    return model if model is not None and model.kind == "train" else None
 
 
 def _craft_of(task: Task, by_key: dict[str, Task]) -> Task | None:
+    """The craft task whose examples ``task`` reads (itself for a craft), if it is in the plan."""
     if task.kind == "craft":
         return task
-    for dep in task.deps[1:]:
-        upstream = by_key.get(dep)
-        if upstream is not None and upstream.kind == "craft":
-            return upstream
+    if task.config and isinstance(task.spec, CraftedScoreSpec):
+        craft = by_key.get(task.spec.craft)
+        return craft if craft is not None and craft.kind == "craft" else None
     return None
 
 
 def task_work(task: Task, by_key: dict[str, Task]) -> Work:
     """The count of work of ``task`` (a task of the plan whose tasks ``by_key`` holds): see the module docstring."""
     train = _train_of(task, by_key)
-    cfg = task.config
-    if task.kind == "train":
-        defense = cfg.get("defense", {})
-        factor = training_factor(defense.get("name", ""), defense.get("params", {}))
-        epochs = float(defense.get("params", {}).get("epochs") or 1)
-        return Work(epochs * _images(cfg.get("dataset", {}), "train_size") * FORWARD_BACKWARD * factor, TRAINED, train)
-    if task.kind == "craft":
-        return Work(_attack_work(cfg), cfg.get("surface") or "deployed", train)
-    repeats = float(cfg.get("repeats", 1))
-    if task.kind == "score":
-        craft = _craft_of(task, by_key)
-        if craft is not None:
-            # the crafted images, and the clean ones they came from (shared between scores where deterministic)
-            return Work(_eval_images(craft.config) * repeats * 2, "deployed", train)
-        dataset = cfg.get("dataset", train.config.get("dataset", {}) if train else {})
-        return Work(_images(dataset, "test_size") * repeats, "deployed", train)
-    if task.kind == "check-noise":  # draws of noise per image, each scored, and the clean images
-        return Work(_eval_images(cfg) * (float(cfg.get("draws", 1)) + 1) * repeats, "deployed", train)
-    if task.kind == "probe":  # clean passes, and one input gradient
-        passes = max(float(cfg.get("passes", 1)), repeats)
-        return Work(_eval_images(cfg) * (passes + INPUT_GRADIENT), "deployed", train)
-    if task.kind == "detector-data":  # the attack at each budget on the detector's images, and their features
-        budgets = len(cfg.get("budgets") or [None])
-        return Work(_attack_work(cfg) * budgets + _eval_images(cfg) * (budgets + 1), "deployed", train)
-    if task.kind == "detect":  # the features of every detector-data set's clean and attacked images
-        data = [by_key[k] for k in (cfg.get("data") or {}).values() if k in by_key]
-        images = sum(_eval_images(d.config) * (len(d.config.get("budgets") or [None]) + 1) for d in data)
+    if not task.config:  # a bare task (a test's, a plugin kind's): a pass over a dataset's worth of images
+        return Work(float(_FALLBACK_IMAGES), "deployed", train)
+    spec = task.spec
+    if isinstance(spec, TrainSpec):
+        factor = training_factor(spec.defense.name, dict(spec.defense.params))
+        epochs = float(spec.defense.params.get("epochs") or 1)
+        return Work(epochs * _images(spec.dataset, "train_size") * FORWARD_BACKWARD * factor, TRAINED, train)
+    if isinstance(spec, CraftSpec):
+        return Work(_attack_work(spec.attack, spec.budget, spec.eval), spec.surface or "deployed", train)
+    if isinstance(spec, CraftedScoreSpec) and (craft := _craft_of(task, by_key)) is not None:
+        # the crafted images, and the clean ones they came from (shared between scores where deterministic)
+        return Work(_eval_images(craft.spec.eval) * spec.repeats * 2, "deployed", train)
+    if isinstance(spec, ScoreSpec):  # the clean test split (an out-distribution set counted as the test split)
+        dataset = spec.dataset if isinstance(spec, CleanScoreSpec) else train.spec.dataset if train else None
+        return Work(_images(dataset, "test_size") * spec.repeats, "deployed", train)
+    if isinstance(spec, CheckNoiseSpec):  # draws of noise per image, each scored, and the clean images
+        return Work(_eval_images(spec.eval) * (spec.draws + 1) * spec.repeats, "deployed", train)
+    if isinstance(spec, ProbeSpec):  # clean passes, and one input gradient
+        return Work(_eval_images(spec.eval) * (max(spec.passes, spec.repeats) + INPUT_GRADIENT), "deployed", train)
+    if isinstance(spec, DetectorDataSpec):  # the attack at each budget on the detector's images, and their features
+        budgets = len(spec.budgets or [None])
+        images = EvalSet(spec.dataset, spec.images)
+        return Work(_attack_work(spec.attack, None, images) * budgets + spec.images * (budgets + 1), "deployed",
+                    train)
+    if isinstance(spec, DetectSpec):  # the features of every detector-data set's clean and attacked images
+        data = [by_key[k].spec for k in spec.data.values() if k in by_key]
+        images = sum(d.images * (len(d.budgets or [None]) + 1) for d in data)
         return Work(float(images or _FALLBACK_IMAGES), "deployed", train)
-    # adaptive attacks and kinds added later: an attack's worth if they name one, else a pass over the images
-    if "attack" in cfg:
-        return Work(_attack_work(cfg), "deployed", train)
-    return Work(_eval_images(cfg) * repeats, "deployed", train)
+    if isinstance(spec, AdaptiveSpec):
+        return Work(_attack_work(spec.attack, spec.budget, spec.eval), "deployed", train)
+    return Work(float(_FALLBACK_IMAGES), "deployed", train)  # a kind added later: a pass over the images
 
 
 def training_factor(name: str, params: dict[str, Any]) -> float:
@@ -220,28 +214,18 @@ def attack_passes(name: str, params: dict[str, Any], budget: float | None = None
     return factory.forward_passes(params, budget, shape)
 
 
-def _attack_work(cfg: dict[str, Any]) -> float:
-    attack = cfg.get("attack", {})
-    shape = None
-    dataset = _eval_dataset(cfg)
-    if dataset.get("name"):
-        shape = _registered(dataset["name"]).get("shape")
-    return _eval_images(cfg) * attack_passes(attack.get("name", ""), attack.get("params", {}), cfg.get("budget"),
-                                             shape)
+def _attack_work(attack: EntryRef, budget: float | None, images: EvalSet) -> float:
+    shape = _registered(images.dataset.name).get("shape")
+    return _eval_images(images) * attack_passes(attack.name, dict(attack.params), budget, shape)
 
 
-def _eval_dataset(cfg: dict[str, Any]) -> dict[str, Any]:
-    return cfg.get("eval", {}).get("dataset") or cfg.get("dataset") or {}
+def _eval_images(images: EvalSet) -> float:
+    """The images a task attacks or scores: its ``eval_size``, else its dataset's test split."""
+    return float(images.eval_size) if images.eval_size else _images(images.dataset, "test_size")
 
 
-def _eval_images(cfg: dict[str, Any]) -> float:
-    """The images a task attacks or scores: its ``eval_size`` (or ``images``), else its dataset's test split."""
-    n = cfg.get("eval", {}).get("eval_size") or cfg.get("eval_size") or cfg.get("images")
-    return float(n) if n else _images(_eval_dataset(cfg), "test_size")
-
-
-def _members(train_config: dict[str, Any]) -> int:
-    params = train_config.get("defense", {}).get("params", {})
+def _members(train: TrainSpec) -> int:
+    params = train.defense.params
     members = params.get("members") or params.get("num_members") or 1
     return int(members) if isinstance(members, int) else len(members) if isinstance(members, list) else 1
 
@@ -256,14 +240,17 @@ def _registered(name: str) -> dict[str, Any]:
         return {}
 
 
-def _images(dataset: dict[str, Any], size_key: str) -> float:
+def _images(dataset: DatasetRef | None, size_key: str) -> float:
     """A dataset entry's ``train_size``/``test_size``, else its split's size from the registry's ``sizes``."""
-    if dataset.get(size_key):
-        return float(dataset[size_key])
-    sizes = _registered(dataset.get("name") or "").get("sizes")
+    if dataset is None:
+        return float(_FALLBACK_IMAGES)
+    size = dataset.train_size if size_key == "train_size" else dataset.test_size
+    if size:
+        return float(size)
+    sizes = _registered(dataset.name).get("sizes")
     if sizes is not None:
         try:
-            return float(sizes(dataset.get("params") or {})[0 if size_key == "train_size" else 1])
+            return float(sizes(dict(dataset.params))[0 if size_key == "train_size" else 1])
         except (ValueError, KeyError, TypeError):
             pass
     return float(_FALLBACK_IMAGES)
