@@ -53,6 +53,7 @@ import pandas as pd
 
 from .labels import budget_label
 from .metrics import HitsOfN
+from .newest_rows import newest, text
 from .registry import UnknownName, attacks
 from .threat_models import ThreatModel
 
@@ -286,17 +287,12 @@ def _value(record: dict, name: str, default: Any = None) -> Any:
 
 def _rows(frame: pd.DataFrame) -> dict[tuple[str, str], list[_Row]]:
     """The rows scored on each (dataset, defense)'s deployed model, the newest of each identity."""
-    newest: dict[tuple, dict] = {}
-    for record in frame.to_dict("records"):
-        if _value(record, "evaluated_on", "deployed") != "deployed":
-            continue
-        identity = tuple(_value(record, c) for c in ("dataset", "defense", "surface", "source", "attack", "budget",
-                                                      "seed"))
-        if identity not in newest or str(_value(record, "created_at", "")) > str(_value(newest[identity],
-                                                                                      "created_at", "")):
-            newest[identity] = record
     out: dict[tuple[str, str], list[_Row]] = defaultdict(list)
-    for record in newest.values():
+    if frame.empty:
+        return out
+    deployed = frame["evaluated_on"].map(lambda e: text(e, "deployed") == "deployed") \
+        if "evaluated_on" in frame.columns else pd.Series(True, index=frame.index)
+    for record in newest(frame[deployed]).to_dict("records"):  # the one newest-wins rule (bench.newest_rows)
         try:
             config = json.loads(_value(record, "attack_config", "{}") or "{}")
         except (TypeError, json.JSONDecodeError):

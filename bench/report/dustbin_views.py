@@ -29,13 +29,13 @@ from ..metrics import OUT_DISTRIBUTION_ATTACK, wilson_interval
 from ..registry import views as view_registry
 from .format import MISSING, pct
 from .model import CLEAN_ATTACK, Table, frame_table
-from .rows import newest
+from ..newest_rows import newest
 
 OUTCOMES = (("Acc.", "acc_rate"), ("Rej.", "reject_rate"), ("Err.", "error_rate"))
 
 
 def _newest(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per identity, by the tables' own rule (``bench.report.rows.newest``: a rerun supersedes the
+    """One row per identity, by the tables' own rule (``bench.newest_rows.newest``: a rerun supersedes the
     older result), ordered by ``created_at`` (the order the columns' defenses are first met in)."""
     kept = newest(frame)
     return kept.sort_values("created_at", kind="stable") if "created_at" in kept.columns else kept

@@ -16,7 +16,10 @@ import pandas as pd
 
 from ..metrics import RESULT_METRICS
 from .format import MISSING, is_missing
-from .model import CLEAN_ATTACK
+from ..newest_rows import CLEAN_ATTACK, identity, newest_of, recency
+from ..newest_rows import defense_label as _defense_label
+from ..newest_rows import number as _number
+from ..newest_rows import text as _text
 
 _REQUIRED_COLUMNS = ("dataset", "defense", "attack", "seed", "n", "robust_acc")
 # Older store rows may lack later columns; these defaults keep them usable (every metric: NaN).
@@ -80,17 +83,6 @@ class Row:
             return self.n
         fraction = self.metrics[of]
         return None if fraction is None else round(fraction * self.n)
-
-
-def _text(value, default: str = "") -> str:
-    return default if is_missing(value) else str(value)
-
-
-def _number(value) -> float | None:
-    if is_missing(value):
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
 
 
 def _array(value, dtype=bool) -> np.ndarray | None:
@@ -232,68 +224,15 @@ def _aligned(value, dtype, n: int) -> np.ndarray | None:
     return array if array is not None and array.size == n else None
 
 
-def _defense_label(record: dict) -> str:
-    """Examples scored on a part of a defense (one ensemble member) form a row of their own."""
-    evaluated_on = _text(record.get("evaluated_on"), "deployed")
-    defense = _text(record["defense"])
-    return defense if evaluated_on == "deployed" else f"{defense} [{evaluated_on}]"
-
-
-def identity(dataset: str, defense: str, attack: str, surface: str, source: str, budget_param: str,
-             budget: float | None, seed: int) -> tuple:
-    """What a rerun supersedes: the row of the same identity, older. ``defense`` is the row's label (with the
-    part scored, ``_defense_label``); the other values as ``normalize`` reads them."""
-    # Clean rows are one per dataset/defense/seed whatever surface they name.
-    if attack == CLEAN_ATTACK:
-        return (dataset, defense, CLEAN_ATTACK, seed)
-    return (dataset, defense, surface, source, attack, budget_param, budget, seed)
-
-
-def _recency(created: pd.Timestamp, created_at: str) -> tuple:
-    # An unparseable stamp (NaT) sorts as oldest.
-    parsed = not pd.isna(created)
-    return (parsed, created.value if parsed else 0, created_at)
-
-
-def _newest_of(items) -> list:
-    """Of ``(identity, recency, item)`` triples, the item of each identity with the greatest recency (the first
-    of equals), in the order their identities first appear: the one newest-wins rule."""
-    newest: dict[tuple, tuple] = {}
-    for key, recency, item in items:
-        kept = newest.get(key)
-        if kept is None or recency > kept[0]:
-            newest[key] = (recency, item)
-    return [item for _, item in newest.values()]
-
-
 def dedupe(rows: list[Row]) -> list[Row]:
     """Keep the newest row of each identity (a rerun supersedes the older result)."""
-    return _newest_of((row.identity, _recency(row.created, row.created_at), row) for row in rows)
-
-
-def newest(results: pd.DataFrame) -> pd.DataFrame:
-    """The store rows of ``results`` that ``dedupe`` keeps, every column of the frame kept, in the frame's order:
-    for a view that reads columns a ``Row`` does not carry. Needs only the identity's columns (``dataset``,
-    ``defense``, ``attack``, ``seed``; the others default as in ``normalize``)."""
-    if results.empty:
-        return results
-    frame = results.copy()
-    for column in ("dataset", "surface", "source", "evaluated_on", "budget_param", "budget", "created_at"):
-        if column not in frame.columns:
-            frame[column] = [_OPTIONAL_COLUMNS.get(column, "")] * len(frame)
-    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
-    triples = ((identity(_text(r["dataset"]), _defense_label(r), _text(r["attack"]), _text(r["surface"], "deployed"),
-                         _text(r["source"], "white-box"), _text(r["budget_param"]), _number(r["budget"]),
-                         int(r["seed"])),
-                _recency(stamp, _text(r["created_at"])), position)
-               for position, (r, stamp) in enumerate(zip(frame.to_dict("records"), created)))
-    return results.iloc[sorted(_newest_of(triples))]
+    return newest_of((row.identity, recency(row.created, row.created_at), row) for row in rows)
 
 
 def produced_line(rows: list[Row], total: int) -> str:
     """The "how this was produced" line; versions and commit are the newest row's."""
     suites = sorted({r.suite for r in rows if r.suite})
-    latest = max(rows, key=lambda r: _recency(r.created, r.created_at))
+    latest = max(rows, key=lambda r: recency(r.created, r.created_at))
     try:
         versions = json.loads(latest.versions) if latest.versions else {}
     except json.JSONDecodeError:
