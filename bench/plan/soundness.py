@@ -37,7 +37,7 @@ def check_variants(base: Any, suite: Suite, threat_model: str, shape: tuple[int,
     budget = checks.headline_budget(base, suite.headline, threat_model)
     variants = [Variant(checks.UNBOUNDED, base.name, checks.unbounded_params(base.params),
                         checks.unbounded_budget(threat_model, shape)),
-                Variant(checks.STRONGER, base.name, checks.stronger_params(base.params), budget)]
+                Variant(checks.STRONGER, base.name, checks.stronger_params(base.params, base.name), budget)]
     if threat_model in checks.SINGLE_STEP_ATTACKS:
         # FGSM keeps the base attack's EOT draws: a stochastic defense is attacked through the same expectation.
         eot = {"eot": base.params["eot"]} if (base.params.get("eot") or 1) > 1 else {}
