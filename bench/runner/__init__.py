@@ -4,7 +4,7 @@
 * ``steps`` / ``detector_steps``: what each task kind does (``bench.registry.task_steps``);
 * ``tasks``: ``run_task``, one task run and recorded;
 * ``executor``: the ``Executor`` protocol and ``RunSummary``;
-* ``loop``: ``run_loop``, the run loop of the pool and Ray executors (claims, healing, skips, retries, the
+* ``loop``: ``run_loop``, the run loop of every built-in executor (claims, healing, skips, retries, the
   summary), driving a ``WorkerBackend`` (where jobs run) in a ``Policy``'s order; the built-in executors
   (``bench.registry.executors``): ``local`` (this process, plan order), ``pool`` (worker processes) and
   ``ray_executor`` (Ray actors), the last two in ``scheduler``'s order.

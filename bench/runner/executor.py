@@ -7,7 +7,9 @@ checks the name and options before anything else (``check_executor``). ``advbenc
 options each takes: those its registration names (``options=("workers", ...)``), else those its factory
 has a parameter for. It must run every task of the plan that the store does not hold yet, each after the
 tasks in its ``deps``, through ``bench.runner.tasks.run_task`` (which records it), skip the tasks whose
-upstream failed, and say what happened in a ``RunSummary``.
+upstream failed, and say what happened in a ``RunSummary``. The built-in ones are ``bench.runner.loop.run_loop``
+(healing, claims, skips, retries, the summary) with a worker backend and a policy of their own; a new
+executor should be too (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,21 +1,22 @@
-"""The default executor: the plan's tasks one after another, in this process, each claimed in the store first."""
+"""The default executor: the plan's tasks one after another, in this process, each claimed in the store first.
+
+``run_loop`` (``bench.runner.loop``) with ``InProcessWorker`` (one slot: a job runs in this process when
+the loop waits for it), ``PlanOrder`` (the first ready task in plan order) and ``SequentialProgress``.
+"""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Callable
 
 from ..plan import Plan, Task
 from ..registry import executors
 from ..store import Store
-from .claims import Claims
 from .context import RunContext
 from .executor import RunSummary
-from .heal import StoreHealer
-from .cost import TaskCosts
-from .progress import duration
-from .tasks import run_task
+from .loop import Assignment, Finished, RunLoop, run_loop
+from .progress import SequentialProgress
+from .tasks import run_fused
 
 
 @executors.register("local")
@@ -30,84 +31,64 @@ class LocalExecutor:
         self.poll_s = poll_s  # how often a run waiting for another run's tasks looks again
 
     def run(self, plan: Plan, ctx: RunContext, store: Store) -> RunSummary:
-        with Claims(ctx.store_dir) as claims:
-            return self._run(plan, ctx, store, claims)
+        return run_loop(plan, ctx, store, InProcessWorker(), PlanOrder(), SequentialProgress, echo=self.echo,
+                        poll_s=self.poll_s)
 
-    def _run(self, plan: Plan, ctx: RunContext, store: Store, claims: Claims) -> RunSummary:
-        by_key = {t.key: t for t in plan.tasks}
-        healer = StoreHealer(plan, store, self.echo)
-        healer.check_done_artifacts()  # a missing or resized artifact: its task runs again, first
-        done = store.done_keys(plan.keys)
-        summary = RunSummary(planned=len(plan.tasks), already_done=len(done))
-        cause: dict[str, str] = {}  # key of a failed or skipped task -> label of the failed task behind it
-        skipped_by: Counter[str] = Counter()  # label of a failed task -> tasks skipped because of it
-        held: set[str] = set()  # tasks another run has claimed (looked at again after a wait)
-        waiting_said = False
-        costs = TaskCosts(plan, store.wall_times(plan.keys), store.mean_wall_times())
-        i = 0
-        while True:
-            task, blocked = self._next(plan, done, cause, held)
-            if task is None:
-                if not blocked:
-                    break
-                if not waiting_said:  # once per wait, not once per poll
-                    self.echo(claims.waiting_line(store, list(blocked)))
-                    waiting_said = True
-                time.sleep(self.poll_s)
-                done, held = store.done_keys(plan.keys), set()
-                continue
-            failed_dep = next((dep for dep in task.deps if dep in cause), None)
-            if failed_dep is not None:  # counted, and said once per failed task at the end
-                cause[task.key] = cause[failed_dep]
-                skipped_by[cause[task.key]] += 1
-                summary.skipped.append(task.label)
-                continue
-            claim = claims.take(store, task.key)
-            if claim != "claimed":  # "done": another run stored it since we looked; "held": it is on it
-                done, held = (done | {task.key}, held) if claim == "done" else (done, held | {task.key})
-                continue
-            waiting_said = False
-            i += 1
-            left = [t for t in plan.tasks if t.key not in done and t.key not in cause and t is not task]
-            prefix = f"[{i}/{i + len(left)}] {task.label}"
-            start = time.perf_counter()
-            try:
-                status, error = run_task(task, {k: by_key[k] for k in task.deps}, ctx)
-            finally:
-                claims.release(store, task.key)
-            elapsed = time.perf_counter() - start
-            if status == "broken":  # an upstream artifact is damaged: re-run its producer, then this task
-                if healer.broken(error):
-                    done = store.done_keys(plan.keys)
-                    continue
-                status, error = "failed", f"artifact {error} is broken again after re-running its task"
-            summary.ran += 1
-            if status == "failed":
-                cause[task.key] = task.label
-                summary.failed.append((task.label, error or ""))
-                self.echo(f"{prefix}: FAILED ({error})")
-            else:
-                healer.after_done(task)
-                done = store.done_keys(plan.keys)
-                costs.record(task, elapsed)
-                left = [t for t in plan.tasks if t.key not in done and t.key not in cause]
-                eta = f", about {duration(costs.total(left))} left" if left else ""
-                self.echo(f"{prefix}: {elapsed:.1f}s{eta}")
-        for root, n in skipped_by.items():
-            self.echo(f"skipped {n} task{'s' if n != 1 else ''} that need {root!r}, which failed")
-        return summary
+
+class InProcessWorker:
+    """One worker, this process: ``submit`` keeps the job, ``wait`` runs it (with the run's own context:
+    its device, its progress bars) and reports it. It cannot die: an error is its task's failure."""
+
+    def __init__(self):
+        self.slots = ["local"]
+        self._job: tuple[str, list[Task], dict[str, Task], RunContext] | None = None
+
+    def submit(self, slot: str, tasks: list[Task], upstream: dict[str, Task], ctx: RunContext) -> None:
+        self._job = (slot, tasks, upstream, ctx)
+
+    def wait(self, timeout: float | None) -> list[Finished]:
+        if self._job is None:
+            return []
+        (slot, tasks, upstream, ctx), self._job = self._job, None
+        start = time.perf_counter()
+        outcomes = run_fused(tasks, upstream, ctx)
+        return [Finished(slot, outcomes, time.perf_counter() - start, where=slot)]
+
+    def replace(self, slot: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self._job = None
+
+
+class PlanOrder:
+    """The local executor's policy: one task at a time, the first in plan order (upstream before downstream)
+    that can start. A task downstream of a failure is skipped when the scan reaches it, so the progress count
+    of what is left drops as the run gets there; a task the healer made not-done again comes before its
+    readers. For a backend of one slot (nothing runs while it assigns)."""
+
+    def assign(self, run: RunLoop, free: list[str]) -> list[Assignment]:
+        task, _ = self._scan(run)
+        return [(free[0], [task])] if task is not None else []
+
+    def waiting(self, run: RunLoop) -> list[str]:
+        return list(self._scan(run)[1])
+
+    def ended(self, slot: str, tasks: list[Task], died: bool) -> None:
+        pass
 
     @staticmethod
-    def _next(plan: Plan, done: set[str], cause: dict[str, str], held: set[str]) -> tuple[Task | None, set[str]]:
-        """The first task in plan order (upstream before downstream) that is not done, not failed or skipped
-        in this run, not held by another run and not downstream of one that is; and the set of tasks that
-        wait for another run. A task the healer made not-done again comes before its readers."""
+    def _scan(run: RunLoop) -> tuple[Task | None, set[str]]:
+        """The first task in plan order that is not done, not failed or skipped, not held by another run and
+        not downstream of one that is; and the tasks that wait for another run (held, or downstream of one)."""
         blocked: set[str] = set()
-        for t in plan.tasks:
-            if t.key in done or t.key in cause:
+        for t in run.plan.tasks:
+            if t.key in run.done or t.key in run.cause:
                 continue
-            if t.key in held or any(d in blocked for d in t.deps):
+            if t.key in run.held or any(d in blocked for d in t.deps):
                 blocked.add(t.key)
+                continue
+            if run.skip_if_upstream_failed(t):
                 continue
             return t, blocked
         return None, blocked

@@ -6,10 +6,10 @@
 * a ``WorkerBackend``, where jobs run: ``slots`` (one name per worker), ``submit`` a job (one task, or
   tasks fused into one batch) to a free slot, ``wait`` for jobs to end (``Finished``: one outcome per task
   from ``bench.runner.tasks.run_fused``, which records them, or why the worker died), ``replace`` a dead
-  worker, ``close``. Built in: ``pool.ProcessWorkers``, ``ray_executor.RayWorkers``;
+  worker, ``close``. Built in: ``local.InProcessWorker``, ``pool.ProcessWorkers``, ``ray_executor.RayWorkers``;
 * a ``Policy``, which ready tasks run next and where: ``assign`` jobs to free slots, say which tasks
-  ``wait`` for another run, hear that a job ``ended``. Built in: ``scheduler.Scheduler`` (longest first,
-  model affinity, fused batches);
+  ``wait`` for another run, hear that a job ``ended``. Built in: ``local.PlanOrder`` (plan order, one
+  task at a time) and ``scheduler.Scheduler`` (longest first, model affinity, fused batches);
 * a ``Progress`` class: the lines said as tasks end (``bench.runner.progress``).
 
 The loop owns the rest, so that every executor does it the same way:

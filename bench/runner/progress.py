@@ -1,9 +1,13 @@
 """What a run says as its tasks end: the reporters (``bench.runner.loop.Progress``) the run loop calls, and
 how a duration is written (the estimates themselves: ``bench.runner.cost``).
 
-``WorkersProgress`` (pool and Ray): ``[3/21] label: 1.2s on cpu#0 (fused with 1 other budget), about 3m05s
-left``, counting the tasks ended, out of those to do when the run started less those skipped or stored by
-another run; on a terminal also an overall tqdm bar in estimated seconds of work.
+Two reporters, one line per task that ran:
+
+* ``SequentialProgress`` (the local executor): ``[3/21] label: 1.2s, about 3m05s left``, counting the
+  tasks started so far, out of those plus what is left to do;
+* ``WorkersProgress`` (pool and Ray): ``[3/21] label: 1.2s on cpu#0 (fused with 1 other budget), about
+  3m05s left``, counting the tasks ended, out of those to do when the run started less those skipped or
+  stored by another run; on a terminal also an overall tqdm bar in estimated seconds of work.
 """
 
 from __future__ import annotations
@@ -28,6 +32,38 @@ def duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class SequentialProgress:
+    """The local executor's lines; no bar."""
+
+    def __init__(self, run: "RunLoop"):
+        self.run = run
+        self.started_count = 0  # a task re-run after repairing its input counts twice
+        self.prefix = ""
+
+    def _left(self, done: set[str], running: list[Task] = ()) -> list[Task]:
+        skip = done | set(self.run.cause) | {t.key for t in running}
+        return [t for t in self.run.plan.tasks if t.key not in skip]
+
+    def started(self, tasks: list[Task]) -> None:
+        self.started_count += 1
+        left = self._left(self.run.done, tasks)
+        self.prefix = f"[{self.started_count}/{self.started_count + len(left)}] {tasks[0].label}"
+
+    def done(self, task: Task, seconds: float, where: str, batch_of: int) -> None:
+        left = self._left(self.run.store.done_keys(self.run.plan.keys))  # what the task's end changed included
+        eta = f", about {duration(self.run.costs.total(left))} left" if left else ""
+        self.run.echo(f"{self.prefix}: {seconds:.1f}s{eta}")
+
+    def failed(self, task: Task, error: str) -> None:
+        self.run.echo(f"{self.prefix}: FAILED ({error})")
+
+    def drop(self, task: Task) -> None:
+        pass  # what is left is read from the run's state
+
+    def close(self) -> None:
+        pass
 
 
 class WorkersProgress:
