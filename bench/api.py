@@ -47,7 +47,8 @@ def evaluate(model, *, dataset: str = "mnist5k", attacks: Iterable[dict[str, Any
     the store (default ``evaluate-<label>``). ``data_dir``/``download``: as ``advbench run``'s ``--data-dir``
     and ``--download``; ``verbose``: print a line per task; ``options``: more suite keys (``repeats``,
     ``headline``, ...). The frame holds every result row of the plan, with any rows the harness adds to a
-    suite's (the soundness checks', ``source`` ``check:*``, where they run). A bad argument raises ``UserError`` naming it; a task that
+    suite's (the soundness checks', ``source`` ``check:*``, where they run). A bad argument raises ``UserError``
+    naming it; a task that
     fails raises ``RuntimeError`` after the others ran (what ran is stored).
     """
     from defenses.pretrained import register_module

@@ -264,7 +264,8 @@ def torchattacks_cases() -> list[Case]:
                  lambda m, norm=norm, eps=eps: members(m, norm, eps, 100, 1000)[2]),
             case(f"square{suffix} eps={eps} 1000 queries", "square", {"queries": 1000}, "Square",
                  lambda m, norm=norm, eps=eps: members(m, norm, eps, 100, 1000)[3]),
-            case(f"autoattack{suffix} eps={eps} standard", "autoattack", aa, "MultiAttack of its members, same settings",
+            case(f"autoattack{suffix} eps={eps} standard", "autoattack", aa,
+                 "MultiAttack of its members, same settings",
                  lambda m, norm=norm, eps=eps: ta.MultiAttack(members(m, norm, eps, 100, 1000))),
             # As shipped: 10 APGD/APGD-T/FAB steps, 5000 Square queries; the harness at its defaults.
             case(f"autoattack{suffix} eps={eps} standard, defaults", "autoattack", {"version": "standard"},
@@ -275,7 +276,8 @@ def torchattacks_cases() -> list[Case]:
     return out
 
 
-def _interleaved_best(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
+def _interleaved_best(runs: dict[str, Callable[[], torch.Tensor]], repeats: int
+                      ) -> dict[str, tuple[float, torch.Tensor]]:
     """Best wall time of each run over ``repeats`` rounds, alternating between them so that a slow
     stretch of the machine (another process, frequency scaling) hits all of them alike."""
     best: dict[str, tuple[float, torch.Tensor]] = {}
@@ -455,7 +457,8 @@ def numerics_probe(threads: int, epochs: int) -> dict:
     for name, tensor in sorted(defense.deployed().state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     pred = predict(defense.deployed(), data.test_x, device=torch.device("cpu"), batch_size=500)
-    return {"weights_sha256": digest.hexdigest()[:16], "clean_acc": round(float((pred == data.test_y).float().mean()), 4),
+    return {"weights_sha256": digest.hexdigest()[:16],
+            "clean_acc": round(float((pred == data.test_y).float().mean()), 4),
             "train_s": round(seconds, 2), "aten_isa": torch.backends.cpu.get_cpu_capability(),
             "numerics": numerics_mode()}
 

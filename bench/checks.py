@@ -333,7 +333,7 @@ def _grouped(rows: list[_Row]) -> dict[tuple, list[_Row]]:
 def _best(cells: dict[tuple, list[_Row]], keep) -> dict[float, Evidence]:
     """Per budget, the lowest pooled accuracy among the cells ``keep`` accepts."""
     best: dict[float, Evidence] = {}
-    for (attack, source, surface, budget), rows in cells.items():
+    for (_attack, source, surface, budget), rows in cells.items():
         if budget is None or not keep(rows[0]):
             continue
         where = "" if surface == "deployed" else f" on {surface}"

@@ -184,7 +184,8 @@ def check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | Non
                 errors.append(f"{path}: {key}.transfer_from: "
                               f"{_defense_label_problem(a.transfer_from, labels, detector_labels, 'craft on')}")
             elif a.surface not in surfaces.get(a.transfer_from, {a.surface}):
-                errors.append(f"{path}: {key}.surface: {UnknownName('attack surface', a.surface, sorted(surfaces[a.transfer_from]))}")
+                unknown = UnknownName("attack surface", a.surface, sorted(surfaces[a.transfer_from]))
+                errors.append(f"{path}: {key}.surface: {unknown}")
         backend = getattr(attack, "backend", None)
         for label in ([a.transfer_from] if a.transfer_from else (a.defenses or labels)):
             if a.surface in loss_surfaces.get(label, set()) and backend != "torch":

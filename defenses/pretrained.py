@@ -212,7 +212,8 @@ class Pretrained(Defense):
             raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
         self.factory, self.factory_params = factory, dict(factory_params or {})
         self.torchvision, self.torchvision_weights = torchvision, torchvision_weights
-        self.robustbench, self.threat_model, self.dataset, self.model_dir = robustbench, threat_model, dataset, model_dir
+        self.robustbench, self.threat_model = robustbench, threat_model
+        self.dataset, self.model_dir = dataset, model_dir
         self.module_name = module
         self.weights, self.weights_key, self.weights_sha256 = weights, weights_key, weights_sha256
         self.num_classes = num_classes
@@ -236,7 +237,8 @@ class Pretrained(Defense):
         return {**params, "weights_sha256": file_sha256(params["weights"])}
 
     @staticmethod
-    def _check_normalize(normalize: dict[str, list[float]] | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    def _check_normalize(normalize: dict[str, list[float]] | None
+                         ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         if normalize is None:
             return None
         if set(normalize) != {"mean", "std"}:

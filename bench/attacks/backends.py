@@ -46,7 +46,8 @@ def torch_gradient_attack(job: AttackJob, *, norm: str, eps: float, steps: int, 
 # MKL's sgemm (a linear layer's input gradient) gives row i of an M-row product the same bits whatever M is when M
 # is a multiple of 4, its kernel's row block; for other M (a batch's tail) some rows may take another path,
 # depending on M and the thread count (measured for M up to 300, torch 2.14 / MKL 2024.2, AVX2: M in 1-3 on 1
-# thread, 1-11 on 2, up to M = 121 on 64 threads; never a multiple of 4). So a part's batch joins a fused batch only with a multiple of 4 rows;
+# thread, 1-11 on 2, up to M = 121 on 64 threads; never a multiple of 4). So a part's batch joins a fused batch
+# only with a multiple of 4 rows;
 # another runs alone, as it would unfused.
 FUSED_ROW_BLOCK = 4
 

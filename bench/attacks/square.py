@@ -85,7 +85,8 @@ def _square_eta(s: int) -> torch.Tensor:
         d = torch.zeros(a, b)
         ca, cb = a // 2, b // 2
         for k in range(max(ca, cb) + 1):
-            d[max(ca - k, 0):min(ca - k + 2 * k + 1, a), max(cb - k, 0):min(cb - k + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
+            rows = slice(max(ca - k, 0), min(ca - k + 2 * k + 1, a))
+            d[rows, max(cb - k, 0):min(cb - k + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
         return d / d.square().sum().sqrt()
 
     d = torch.cat([rectangles(s // 2, s), -rectangles(s - s // 2, s)]) if s > 1 else torch.ones(1, 1)

@@ -128,7 +128,8 @@ def differentiable_detector(classifier, features: np.ndarray | None = None, *, s
     module: nn.Module
     if getattr(classifier, "kernel", None) in _KERNELS and hasattr(classifier, "support_vectors_"):
         if np.asarray(classifier.dual_coef_).shape[0] != 1:
-            raise ValueError(f"the detector must be a binary classifier; this SVM has {len(classifier.classes_)} classes")
+            raise ValueError(f"the detector must be a binary classifier; this SVM has {len(classifier.classes_)} "
+                             "classes")
         module = _KernelSVMScore(classifier)
     elif (hasattr(classifier, "coef_") and hasattr(classifier, "intercept_")
           and hasattr(classifier, "decision_function") and not hasattr(classifier, "support_vectors_")):

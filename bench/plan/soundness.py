@@ -69,7 +69,8 @@ def plan_checks(suite: Suite, train: TrainedModels) -> list[Task]:
                         label = base.label if v.name == base.name else v.name
                         entry = base.model_copy(update={"name": v.name, "label": label, "budgets": [v.budget],
                                                         "params": attacks.get(v.name).validate(v.params)})
-                        crafted = Task.of(CraftSpec(model, attack_ref(entry, d), v.budget, base.surface, eval_set, seed),
+                        crafted = Task.of(CraftSpec(model, attack_ref(entry, d), v.budget, base.surface, eval_set,
+                                                    seed),
                                           f"check: craft {label} {attack_budget_label(entry, v.budget)} on "
                                           f"{d.label}.{base.surface} {where}",
                                           replace(about, attack=checks.check_label(label, v.source)))

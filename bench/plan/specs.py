@@ -406,7 +406,8 @@ def spec_from_payload(kind: str, p: Mapping[str, Any], deps: list[str]) -> TaskS
         return DetectSpec(model, p["detector"], method, p["method_label"], p["folds"], p["fpr"], p["seed"],
                           p["train_attacks"], p["test_attacks"], p["data"])
     if kind == "adaptive":
-        return AdaptiveSpec(model, tuple(deps[1:]), p["detector"], p["attack_label"], EntryRef.from_payload(p["attack"]),
+        return AdaptiveSpec(model, tuple(deps[1:]), p["detector"], p["attack_label"],
+                            EntryRef.from_payload(p["attack"]),
                             p["budget"], EvalSet.from_payload(p["eval"]), p["seed"], p["detector_images"],
                             p["detector_weights"], ThresholdRule.from_payload(p["threshold"]), p.get("check"))
     raise KeyError(f"no spec for task kind {kind!r}")

@@ -283,6 +283,7 @@ def dataset_section(dataset: str, rows: list[Row], taken_files: set[str],
     detail_frame = pd.DataFrame(details, columns=list(_DETAIL_COLUMNS))
     # A metric no row of the section has (repeats, without a stochastic defense) is no column.
     empty = {m.label for m in _DETAIL_METRICS if (detail_frame[m.label] == MISSING).all()}
-    details_table = Table(heading=f"{dataset} — details", setting="details", frame=detail_frame.drop(columns=list(empty)),
+    details_table = Table(heading=f"{dataset} — details", setting="details",
+                          frame=detail_frame.drop(columns=list(empty)),
                           align=tuple(a for c, a in zip(_DETAIL_COLUMNS, _DETAIL_ALIGN) if c not in empty))
     return DatasetSection(name=dataset, tables=tables, details=details_table, plots=plots)
