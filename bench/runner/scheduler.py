@@ -28,10 +28,12 @@ from __future__ import annotations
 import functools
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
+from ..defense import defense_class_flag
 from ..plan import Plan, Task
+from ..plan.specs import CraftedScoreSpec, CraftSpec
 from ..registry import attacks, defenses, task_steps
 from ..store import Store
 from .batching import model_key
@@ -79,7 +81,7 @@ def fusion_groups(ready: list[Task], by_key: dict[str, Task], kinds: Iterable[st
             jobs.append([task])
             continue
         group = groups.setdefault(same, [])
-        if task.kind == "craft" and any(t.config.get("budget") == task.config.get("budget") for t in group):
+        if task.kind == "craft" and any(t.spec.budget == task.spec.budget for t in group):
             jobs.append([task])  # the same budget twice (other seeds of the attack): no gain in fusing
             continue
         if not group:
@@ -100,29 +102,26 @@ def fused_kinds(fuse: bool | None, on_gpu: bool) -> tuple[str, ...]:
 
 def _fusion_key(task: Task, by_key: dict[str, Task]) -> str | None:
     """What tasks must share to be fused with ``task`` (None: it runs alone)."""
-    if "fused" not in task_steps.get(task.kind).meta or _stochastic(by_key.get(task.deps[0])):
+    if "fused" not in task_steps.get(task.kind).meta or not task.config or _stochastic(by_key.get(task.model)):
         return None
-    if task.kind == "craft":
-        if not _fuses(task):
+    spec = task.spec
+    if isinstance(spec, CraftSpec):  # crafts that differ only in budget: every dependency shared
+        if not _attack_fuses(json.dumps(spec.attack.payload(), sort_keys=True, default=str)):
             return None
-        shared = {k: v for k, v in task.config.items() if k != "budget"}
-    elif task.kind == "score":
-        if task.config.get("examples") != "crafted" or len(task.deps) != 2:
-            return None
-        shared = dict(task.config)
+        shared = replace(spec, budget=None)
+    elif isinstance(spec, CraftedScoreSpec):  # scores share only the scoring model, not the crafted set
+        shared = replace(spec, craft="")
     else:
         return None
-    # Crafts share every dependency (the attacked model); scores only the scoring model, not the crafted set.
-    return json.dumps({"kind": task.kind, "model": task.deps[0], **shared}, sort_keys=True, default=str)
+    return json.dumps({"kind": task.kind, "payload": shared.payload(), "upstream": shared.upstream()},
+                      sort_keys=True, default=str)
 
 
 def _stochastic(train: Task | None) -> bool:
-    name = (train.config.get("defense") or {}).get("name") if train is not None else None
-    return name is None or bool(getattr(defenses.get(name).factory, "stochastic", False))
-
-
-def _fuses(task: Task) -> bool:
-    return _attack_fuses(json.dumps(task.config["attack"], sort_keys=True, default=str))
+    """Whether the trained defense draws randomness (unknown, None: treated as if it did, never fused)."""
+    if train is None or train.kind != "train" or not train.config:
+        return True
+    return bool(defense_class_flag(defenses.get(train.spec.defense.name).factory, "stochastic"))
 
 
 @functools.lru_cache(maxsize=256)
