@@ -391,11 +391,17 @@ def summary(work: Path, mode: str, started: float) -> dict[str, Any]:
             suite["estimated_s"] = mine["seconds"]
     from .provenance import git_commit
 
+    device = env.get("device", "unknown")
+    problems = [f"stage {s['name']}: {s['status']}" for s in stages if s["status"] not in ("ok", "skipped")]
+    if mode == "device" and device != "cuda":
+        problems.append(f"device mode, but PyTorch sees no GPU here (device {device})")
+    if not stages:
+        problems.append("no stage ran")
     return {
         "schema": 1,
         "issue": 28,
         "mode": mode,
-        "device": env.get("device", "unknown"),
+        "device": device,
         "gpus": env.get("gpus", []),
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
@@ -405,7 +411,8 @@ def summary(work: Path, mode: str, started: float) -> dict[str, Any]:
         "platform": {k: env.get(k) for k in ("platform", "machine", "cpu_count", "torch_threads")},
         "nvidia_smi": "recorded" if nvidia.is_file() and nvidia.stat().st_size else "absent",
         "stages": stages,
-        "ok": bool(stages) and all(s["status"] in ("ok", "skipped") for s in stages),
+        "ok": not problems,
+        "problems": problems,
         "tests": test_counts(work / "tests.xml"),
         "scheduler": _json(work / "scheduler.json"),
         "suite": suite,
@@ -472,9 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "summary":
         out = summary(args.work, args.mode, args.started)
         _write_json(args.out, out)
-        bad = [s["name"] for s in out["stages"] if s["status"] not in ("ok", "skipped")]
-        print(f"summary: {args.out}: device {out['device']}, {len(out['stages'])} stages in {out['seconds']}s"
-              + (f"; not ok: {', '.join(bad)}" if bad else "; all ok"))
+        print(f"summary: {args.out}: device {out['device']}, {len(out['stages'])} stages in {out['seconds']}s; "
+              + ("; ".join(out["problems"]) if out["problems"] else "all ok"))
     return 0
 
 

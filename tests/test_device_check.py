@@ -2,8 +2,8 @@
 summary a GPU run would; the pieces it sums up (GPU samples, stages, pytest's report, estimates) read right;
 the wheel list covers the dependencies; the committed estimate table has every paper-scale suite.
 
-The ``test_cuda_*`` tests need a GPU and skip without one: check.sh runs them on the device (by name: ``-k
-cuda``). Nothing else here needs one.
+The ``test_cuda_*`` tests need a GPU and skip without one: check.sh runs them on the device, selected by name
+(``-k "cuda or gpu or ..."``), so no other test here has "cuda" or "gpu" in its name. Nothing else needs one.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def smoke(tmp_path_factory):
 def test_smoke_run_passes_every_stage_and_brings_back_few_flat_files(smoke):
     rc, output, out, summary = smoke
     assert rc == 0, output[-3000:]
-    assert summary is not None and summary["ok"] is True
+    assert summary is not None and summary["ok"] is True and summary["problems"] == []
     files = sorted(p.name for p in out.iterdir())
     assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8  # the device tool brings back 8, flat
     assert {"summary.json", "check.log", "scheduler.csv", "estimates.csv"} <= set(files)
@@ -117,6 +117,17 @@ def test_stage_lines_read_as_ok_timeout_failed_or_skipped(tmp_path):
         ("install", "skipped", None), ("env", "ok", 0), ("suite", "timeout", 124), ("tests", "timeout", 137),
         ("scheduler", "failed", 1)]
     assert dc.read_stages(tsv)[1]["seconds"] == 1.2 and dc.read_stages(tsv)[4]["note"] == "boom"
+
+
+def test_summary_is_not_ok_for_a_failed_stage_or_a_device_run_on_a_cpu(tmp_path):
+    (tmp_path / "env.json").write_text(json.dumps({"device": "cpu", "gpus": [], "versions": {"torch": "x"}}))
+    (tmp_path / "stages.tsv").write_text("env\t0\t1\t45\t\nsuite\t124\t240\t240\t\n")
+    out = dc.summary(tmp_path, "device", started=0.0)
+    assert out["ok"] is False and out["problems"] == [
+        "stage suite: timeout", "device mode, but PyTorch sees no GPU here (device cpu)"]
+    assert out["tests"] == {"status": "no report"} and out["suite"] is None and out["nvidia_smi"] == "absent"
+    (tmp_path / "stages.tsv").write_text("env\t0\t1\t45\t\n")
+    assert dc.summary(tmp_path, "smoke", started=0.0)["ok"] is True
 
 
 def test_pytest_report_counts_and_names_failures(tmp_path):
