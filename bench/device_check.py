@@ -118,7 +118,7 @@ def suite_report(store_dir: Path, suite_path: Path, wall_s: float | None = None)
         rows = [r for r in db.execute("SELECT key, kind, status, wall_time_s, batch_size, error FROM tasks")
                 if r[0] in keys]
     by_kind: dict[str, dict[str, Any]] = {}
-    for key, kind, status, wall, batch, error in rows:
+    for _key, kind, status, wall, batch, _error in rows:
         k = by_kind.setdefault(kind, {"tasks": 0, "done": 0, "seconds": 0.0, "batch_sizes": {}})
         k["tasks"] += 1
         if status == "done":
