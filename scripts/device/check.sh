@@ -18,7 +18,7 @@
 # check.log (every stage's output), and where measured gpu.csv, nvidia-smi.txt, scheduler.csv, estimates.csv.
 # Scratch (store, data, site-packages) goes to $WORK (default: a new folder under /tmp).
 # Settings (environment): OUT (default: results/device-check), WORK, PYTHON (default: python3), WORKERS
-# (pool workers per device, default 2), CHECK_TOTAL_S (every stage's limit is cut to what is left of this;
+# (pool workers per device, default 2: on a CPU one thread each, which tiny nets need on a busy machine), CHECK_TOTAL_S (every stage's limit is cut to what is left of this;
 # default 470 s, so the whole check ends within 8 minutes), CHECK_STAGES (a space-separated subset to run).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -51,7 +51,7 @@ export REPO WORK OUT PY MODE
 if [ "$MODE" = smoke ]; then
     SUITE=scripts/device/tiny.yaml
     DEVICE=cpu
-    export WORKERS="${WORKERS:-1}" SCHED_N=32 SCHED_OPTIONS="--no-pool --repeats 1"
+    export WORKERS="${WORKERS:-2}" SCHED_N=32 SCHED_OPTIONS="--no-pool --repeats 1"
     ESTIMATE_SUITES="$SUITE"
     TEST_FILES="tests/test_device_check.py"
 else
@@ -97,6 +97,9 @@ stage() {
 }
 
 skip() {  # skip NAME NOTE: a stage this mode does not run
+    if [ -n "${CHECK_STAGES:-}" ] && [[ " $CHECK_STAGES " != *" $1 "* ]]; then
+        return
+    fi
     printf '%s\tskipped\t0\t\t%s\n' "$1" "$2" >> "$WORK/stages.tsv"
     log "== $1: skipped ($2)"
 }
