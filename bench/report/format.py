@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import re
 
-import pandas as pd
+
+from ..newest_rows import is_missing  # noqa: F401  (the one missing-value test; the report imports it from here)
 
 MISSING = "—"  # cell text where no number exists (not run, or not computable)
 PLOTS_DIR = "plots"  # PNGs, relative to the leaderboard directory (and so in README/HTML links)
 PCT = "pct"  # a MetricSpec.fmt: a fraction written as a percentage
-
-
-def is_missing(value) -> bool:
-    """No value: None, or NaN/NaT (how pandas reads a NULL); arrays and other containers are not missing."""
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def pct(value, of=None) -> str:
