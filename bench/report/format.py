@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-
 from ..newest_rows import is_missing  # noqa: F401  (the one missing-value test; the report imports it from here)
 
 MISSING = "—"  # cell text where no number exists (not run, or not computable)
