@@ -150,7 +150,7 @@ class ProcessWorkers:
         self._start(slot)
 
     def close(self) -> None:
-        for slot, conn in self._conns.items():
+        for conn in self._conns.values():
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):

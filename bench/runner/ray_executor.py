@@ -117,7 +117,8 @@ class RayExecutor:
                             "and --workers instead of --devices")
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
-        if gpus_per_worker is not None and (gpus_per_worker < 0 or (gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker))):
+        whole = gpus_per_worker is None or gpus_per_worker == int(gpus_per_worker)
+        if gpus_per_worker is not None and (gpus_per_worker < 0 or (gpus_per_worker > 1 and not whole)):
             raise UserError(f"--gpus-per-worker must be a share of one GPU (0 to 1) or a whole number, "
                             f"got {gpus_per_worker}")
         self.ray = ray
