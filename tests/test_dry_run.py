@@ -58,7 +58,7 @@ def test_cifar10_dry_run_without_data_prints_task_count_and_measured_estimate(ca
     code, out, err = run_cli(capsys, "run", SUITES / "cifar10.yaml", "--dry-run", "--store", store, "--data-dir", data)
     assert code == 0, err
     line = summary(out)
-    assert line.startswith("143 tasks planned: 0 done, 143 to run, about ")
+    assert line.startswith("335 tasks planned: 0 done, 335 to run, about ")  # pgd-at and trades rows: issue 27
     device = "cuda" if HAVE_CUDA else "cpu"
     # the source: a pass of each of the suite's architectures timed on this machine's device
     assert f"cost model: measured on {device}" in line and "strauss-cifar" in line and "resnet18" in line
@@ -87,7 +87,7 @@ def test_full_scale_suites_dry_run_offline_for_a_gpu_this_machine_may_lack(name,
         assert "assumed for cuda, which this machine lacks" in line and "TFLOP/s" in line
     assert re.search(r"; [\d.]+ [PTGE]?FLOP counted", out)
     if name == "cifar10":
-        assert len(plan.tasks) == 143  # the count issue 25 quotes
+        assert len(plan.tasks) == 335  # issue 25 quoted 143; issue 27 added the pgd-at and trades rows
 
 
 def test_real_run_still_refuses_a_device_this_machine_lacks(capsys, tmp_path):
@@ -205,7 +205,7 @@ def test_a_context_without_file_checks_reads_nothing_on_disk(tmp_path):
         check_available("cifar10", {}, ctx)
     check_available("cifar10", {}, DataContext(tmp_path / "missing", check_files=False))
     suite = load_suite(SUITES / "cifar10.yaml", data_ctx=DataContext(tmp_path, check_files=False))
-    assert len(build_plan(suite).tasks) == 143
+    assert len(build_plan(suite).tasks) == 335  # 143 before issue 27 added the pgd-at and trades rows
 
 
 def test_validate_warns_of_a_suite_whose_estimate_is_absurd(capsys, write_suite, monkeypatch):
