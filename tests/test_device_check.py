@@ -192,6 +192,7 @@ def test_estimate_rows_price_a_suite_and_name_where_its_time_goes():
 
 # ---- on a GPU only (check.sh runs these on the device) ------------------------------------------------------
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_fused_budgets_give_what_each_budget_gives_alone():
     from bench.benchmark_scheduler import fused_rows
@@ -200,6 +201,7 @@ def test_cuda_fused_budgets_give_what_each_budget_gives_alone():
     assert rows and all(r["identical"] for r in rows), [(r["attack"], r["identical"]) for r in rows]
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_pool_stores_the_numbers_one_process_stores(tmp_path):
     import sqlite3

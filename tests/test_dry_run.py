@@ -53,6 +53,7 @@ class FixedRates:
         return f"fixed for {', '.join(labels)}"
 
 
+@pytest.mark.cuda
 def test_cifar10_dry_run_without_data_prints_task_count_and_measured_estimate(capsys, tmp_path):
     store, data = tmp_path / "store", tmp_path / "empty"
     code, out, err = run_cli(capsys, "run", SUITES / "cifar10.yaml", "--dry-run", "--store", store, "--data-dir", data)
@@ -74,6 +75,7 @@ def test_cifar10_dry_run_without_data_prints_task_count_and_measured_estimate(ca
     assert code == 2 and "dataset 'cifar10': not found" in err and not store.exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", FULL_SCALE)
 def test_full_scale_suites_dry_run_offline_for_a_gpu_this_machine_may_lack(name, capsys, tmp_path):
     plan = build_plan(load_suite(SUITES / f"{name}.yaml"))  # no data context: nothing on disk is read

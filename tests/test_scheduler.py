@@ -280,6 +280,7 @@ def test_a_pool_run_and_a_sequential_run_share_one_store_without_duplicates(pool
 
 # -- batch sizes: the largest that fits, halved on out-of-memory ------------------------------------------
 
+@pytest.mark.cuda
 def test_out_of_memory_halves_the_batch_and_remembers_what_fitted():
     forget_fitted()
     task = Task("craft", "k1", "craft x", {}, ["train-key"])
@@ -375,6 +376,7 @@ def test_a_worker_prefers_jobs_on_the_model_it_holds_and_otherwise_the_longest()
     assert Scheduler._pick([], "w0", memory, {}) is None
 
 
+@pytest.mark.cuda
 def test_devices_are_checked_against_this_machine():
     assert parse_devices("cpu") == ["cpu"]
     if not torch.cuda.is_available():

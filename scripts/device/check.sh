@@ -64,8 +64,8 @@ else
 fi
 # The tests that take a CUDA path where PyTorch sees a GPU (no marker yet: selected by name). In --smoke only
 # this file's CUDA-only tests, which skip on a CPU: the wiring is what the smoke run checks.
-TEST_K="${TEST_K:-cuda or gpu or devices_are_checked or out_of_memory or measured_estimate}"
-export SUITE DEVICE ESTIMATE_SUITES TEST_FILES TEST_K
+TEST_M="${TEST_M:-cuda}"  # the tests marked @pytest.mark.cuda (pyproject.toml)
+export SUITE DEVICE ESTIMATE_SUITES TEST_FILES TEST_M
 
 log() { echo "$*" | tee -a "$LOG"; }
 
@@ -167,7 +167,7 @@ stage_scheduler() {
 
 stage_tests() {
     # shellcheck disable=SC2086
-    "$PY" -m pytest -q -p no:cacheprovider $TEST_FILES -k "$TEST_K" --junitxml="$WORK/tests.xml" -o addopts=""
+    "$PY" -m pytest -q -p no:cacheprovider $TEST_FILES -m "$TEST_M" --junitxml="$WORK/tests.xml" -o addopts=""
 }
 
 stage_estimates() {
