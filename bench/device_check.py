@@ -54,16 +54,11 @@ STAGE_STATUS = {0: "ok", 124: "timeout", 137: "timeout"}  # else "failed"; "skip
 
 def environment() -> dict[str, Any]:
     """Where the check ran: Python, torch and its CUDA/cuDNN, the GPUs torch sees, the packages' versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
+    from .provenance import versions_of
+
+    versions = versions_of(PACKAGES, None)
     versions["torch_cuda"] = torch.version.cuda
     versions["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     gpus = []

@@ -17,15 +17,20 @@ PACKAGES = ("advbench", "torch", "torchvision", "adversarial-robustness-toolbox"
             "scikit-learn", "pandas")
 
 
-@lru_cache(maxsize=1)
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
+def versions_of(packages: Iterable[str], missing: Any) -> dict[str, Any]:
+    """Python's version and each installed distribution's (``missing`` for one not installed)."""
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for name in packages:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            out[name] = "not installed"
+            out[name] = missing
     return out
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    return versions_of(PACKAGES, "not installed")
 
 
 def environment() -> dict[str, str]:
