@@ -12,19 +12,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..registry import task_steps
 from .specs import TaskSpec, spec_from_payload
 
 if TYPE_CHECKING:
     from ..config import Suite
 
 
-def task_key(kind: str, config: dict[str, Any], deps: list[str], version: str | None = None) -> str:
+def task_key(kind: str, config: dict[str, Any], deps: list[str], version: str) -> str:
     """The hash of everything that determines a task's output: its kind, its config (a spec's payload), the keys
-    of the tasks it consumes, and ``version``, the version of its kind's step (``TaskSpec.version``; for a
-    plugin's kind, the version its step is registered with in ``bench.registry.task_steps``)."""
-    step = version if version is not None else task_steps.get(kind).version
-    blob = json.dumps({"kind": kind, "step": step, "config": config, "deps": deps}, sort_keys=True, default=str)
+    of the tasks it consumes, and ``version``, the version of its kind's step (``TaskSpec.version``)."""
+    blob = json.dumps({"kind": kind, "step": version, "config": config, "deps": deps}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -87,7 +84,8 @@ class Task:
 
     @property
     def info(self) -> dict[str, Any]:
-        """``about`` as a dict (every field; None where it does not apply)."""
+        """``about`` as a dict (every field; None where it does not apply): the shape tests read; the harness
+        itself reads ``about``'s typed fields."""
         return self.about.as_dict()
 
 
