@@ -40,7 +40,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -276,11 +276,13 @@ def torchattacks_cases() -> list[Case]:
     return out
 
 
-def _interleaved_best(runs: dict[str, Callable[[], torch.Tensor]], repeats: int
-                      ) -> dict[str, tuple[float, torch.Tensor]]:
-    """Best wall time of each run over ``repeats`` rounds, alternating between them so that a slow
-    stretch of the machine (another process, frequency scaling) hits all of them alike."""
-    best: dict[str, tuple[float, torch.Tensor]] = {}
+Output = TypeVar("Output")
+
+
+def interleaved_best(runs: dict[str, Callable[[], Output]], repeats: int) -> dict[str, tuple[float, Output]]:
+    """Best wall time of each run (and its output) over ``repeats`` rounds, alternating between them so that a
+    slow stretch of the machine (another process, frequency scaling) hits all of them alike."""
+    best: dict[str, tuple[float, Output]] = {}
     for _ in range(repeats):
         for name, fn in runs.items():
             start = time.perf_counter()
@@ -350,10 +352,10 @@ def run_attack_benchmark(n: int = 256, device: str = "cpu", only: list[str] | No
         baseline = lambda: case.baseline(model, xb, yb)
         if case.baseline_n or repeats == 1:  # one run each (a slow library baseline, or minutes per run)
             attack.run(model, x[:8], y[:8], case.budget, batch_size=8, device=dev, seed=0)  # warm-up
-            timed = _interleaved_best({"harness": harness, "baseline": baseline}, 1)
+            timed = interleaved_best({"harness": harness, "baseline": baseline}, 1)
         else:  # warm both on the full batch (kernel selection), then alternate
             harness(), baseline()
-            timed = _interleaved_best({"harness": harness, "baseline": baseline}, repeats)
+            timed = interleaved_best({"harness": harness, "baseline": baseline}, repeats)
         (t_h, adv_h), (t_b, adv_b) = timed["harness"], timed["baseline"]
         # Strength on the examples both ran on.
         acc_h, l2_h = _strength(model, x[:nb], adv_h[:nb], y[:nb], dev)
@@ -416,7 +418,7 @@ def run_ensemble_benchmark(members: tuple[int, ...] | list[int] = (3, 10), n: in
             runs = {name: (lambda s=s: fn(s)) for name, s in surfaces.items()}
             for run in runs.values():  # warm-up: kernel selection, allocator
                 run()
-            timed = _interleaved_best(runs, repeats)
+            timed = interleaved_best(runs, repeats)
             (t_loop, out_loop), (t_batched, out_batched) = timed["loop"], timed["batched"]
             rows.append({
                 "members": m, "pass": label, "loop ex/s": round(len(x) / t_loop, 1),

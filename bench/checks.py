@@ -1,4 +1,5 @@
-"""Soundness checks of a robustness evaluation: the seven classic mistakes, as data, and their verdicts.
+"""Soundness checks of a robustness evaluation: the seven classic mistakes, as data, and their verdicts (and
+an eighth where a suite certifies: bench.report.certified).
 
 After Carlini et al. 2019 ("On Evaluating Adversarial Robustness", Sec. 4-5), Athalye et al. 2018 and
 Tramèr et al. 2020 ("On Adaptive Attacks"). Every (dataset, defense, threat model) row of a suite is
@@ -39,6 +40,8 @@ Rules (``CHECKS`` says each in words and what to run next):
 6. noise: random noise beats the best white-box gradient attack at its budget -> flag.
 7. gradients: the share of probed examples whose input gradient is zero, NaN or vanishing (L2 norm below
    ``VANISHING_GRADIENT``) has its interval wholly above ``GRADIENT_SHARE`` -> flag.
+8. certificates: an example certified at ε (bench.certify) was broken by a stored attack within ε -> flag
+   (decided per example in ``bench.report.certified``, from the certificates table).
 """
 
 from __future__ import annotations
@@ -204,6 +207,9 @@ CHECKS: tuple[Check, ...] = (
           "the gradient is not useful: run square, and attack the model without its non-differentiable parts (BPDA)"),
     Check(7, "gradients", "input gradients are zero, NaN or vanishing on a large share of examples",
           "attack a loss that does not saturate (logit margin, apgd-dlr), or the logits before the softmax"),
+    Check(8, "certificates", "an example certified at ε was broken by an attack within ε: the certificate or the "
+          "attack is wrong", "re-run the certificate and the attack on the named test images: check the bounds' "
+          "layers (bench.certify) and the attack's budget projection"),
 )
 CHECK_BY_NUMBER = {c.number: c for c in CHECKS}
 
@@ -388,7 +394,9 @@ def _stochastic(probes: list[_Row], rows: list[_Row]):
     evidence = Evidence(f"clean passes disagree ({probes[0].found.get('passes', PROBE_PASSES)} passes)", changed, n)
     scored = [r for r in rows if _suite_row(r) and r.source == "white-box"]
     repeated = bool(scored) and all(r.repeats > 1 for r in scored)
-    eot = any(int(r.params.get("eot", 1) or 1) > 1 for r in scored)
+    # AutoAttack's rand version is its EOT version (Croce & Hein 2020: APGD with eot_draws gradients per step).
+    eot = any(int(r.params.get("eot", 1) or 1) > 1
+              or (r.params.get("version") == "rand" and int(r.params.get("eot_draws", 20) or 1) > 1) for r in scored)
     stochastic = changed >= 2 and evidence.share >= STOCHASTIC_SHARE
     detail = (f"scored with {min((r.repeats for r in scored), default=1)} prediction(s) per example; "
               f"{'an' if eot else 'no'} EOT attack") if stochastic else "deterministic"

@@ -27,8 +27,8 @@ from pathlib import Path
 from .errors import UserError
 
 # The keys of bench.registry.REGISTRIES (not imported here: `advbench --help` stays fast).
-REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors", "classifiers", "executors",
-                  "views")
+REGISTRY_KINDS = ("defenses", "attacks", "datasets", "architectures", "baseline-detectors", "classifiers", "certifiers",
+                  "executors", "views")
 
 DEFAULT_STORE = "results"
 DEFAULT_LEADERBOARD = "leaderboard"
@@ -175,13 +175,15 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", "benchmarks of the harness itself",
                     "Measure the harness against a baseline run in the same process and write the table to "
                     "<out>/<what>.csv and .json: attacks (throughput and strength), ensembles (members in a loop "
-                    "vs batched), numerics (portable vs native CPU kernels), scheduler (executors on a suite).")
-    bench.add_argument("what", choices=["attacks", "ensembles", "numerics", "scheduler"],
+                    "vs batched), numerics (portable vs native CPU kernels), scheduler (executors on a suite), "
+                    "certify (randomized smoothing's CERTIFY, ours vs ART's: radii and throughput).")
+    bench.add_argument("what", choices=["attacks", "ensembles", "numerics", "scheduler", "certify"],
                        help="which benchmark: %(choices)s")
     bench.add_argument("--suite", type=Path, default=Path("suites/mnist-quick.yaml"),
                        help="scheduler: the suite run cold by the sequential executor and 1 and 2 pool workers")
     bench.add_argument("--epochs", type=int, default=2, help="numerics: training epochs per probe")
     bench.add_argument("--n", type=int, default=256, help="examples per attack or timed ensemble pass")
+    bench.add_argument("--images", type=int, default=100, help="certify: test images certified")
     bench.add_argument("--device", default="cpu", help="attacks, ensembles, scheduler: the device to measure on")
     bench.add_argument("--attacks", nargs="*",
                        help="attacks: a subset of benchmark names (or 'torchattacks'); their rows replace the "
@@ -287,7 +289,7 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
     from .registry import UnknownName
     from .report import build_leaderboard
 
-    results, detections = store.results(), store.detections()
+    results, detections, certificates = store.results(), store.detections(), store.certificates()
     if suite is not None:
         known = store.suites()
         if suite not in known:
@@ -296,6 +298,8 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
         mine = results["key"].isin(keys)
         results = results[mine].assign(plan_suites=[[suite]] * int(mine.sum()))  # this suite's sections only
         detections = detections[detections["task_key"].isin(keys)]
+        certified = certificates["task_key"].isin(keys)
+        certificates = certificates[certified].assign(plan_suites=[[suite]] * int(certified.sum()))
     if results.empty and detections.empty and (out / "README.md").exists():
         # A run that stored nothing (every training failed, a new store) must not wipe a good leaderboard.
         print(f"leaderboard: the store has no results yet; {out} left as it was")
@@ -305,7 +309,7 @@ def _rebuild_leaderboard(store, out: Path, suite: str | None = None) -> list[Pat
 
     try:
         paths = build_leaderboard(results, out, detections=detections, settings=store.suite_settings(),
-                                  on_problem=warn)
+                                  on_problem=warn, certificates=certificates)
     except OSError as e:  # a read-only or full disk, a file where the directory should be
         raise UserError(f"{out}: cannot write the leaderboard there: {e.strerror or e}"
                         f"{f' ({e.filename})' if e.filename else ''}") from None
@@ -474,6 +478,11 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import run_attack_benchmark, run_ensemble_benchmark
 
+    if args.what == "certify":
+        from .benchmark_certify import run_certify_benchmark
+
+        run_certify_benchmark(n=args.images, device=args.device, repeats=args.repeats, out_dir=args.out)
+        return 0
     if args.what == "numerics":  # trains in child processes: the kernel choice is fixed per process
         from .benchmark import run_numerics_benchmark
 

@@ -34,10 +34,11 @@ import yaml
 from .errors import UserError
 from .suite_checks import check_semantics, defense_references
 # The schema's models, read by the plan through this module (the suite's one front door).
-from .suite_schema import (AdaptiveAttackEntry, AttackEntry, BaselineEntry, DatasetEntry, DefenseEntry,
-                           DetectorAttackEntry, DetectorEntry, OutDistributionEntry, Suite, key_path, schema_errors)
+from .suite_schema import (AdaptiveAttackEntry, AttackEntry, BaselineEntry, CertificateEntry, DatasetEntry,
+                           DefenseEntry, DetectorAttackEntry, DetectorEntry, OutDistributionEntry, Suite, key_path,
+                           schema_errors)
 
-__all__ = ["AdaptiveAttackEntry", "AttackEntry", "BaselineEntry", "DatasetEntry", "DefenseEntry",
+__all__ = ["AdaptiveAttackEntry", "AttackEntry", "BaselineEntry", "CertificateEntry", "DatasetEntry", "DefenseEntry",
            "DetectorAttackEntry", "DetectorEntry", "OutDistributionEntry", "Suite", "defense_references",
            "load_suite", "suite_from_mapping"]
 

@@ -17,10 +17,12 @@ adversarial-example detector on their features, which the detector task steps ar
 Optional hooks, each declared on ``Defense`` with the default that means "not used", so the harness reads
 them as plain attributes (never by ``hasattr``/``getattr``):
 
-* flags: ``stochastic``, ``forward_passes``, ``has_reject_class``, ``is_detector``, ``defense_references``;
+* flags: ``stochastic``, ``forward_passes``, ``has_reject_class``, ``is_detector``, ``is_smoothed`` (with
+  ``smoothed_base``), ``gradient_surface``, ``defense_references``;
 * ``data_context``: set by the train step before ``fit`` (a defense that loads a second dataset reads it);
 * ``resolve_params(params)`` (classmethod): the parameters a task key hashes (the plan), e.g. a weights
   file's SHA-256 pinned in;
+* ``training_factor(params)`` (classmethod): training passes relative to plain training (the cost model);
 * ``check_input_shape(shape)``: suite validation, raising ValueError where the defense cannot take a
   dataset's images.
 
@@ -50,8 +52,17 @@ class Defense:
 
     # Flags the harness reads.
     stochastic: ClassVar[bool] = False       # predictions vary between calls (test-time noise, sampling)
-    has_reject_class: ClassVar[bool] = False  # the deployed model has an extra "reject" output
+    # The deployed model has an extra "reject" output (K) that counts as a rejection (a class default a defense
+    # may set per instance: randomized smoothing's ``abstain``).
+    has_reject_class: bool = False
     is_detector: ClassVar[bool] = False
+    # A smoothed classifier (randomized smoothing): ``smoothed_base`` gives its base classifier and noise level,
+    # which a smoothing certificate (bench.certify) reads.
+    is_smoothed: ClassVar[bool] = False
+    # The surface whose input gradients stand for the deployed model's in soundness check 7 (the probe): a
+    # deployed model that is not differentiable by design (randomized smoothing's vote count) names the surface
+    # its gradient attacks use.
+    gradient_surface: ClassVar[str] = "deployed"
     forward_passes: int = 1                   # forward passes per prediction (may be set per instance)
     # Parameters whose value is the label of another defense of the suite whose trained model ``fit`` reads
     # (e.g. the dustbin's ``features_from``): the plan makes that train task an input of this one, and the
@@ -72,6 +83,13 @@ class Defense:
         so a changed file changes the keys. Default: ``params`` themselves, unchanged."""
         return params
 
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """Training passes relative to plain training (epochs × images × a forward and backward through the model)
+        that ``fit`` with these validated ``params`` makes: what the cost model prices (bench.runner.cost). Default
+        1: plain training."""
+        return 1.0
+
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
         """Suite validation, on the built but untrained defense, once per dataset (``shape``: C, H, W): raise
         ValueError (one line) where it cannot take that dataset's images (a user's network, a second
@@ -80,6 +98,11 @@ class Defense:
 
     def setup(self, spec: InputSpec, *, seed: int, device: torch.device) -> None:
         raise NotImplementedError
+
+    def smoothed_base(self) -> tuple[nn.Module, float]:
+        """A smoothed classifier's base classifier (K logits) and the std σ of its Gaussian noise (``is_smoothed``
+        defenses only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a smoothed classifier")
 
     def fit(self, data: DatasetSplits, *, seed: int, progress: bool = True) -> None:
         raise NotImplementedError
@@ -136,7 +159,8 @@ class Defense:
 
 # The hooks and flags ``defense_class_flag`` reads: what is known of a defense before it is built.
 # (Not ``forward_passes``: a defense may set it per instance, from its parameters: read it on the built one.)
-CLASS_HOOKS = ("stochastic", "has_reject_class", "is_detector", "defense_references", "resolve_params")
+CLASS_HOOKS = ("stochastic", "has_reject_class", "is_detector", "is_smoothed", "gradient_surface",
+               "defense_references", "resolve_params", "training_factor")
 
 
 def defense_class_flag(factory: Callable[..., Any], name: str) -> Any:

@@ -435,13 +435,16 @@ classifiers = Registry("classifier", "advbench.classifiers", ("bench.detection.c
 ClassifierName = registry_name(classifiers)  # a parameter naming one (``defenses/bimodel_detector.py``)
 # The harness's own parts, pluggable the same way (docs/architecture.md):
 # what a task of each kind does (meta: the store table its rows go to; version: part of its task keys),
-task_steps = Registry("task kind", "advbench.task_steps", ("bench.runner.steps", "bench.runner.detector_steps"))
+task_steps = Registry("task kind", "advbench.task_steps", ("bench.runner.steps", "bench.runner.detector_steps",
+                                                            "bench.runner.certify_steps"))
 # and what runs a plan's tasks (``advbench run --executor NAME``).
 executors = Registry("executor", "advbench.executors", ("bench.runner.local", "bench.runner.pool",
                                                               "bench.runner.ray_executor"))
+# Certificate methods (a suite's ``certificates:`` entries name one): lower bounds on robust accuracy.
+certifiers = Registry("certificate method", "advbench.certifiers", ("bench.certify.methods",))
 views = Registry("view", "advbench.views", ("bench.report.views", "bench.report.randomized_views",
                                            "bench.report.dustbin_views"))
 
 REGISTRIES = {"datasets": datasets, "architectures": architectures, "defenses": defenses, "attacks": attacks,
-              "baseline-detectors": baseline_detectors, "classifiers": classifiers, "executors": executors,
-              "views": views}
+              "baseline-detectors": baseline_detectors, "classifiers": classifiers, "certifiers": certifiers,
+              "executors": executors, "views": views}

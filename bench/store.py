@@ -52,14 +52,33 @@ RESULT_COLUMNS = [
     # attacked test indices, and the perturbation's L2 and L∞ size, so a minimum-norm attack's examples count
     # at every budget they fit in and rows over overlapping images combine (bench.report.best_known).
     "example_indices", "perturbation_l2", "perturbation_linf",
+    # Per example, where the deployed model abstained on some of them without a reject option (randomized
+    # smoothing, ``abstain: error``): it decided a wrong class (not "abstain") in some repeat. Check 8 reads it
+    # (an abstention contradicts no certificate); NULL where ``correct`` says the same (added later).
+    "wrong_class",
 ]
 # The per-example arrays of a results row besides ``correct`` (bit-packed): column -> numpy dtype of its blob.
-PER_EXAMPLE_ARRAYS = {"example_indices": np.int64, "perturbation_l2": np.float32, "perturbation_linf": np.float32}
+PER_EXAMPLE_ARRAYS = {"example_indices": np.int64, "perturbation_l2": np.float32, "perturbation_linf": np.float32,
+                      "wrong_class": np.bool_}
 
 
 def array_blob(value, dtype) -> bytes | None:
     """A per-example array as stored: its values' bytes in ``dtype`` (None stays NULL)."""
     return None if value is None else np.ascontiguousarray(np.asarray(value, dtype=dtype)).tobytes()
+
+
+def _decoded(frame, arrays: dict[str, Any]):
+    """A results or certificates frame as read: ``plan_suites`` a list, ``correct`` and the per-example ``arrays``
+    (column -> dtype) arrays again (None where NULL; a read-only older store may lack a column)."""
+    frame["plan_suites"] = [sorted(s.split("\n")) if isinstance(s, str) else [] for s in frame["plan_suites"]]
+    frame["correct"] = [
+        None if blob is None else np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=int(n)).astype(bool)
+        for blob, n in zip(frame["correct"], frame["n"])
+    ]
+    for column, dtype in arrays.items():
+        blobs = frame[column] if column in frame.columns else [None] * len(frame)
+        frame[column] = [None if blob is None else np.frombuffer(blob, dtype=dtype).copy() for blob in blobs]
+    return frame
 
 
 def examples_digest(indices) -> str:
@@ -87,6 +106,18 @@ DETECTION_COLUMNS = [
     "batch_size",
 ]
 
+# Certificates (bench.certify): one row per (certify task, budget). ``correct``: per example, classified right
+# AND certified at the budget (bit-packed, as a results row's); ``radius``: per example, the radius within which
+# it is certified right, where the method gives one (randomized smoothing's L2 radius; 0 where it abstains or its
+# class is wrong); ``abstained``: examples
+# a smoothed classifier abstained on; ``unsupported``: why the method could not take the network (then no
+# number: the leaderboard shows "—" and this reason).
+CERTIFICATE_COLUMNS = [
+    "key", "task_key", "suite", "dataset", "defense", "defense_name", "defense_config", "method", "method_config",
+    "threat_model", "budget", "seed", "n", "certified", "clean_correct", "abstained", "unsupported",
+    "correct", "example_indices", "radius", "wall_time_s", "versions", "git_commit", "created_at", "batch_size",
+]
+
 # A task's status row. ``inputs``: the SHA-256 of each upstream artifact as the task read it ({key: hash}),
 # so a task whose producer was re-run with a different output is recomputed (added later: last).
 TASK_COLUMNS = ["key TEXT PRIMARY KEY", "kind TEXT NOT NULL", "label TEXT NOT NULL", "status TEXT NOT NULL",
@@ -95,7 +126,10 @@ TASK_COLUMNS = ["key TEXT PRIMARY KEY", "kind TEXT NOT NULL", "label TEXT NOT NU
 _TASK_NAMES = [c.split()[0] for c in TASK_COLUMNS]
 
 # The tables task steps write rows to (a step's registered ``table``), and their columns.
-TABLES = {"results": RESULT_COLUMNS, "detection_results": DETECTION_COLUMNS}
+TABLES = {"results": RESULT_COLUMNS, "detection_results": DETECTION_COLUMNS, "certificates": CERTIFICATE_COLUMNS}
+# Per table, its per-example arrays besides ``correct``: column -> numpy dtype of its blob.
+TABLE_ARRAYS = {"results": PER_EXAMPLE_ARRAYS, "detection_results": {},
+                "certificates": {"example_indices": np.int64, "radius": np.float32}}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -106,6 +140,9 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS detection_results (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in DETECTION_COLUMNS)}
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    {", ".join(c + (" TEXT PRIMARY KEY" if c == "key" else "") for c in CERTIFICATE_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS suite_plans (suite TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (suite, key));
 CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
@@ -235,7 +272,7 @@ class Store:
                 values = {c: row.get(c) for c in columns}
                 if values.get("correct") is not None:  # per-example flags, bit-packed
                     values["correct"] = np.packbits(np.asarray(values["correct"], dtype=bool)).tobytes()
-                for column, dtype in (PER_EXAMPLE_ARRAYS.items() if table == "results" else ()):
+                for column, dtype in TABLE_ARRAYS[table].items():
                     values[column] = array_blob(values.get(column), dtype)
                 db.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES "
                            f"({', '.join('?' * len(columns))})", [values[c] for c in columns])
@@ -402,16 +439,7 @@ class Store:
                  "AS plan_suites FROM results r")
         if current_only:
             query += " WHERE r.key IN (SELECT key FROM suite_plans)"
-        frame = pd.read_sql_query(query, self._db)
-        frame["plan_suites"] = [sorted(s.split("\n")) if isinstance(s, str) else [] for s in frame["plan_suites"]]
-        frame["correct"] = [
-            None if blob is None else np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=int(n)).astype(bool)
-            for blob, n in zip(frame["correct"], frame["n"])
-        ]
-        for column, dtype in PER_EXAMPLE_ARRAYS.items():  # a read-only older store may lack the column
-            blobs = frame[column] if column in frame.columns else [None] * len(frame)
-            frame[column] = [None if blob is None else np.frombuffer(blob, dtype=dtype).copy() for blob in blobs]
-        return frame
+        return _decoded(pd.read_sql_query(query, self._db), PER_EXAMPLE_ARRAYS)
 
     def rows_missing(self, column: str, keys: list[str]) -> list[str]:
         """The keys among ``keys`` of result rows whose ``column`` is empty (written before it existed)."""
@@ -436,6 +464,19 @@ class Store:
         if current_only:
             query += " WHERE task_key IN (SELECT key FROM suite_plans)"
         return pd.read_sql_query(query, self._db)
+
+    def certificates(self, *, current_only: bool = True):
+        """All certificate rows as a DataFrame, per-example arrays decoded; by default only those of tasks in some
+        suite's latest plan (``plan_suites``: which)."""
+        import pandas as pd
+
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'certificates'").fetchone():
+            return pd.DataFrame(columns=[*CERTIFICATE_COLUMNS, "plan_suites"])  # a store from before them, read-only
+        query = ("SELECT c.*, (SELECT group_concat(p.suite, char(10)) FROM suite_plans p WHERE p.key = c.task_key) "
+                 "AS plan_suites FROM certificates c")
+        if current_only:
+            query += " WHERE c.task_key IN (SELECT key FROM suite_plans)"
+        return _decoded(pd.read_sql_query(query, self._db), TABLE_ARRAYS["certificates"])
 
     def failed_tasks(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
         cur = self._db.execute("SELECT key, label, error FROM tasks WHERE status = 'failed'")

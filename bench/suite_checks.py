@@ -15,7 +15,7 @@ import pydantic
 from .attacks.base import BUDGET_KINDS, shape_words
 from .defense import Defense, DetectorDefense, defense_class_flag
 from .errors import UserError
-from .registry import UnknownName, attacks, baseline_detectors, datasets, defenses
+from .registry import UnknownName, attacks, baseline_detectors, certifiers, datasets, defenses
 from .threat_models import ThreatModel
 from .suite_schema import DatasetEntry, DefenseEntry, OutDistributionEntry, Suite, schema_errors
 
@@ -107,7 +107,8 @@ def check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | Non
     errors: list[str] = []
     warnings = [] if warnings is None else warnings
     for key, items in (("datasets", suite.datasets), ("defenses", suite.defenses), ("attacks", suite.attacks),
-                       ("detector_attacks", suite.detector_attacks), ("detectors", suite.detectors)):
+                       ("detector_attacks", suite.detector_attacks), ("detectors", suite.detectors),
+                       ("certificates", suite.certificates)):
         _unique_labels(items, key, path, errors)
     if not suite.defenses and not suite.detectors:
         errors.append(f"{path}: defenses: a suite needs at least one defense or detector")
@@ -219,7 +220,34 @@ def check_semantics(suite: Suite, path: str, data_ctx, warnings: list[str] | Non
         else:
             _check_headline(tm, budget, eps_budgets.get(tm), path, errors, warnings)
     _check_detectors(suite, path, errors, shapes, train_splits, warnings)
+    _check_certificates(suite, labels, path, errors)
     return errors
+
+
+def _check_certificates(suite: Suite, labels: list[str], path: str, errors: list[str]) -> None:
+    """Each certificate entry: a registered method with valid parameters, a threat model it certifies, defenses
+    that exist and that it can certify, no more images than the datasets attack."""
+    for i, c in enumerate(suite.certificates):
+        key = f"certificates[{i}]"
+        certifier = _check_entry(certifiers, c, key, path, errors)
+        if certifier is None:
+            continue
+        if c.threat_model is not None and c.threat_model not in certifier.threat_models:
+            errors.append(f"{path}: {key}.threat_model: {c.name} certifies {', '.join(certifier.threat_models)}, "
+                          f"not {c.threat_model}")
+        if any(not (b > 0 and math.isfinite(b)) for b in (c.budgets or [])):
+            errors.append(f"{path}: {key}.budgets: every budget must be > 0 and finite, got {c.budgets}")
+        by_label = {d.label: d for d in suite.defenses}
+        for label in c.defenses or []:
+            if label not in by_label:
+                errors.append(f"{path}: {key}.defenses: {_defense_label_problem(label, labels, {}, 'certify')}")
+            elif by_label[label].name in defenses and (
+                    why := certifier.applies_to(defenses.get(by_label[label].name).factory)) is not None:
+                errors.append(f"{path}: {key}.defenses: cannot certify {label!r}: {why}")
+        for ds in suite.datasets:
+            if c.eval_size is not None and c.eval_size > ds.eval_size:
+                errors.append(f"{path}: {key}.eval_size: {c.eval_size} examples, more than dataset "
+                              f"{(ds.label or ds.name)!r} attacks (its eval_size: {ds.eval_size})")
 
 
 def _check_headline(tm: str, budget: float, ran: set[float] | None, path: str, errors: list[str],

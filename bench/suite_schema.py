@@ -96,6 +96,24 @@ class AttackEntry(_Strict):
                                                           "examples (its seeded order), e.g. C&W on 100 images")
 
 
+class CertificateEntry(_Strict):
+    """A certificate method (``advbench list certifiers``): per example, a certified lower bound of robust accuracy
+    on each defense it can certify, at every budget (bench/certify)."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    threat_model: Literal["linf", "l2"] | None = Field(
+        None, description="the norm certified; default the method's first (ibp, deepz: linf; smoothing: l2)")
+    budgets: list[FloatOrFraction] | None = Field(
+        None, description="eps budgets to certify; default every eps budget the suite's attacks on the defense run "
+                          "at in this threat model (so each certificate sits beside its best-known number)")
+    defenses: Annotated[list[str], _not_empty("certify every defense the method applies to")] | None = Field(
+        None, description="defense labels to certify; default every defense the method applies to")
+    eval_size: int | None = Field(None, gt=0, description="certify only the first this many of the dataset's "
+                                                          "attacked examples (its seeded order)")
+
+
 class DetectorAttackEntry(_Strict):
     """An attack that builds detector data: its budgets are the ladder of the per-image minimal-budget
     search (smallest first; ``null`` = unbounded, the attack's own minimal search, tried last)."""
@@ -163,6 +181,7 @@ class Suite(_Strict):
     attacks: list[AttackEntry] = Field(default_factory=list)
     detector_attacks: list[DetectorAttackEntry] = Field(default_factory=list)
     detectors: list[DetectorEntry] = Field(default_factory=list)
+    certificates: list[CertificateEntry] = Field(default_factory=list)
     repeats: int | None = Field(
         None, ge=1, le=1000, description="predictions per scored example for a stochastic defense (fresh "
                                          "randomness each); default 10 for stochastic defenses, 1 otherwise")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,16 @@ class _InnerMaxTraining(ClassifierDefense):
     _noise: torch.Generator | None = None
     _ramp: int = 0    # batches of the warm-up (set by fit), and batches trained so far
     _batch: int = 0
+
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """Each batch: ``steps`` input gradients of the inner maximization, then the training step's forward and
+        backward (TRADES: on the clean and the crafted batch, and a forward for the KL's target)."""
+        from bench.attacks.base import FORWARD_BACKWARD, INPUT_GRADIENT
+
+        steps = int(params.get("steps", 40))
+        extra = 0 if cls is PGDAdversarialTraining else FORWARD_BACKWARD + 1
+        return (steps * INPUT_GRADIENT + FORWARD_BACKWARD + extra) / FORWARD_BACKWARD
 
     def _set_budget(self, eps: float, steps: int, step_size: float, norm: str, eps_warmup: int) -> None:
         _check_budget(eps, steps, step_size, norm, eps_warmup, self.train_config.epochs)

@@ -75,7 +75,7 @@ STORE_RESULT_COLUMNS = [
     "evaluated_on", "diversity_kappa", "repeats", "robust_acc_strict", "robust_acc_spread",
     "acc_rate", "acc_rate_ci_low", "acc_rate_ci_high", "reject_rate", "reject_rate_ci_low", "reject_rate_ci_high",
     "error_rate", "error_rate_ci_low", "error_rate_ci_high", "batch_size", "examples",
-    "example_indices", "perturbation_l2", "perturbation_linf",
+    "example_indices", "perturbation_l2", "perturbation_linf", "wrong_class",
 ]
 
 

@@ -16,7 +16,7 @@ from bench.store import TABLES, Store
 
 # The step versions are part of every stored task key: changing one re-runs every task of that kind.
 STEP_VERSIONS = {"train": "1", "craft": "1", "score": "1", "detector-data": "2", "detect": "2", "adaptive": "4",
-                 "probe": "1", "check-noise": "1"}
+                 "probe": "1", "check-noise": "1", "certify": "1"}
 
 
 def test_every_task_kind_is_registered_with_its_version_and_a_known_table():

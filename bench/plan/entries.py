@@ -44,6 +44,11 @@ def is_stochastic(defense_name: str) -> bool:
     return bool(defense_class_flag(defenses.get(defense_name).factory, "stochastic"))
 
 
+def gradient_surface(d: DefenseEntry) -> str:
+    """The surface whose input gradients check 7 probes for defense ``d`` (``Defense.gradient_surface``)."""
+    return str(defense_class_flag(defenses.get(d.name).factory, "gradient_surface"))
+
+
 def attack_ref(a: AttackEntry, defense: DefenseEntry | None = None) -> EntryRef:
     entry = attacks.get(a.name)
     params = dict(a.params)

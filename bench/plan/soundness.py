@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from .. import checks
 from ..config import DatasetEntry, Suite
 from ..registry import attacks, datasets
-from .entries import attack_budget_label, attack_ref, dataset_ref, repeats
+from .entries import attack_budget_label, attack_ref, dataset_ref, gradient_surface, repeats
 from .grid import TrainedModels, correct_by
 from .graph import Task, TaskAbout
 from .specs import (AdaptiveSpec, CheckNoiseSpec, CraftedScoreSpec, CraftSpec, EntryRef, EvalSet, ProbeSpec,
@@ -90,7 +90,7 @@ def plan_checks(suite: Suite, train: TrainedModels) -> list[Task]:
                 if covered:
                     probes.append(Task.of(
                         ProbeSpec(model, eval_set, checks.PROBE_PASSES, checks.VANISHING_GRADIENT, seed,
-                                  repeats(suite, d)),
+                                  repeats(suite, d), gradient_surface(d)),
                         f"check: probe {d.label} {where}", about))
     return [*crafts, *scores, *probes]
 

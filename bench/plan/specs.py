@@ -272,7 +272,8 @@ class CheckNoiseSpec(TaskSpec):
 
 @dataclass(frozen=True)
 class ProbeSpec(TaskSpec):
-    """Checks 1 and 7's evidence: clean passes and input gradients of a trained defense."""
+    """Checks 1 and 7's evidence: clean passes and input gradients of a trained defense (the gradients of its
+    ``gradient_surface``: ``Defense.gradient_surface``)."""
 
     kind: ClassVar[str] = "probe"
     model: str
@@ -281,10 +282,12 @@ class ProbeSpec(TaskSpec):
     vanishing_below: float
     seed: int
     repeats: int = 1
+    gradient_surface: str = DEPLOYED
 
     def payload(self) -> dict[str, Any]:
         return {"eval": self.eval.payload(), "passes": self.passes, "vanishing_below": self.vanishing_below,
-                "seed": self.seed, **_omit_default("repeats", self.repeats, 1)}
+                "seed": self.seed, **_omit_default("repeats", self.repeats, 1),
+                **_omit_default("gradient_surface", self.gradient_surface, DEPLOYED)}
 
     def upstream(self) -> list[str]:
         return _with_referee(self.model, self.eval.correct_by)
@@ -370,6 +373,27 @@ class AdaptiveSpec(TaskSpec):
         return [self.model, *dict.fromkeys(self.fit_data)]
 
 
+@dataclass(frozen=True)
+class CertifySpec(TaskSpec):
+    """Certified lower bounds of one method (a ``bench.registry.certifiers`` entry) on a trained defense's
+    deployed model, per example, at every budget of one threat model: one row per budget."""
+
+    kind: ClassVar[str] = "certify"
+    model: str
+    method: EntryRef
+    threat_model: str
+    budgets: tuple[float, ...]
+    eval: EvalSet
+    seed: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"method": self.method.payload(), "threat_model": self.threat_model, "budgets": list(self.budgets),
+                "eval": self.eval.payload(), "seed": self.seed}
+
+    def upstream(self) -> list[str]:
+        return _with_referee(self.model, self.eval.correct_by)
+
+
 # --------------------------------------------------------------------------- reading a stored config back
 
 
@@ -397,7 +421,7 @@ def spec_from_payload(kind: str, p: Mapping[str, Any], deps: list[str]) -> TaskS
                               p.get("repeats", 1))
     if kind == "probe":
         return ProbeSpec(model, EvalSet.from_payload(p["eval"]), p["passes"], p["vanishing_below"], p["seed"],
-                         p.get("repeats", 1))
+                         p.get("repeats", 1), p.get("gradient_surface", DEPLOYED))
     if kind == "detector-data":
         return DetectorDataSpec(model, DatasetRef.from_payload(p["dataset"]), EntryRef.from_payload(p["attack"]),
                                 p["budgets"], p["images"], p["seed"])
@@ -410,4 +434,7 @@ def spec_from_payload(kind: str, p: Mapping[str, Any], deps: list[str]) -> TaskS
                             EntryRef.from_payload(p["attack"]),
                             p["budget"], EvalSet.from_payload(p["eval"]), p["seed"], p["detector_images"],
                             p["detector_weights"], ThresholdRule.from_payload(p["threshold"]), p.get("check"))
+    if kind == "certify":
+        return CertifySpec(model, EntryRef.from_payload(p["method"]), p["threat_model"], tuple(p["budgets"]),
+                           EvalSet.from_payload(p["eval"]), p["seed"])
     raise KeyError(f"no spec for task kind {kind!r}")

@@ -106,9 +106,11 @@ class Evidence:
             where.append(f"surface {self.surface}")
         return f"{self.attack} ({', '.join(where)})" if where else self.attack
 
-    def broken_within(self, eps: float) -> np.ndarray | None:
-        """Per example, whether this result broke it within ``eps``; None where it says nothing about eps."""
-        broken = ~self.correct
+    def broken_within(self, eps: float, *, decided: bool = False) -> np.ndarray | None:
+        """Per example, whether this result broke it within ``eps``; None where it says nothing about eps.
+        ``decided``: only where a wrong class was decided, not an abstention (check 8: an abstention contradicts
+        no certificate)."""
+        broken = ~self.correct if not decided or self.row.wrong_class is None else self.row.wrong_class
         if self.budget_param == "eps" and self.budget is not None and self.budget <= eps * (1 + _NORM_TOLERANCE):
             return broken
         if self.norms is not None:
@@ -155,8 +157,14 @@ def _on_images(evidence: Evidence, broken: np.ndarray, images: tuple, reference:
         return broken
     if evidence.indices is None or reference.indices is None:
         return None
-    position = {int(i): p for p, i in enumerate(evidence.indices)}
-    where = np.array([position.get(int(i), -1) for i in reference.indices])
+    return broken_on(evidence.indices, broken, reference.indices)
+
+
+def broken_on(indices: np.ndarray, broken: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
+    """Per-example flags ``broken`` of the test images ``indices``, on the images ``reference`` in their order
+    (False where ``indices`` lacks one); None where the two share no image."""
+    position = {int(i): p for p, i in enumerate(indices)}
+    where = np.array([position.get(int(i), -1) for i in reference])
     if (where < 0).all():
         return None
     return np.where(where >= 0, broken[np.maximum(where, 0)], False)

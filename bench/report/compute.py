@@ -6,7 +6,7 @@ import pandas as pd
 
 from .. import checks
 from ..metrics import OUT_DISTRIBUTION_ATTACK, REJECTION_CONVENTION
-from . import best_known, detection, robustness, rows, summary
+from . import best_known, certified, detection, robustness, rows, summary
 from .legend import model_legend
 from .model import Leaderboard
 from .soundness import LEGEND as CHECKS_LEGEND
@@ -17,9 +17,12 @@ DEFAULT_TITLE = "advbench leaderboard"
 
 
 def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TITLE,
-                        detections: pd.DataFrame | None = None, settings: dict | None = None) -> Leaderboard:
+                        detections: pd.DataFrame | None = None, settings: dict | None = None,
+                        certificates: pd.DataFrame | None = None) -> Leaderboard:
     """Compute every table and plot series of the leaderboard (no I/O). ``settings``: each suite's report
-    settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them."""
+    settings by name (``{"headline": {"linf": 0.3}}``), as the store keeps them; ``certificates``: the store's
+    certificate rows (bench.report.certified)."""
+    certificate_rows = certified.certificate_rows(certificates)
     detectors = detection.detector_sections(detections)
     results, problems = rows.screen(results) if results is not None else (results, [])
     legend = (f"{best_known.RULE} {robustness.LEGEND}"
@@ -38,10 +41,13 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     for suite, frame in parts:
         headline = ((settings or {}).get(suite) or {}).get("headline") or {}
         frame = rows.separate_models(frame)  # one row per trained model, also in the views
-        verdicts = checks.evaluate(frame)  # where the suite ran its soundness checks
         # Out-distribution rows have no class to be right about: the reject-option view shows them, not the tables.
         every_row = rows.dedupe(rows.normalize(frame[frame["attack"] != OUT_DISTRIBUTION_ATTACK]))
         evidence = best_known.collect(every_row)  # every row on a deployed model counts, the checks' own included
+        certificates_here = [c for c in certificate_rows if c.belongs_to(suite)]
+        # Where the suite ran its soundness checks; check 8 where it certified (every certified example against
+        # every attack on it).
+        verdicts = checks.evaluate(frame) + certified.contradictions(certificates_here, evidence)
         # The checks' rows are evidence for the verdicts and the best known, not table rows.
         frame = checks.split(frame)[0]
         suite_rows = [r for r in every_row if not r.source.startswith(checks.CHECK_SOURCE)]
@@ -59,13 +65,19 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                 suite=suite, section=name, dataset=dataset,
                 evidence={d: found for (ds, d), found in evidence.items() if ds == dataset}, clean=clean,
                 headline={tm: float(eps) for tm, eps in headline.items() if eps is not None},
-                flags={(d, tm): numbers for (ds, d, tm), numbers in failed.items() if ds == dataset})
+                flags={(d, tm): numbers for (ds, d, tm), numbers in failed.items() if ds == dataset},
+                certificates={d: [c for c in certificates_here if c.dataset == dataset and c.defense == d]
+                              for d in {c.defense for c in certificates_here}})
             suites_known.append(known)
+            radius_plot = certified.radius_plot(name, [c for c in certificates_here if c.dataset == dataset],
+                                                taken_files)
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
                 views=[flag_view(view, _flags_by_defense(failed, dataset)) for view in view_tables(name, mine)],
                 legend=model_legend(name, mine), headline=headline,
                 verdicts=[v for v in verdicts if v.dataset == dataset], best=summary.suite_tables(known)))
+            if radius_plot is not None:
+                sections[-1].plots.append(radius_plot)
         flagged = flagged or any(v.failed for v in verdicts)
     # Out-distribution rows are not counted as superseded for not being in the tables.
     produced = rows.produced_line(list(shown.values()),
@@ -74,6 +86,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
     if detectors:
         produced += " " + detection.produced_line(detections, lead="Also")
     legend += f" {CHECKS_LEGEND}" if flagged or any(d.flagged for d in detectors) else ""
+    legend += f" {certified.LEGEND}" if certificate_rows else ""
     summary_tables, entries = summary.summary(suites_known)
     return Leaderboard(title=title, produced=produced, legend=legend, datasets=sections,
                        detectors=detectors, problems=problems, summary=summary_tables, best_known=entries)
@@ -100,7 +113,7 @@ def _has_rejections(results: pd.DataFrame | None, detections: pd.DataFrame | Non
 # The order a newcomer meets the shipped suites (README, then the defense tracks as CI runs them); any other
 # suite follows, by name.
 SUITE_ORDER = ("mnist-quick", "pretrained-mnist-quick", "ensembles-mnist-quick", "randomized-mnist-quick",
-               "detector-mnist-quick", "dustbin-mnist-quick")
+               "detector-mnist-quick", "dustbin-mnist-quick", "reference-mnist-quick")
 
 
 def suite_order(suite: str) -> tuple:

@@ -82,6 +82,7 @@ class Plot:
     log_x: bool
     # (defense label, budgets, accuracy %, interval low %, interval high %)
     series: tuple[tuple[str, tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]], ...]
+    ylabel: str = "robust accuracy (%)"
 
     @property
     def path(self) -> str:

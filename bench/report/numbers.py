@@ -26,11 +26,12 @@ COLUMNS = ["key", "suite", "dataset", "defense", "attack", "threat_model", "budg
            "value", "ci_low", "ci_high"]
 
 
-def best_known_key(suite: str, dataset: str, defense: str, threat_model: str, eps: float) -> str:
-    """The numbers.csv key of a best-known robust accuracy: what it is of, not the rows it combines, so a new
-    attack that lowers it shows as a change of the same number."""
+def best_known_key(suite: str, dataset: str, defense: str, threat_model: str, eps: float,
+                   kind: str = "best-known") -> str:
+    """The numbers.csv key of a best-known robust accuracy (or of a certified one, ``kind`` "certified"): what it
+    is of, not the rows it combines, so a new attack that lowers it shows as a change of the same number."""
     what = json.dumps([suite, dataset, defense, threat_model, round(float(eps), 9)])
-    return "best-known:" + hashlib.sha256(what.encode()).hexdigest()[:20]
+    return f"{kind}:" + hashlib.sha256(what.encode()).hexdigest()[:20]
 
 
 def leaderboard_numbers(results: pd.DataFrame | None, detections: pd.DataFrame | None = None,
@@ -46,6 +47,14 @@ def leaderboard_numbers(results: pd.DataFrame | None, detections: pd.DataFrame |
                       "attack": best.strongest or "", "threat_model": best.threat_model, "budget": best.eps,
                       "seed": "", "metric": "best_known", "n": best.n, "value": best.acc, "ci_low": low,
                       "ci_high": high})
+        cert = getattr(entry, "certified", None)
+        if cert is not None and not cert.unsupported:
+            low, high = cert.interval
+            lines.append({"key": best_known_key(entry.suite, best.dataset, best.defense, best.threat_model, best.eps,
+                                                "certified"),
+                          "suite": entry.suite, "dataset": best.dataset, "defense": best.defense,
+                          "attack": cert.method, "threat_model": best.threat_model, "budget": best.eps, "seed": "",
+                          "metric": "certified", "n": cert.n, "value": cert.acc, "ci_low": low, "ci_high": high})
     for r in (results.to_dict("records") if results is not None else []):
         lines.append({"key": r["key"], "suite": r["suite"], "dataset": r["dataset"], "defense": r["defense"],
                       "attack": r["attack"], "threat_model": r["threat_model"], "budget": r["budget"],

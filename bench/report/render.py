@@ -242,7 +242,7 @@ def render_plot_png(plot: Plot) -> bytes:
         ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=4, capsize=3,
                     linestyle=linestyles[(i // 10) % len(linestyles)], label=_mpl_text(label, legend=True))
     ax.set_xlabel(_mpl_text(plot.xlabel))
-    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylabel(plot.ylabel)
     ax.set_ylim(-2, 102)
     if plot.log_x:
         ax.set_xscale("log")
@@ -297,7 +297,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str = DEFAULT_TITLE,
                       detections: pd.DataFrame | None = None, settings: dict | None = None,
-                      on_problem: Callable[[str], None] | None = None) -> list[Path]:
+                      on_problem: Callable[[str], None] | None = None,
+                      certificates: pd.DataFrame | None = None) -> list[Path]:
     """Write README.md, index.html, plots/*.png and numbers.csv into `out_dir`; return the written paths.
 
     A stored row that cannot be shown (``rows.row_problem``) or a plot that cannot be drawn is
@@ -310,7 +311,8 @@ def build_leaderboard(results: pd.DataFrame | None, out_dir: Path, *, title: str
     out_dir = Path(out_dir)
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
-    board = compute_leaderboard(results, title=title, detections=detections, settings=settings)
+    board = compute_leaderboard(results, title=title, detections=detections, settings=settings,
+                                certificates=certificates)
 
     written: list[Path] = []
     for figures, render in ([(s.plots, render_plot_png) for s in board.datasets]

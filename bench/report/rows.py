@@ -28,7 +28,7 @@ _OPTIONAL_COLUMNS = {
     "budget_param": "", "budget": math.nan,
     **{m.name: math.nan for m in RESULT_METRICS if m.name not in _REQUIRED_COLUMNS},
     "key": "", "created_at": "", "versions": "", "git_commit": "", "correct": None, "examples": "",
-    "example_indices": None, "perturbation_l2": None, "perturbation_linf": None,
+    "example_indices": None, "perturbation_l2": None, "perturbation_linf": None, "wrong_class": None,
 }
 # The metrics with a details column of their own, and the metrics a row reads for them.
 DETAIL_METRICS = tuple(m for m in RESULT_METRICS if m.detail)
@@ -67,6 +67,7 @@ class Row:
     example_indices: np.ndarray | None = None
     perturbation_l2: np.ndarray | None = None
     perturbation_linf: np.ndarray | None = None
+    wrong_class: np.ndarray | None = None  # where it abstained: a wrong class decided (bench.store), else None
 
     @property
     def is_clean(self) -> bool:
@@ -214,6 +215,7 @@ def normalize(results: pd.DataFrame) -> list[Row]:
             example_indices=_aligned(record["example_indices"], np.int64, n),
             perturbation_l2=_aligned(record["perturbation_l2"], np.float64, n),
             perturbation_linf=_aligned(record["perturbation_linf"], np.float64, n),
+            wrong_class=_aligned(record["wrong_class"], bool, n),
         ))
     return rows
 

@@ -17,6 +17,7 @@ import pandas as pd
 from ..labels import budget_label
 from ..threat_models import ThreatModel
 from .best_known import BestKnown, Evidence, best_known, eps_budgets, threat_models
+from .certified import CertificateRow, Certified, certified_at
 from .format import MISSING, pct
 from .model import Table, values_table
 from .soundness import flagged
@@ -33,6 +34,7 @@ class SuiteEvidence:
     clean: dict[str, tuple[float, int]]  # defense -> (examples right, n) on the clean test split
     headline: dict[str, float] = field(default_factory=dict)  # the suite's headline budget per threat model
     flags: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (defense, threat model) -> failed checks
+    certificates: dict[str, list[CertificateRow]] = field(default_factory=dict)  # defense -> its certificate rows
     _computed: dict[tuple[str, str, float], BestKnown | None] = field(default_factory=dict, repr=False)
 
     def best(self, defense: str, threat_model: str, eps: float) -> BestKnown | None:
@@ -41,6 +43,9 @@ class SuiteEvidence:
         if key not in self._computed:
             self._computed[key] = best_known(self.evidence[defense], threat_model, eps)
         return self._computed[key]
+
+    def certified(self, defense: str, threat_model: str, eps: float) -> Certified | None:
+        return certified_at(self.certificates.get(defense, []), threat_model, eps)
 
     def threat_models(self) -> list[str]:
         return threat_models(e for rows in self.evidence.values() for e in rows)
@@ -69,6 +74,23 @@ class SummaryEntry:
     clean: float
     best: BestKnown
     flags: tuple[int, ...]
+    certified: Certified | None = None
+
+
+def certified_columns(bests: list[BestKnown | None], certified: list[Certified | None]) -> dict[str, list[str]]:
+    """The certificate columns of a best-known table (none where no row has a certificate): the certified number
+    with its interval, both bounds, the gap in points, the method (or why none could certify)."""
+    if not any(c is not None for c in certified):
+        return {}
+    columns: dict[str, list[str]] = {"Certified": [], "Certified ≤ best known": [], "Gap": [], "Certified by": []}
+    for best, cert in zip(bests, certified):
+        done = cert is not None and not cert.unsupported
+        columns["Certified"].append(cert.text() if cert is not None else MISSING)
+        columns["Certified ≤ best known"].append(
+            f"[{pct(cert.acc)}, {pct(best.acc)}]" if done and best is not None else MISSING)
+        columns["Gap"].append(f"{100 * (best.acc - cert.acc):.1f}" if done and best is not None else MISSING)
+        columns["Certified by"].append(MISSING if cert is None else cert.unsupported or cert.method)
+    return columns
 
 
 def best_text(best: BestKnown | None, flags: list[int] | tuple[int, ...] = ()) -> str:
@@ -134,8 +156,12 @@ def suite_tables(suite: SuiteEvidence) -> list[Table]:
         apart = [_apart_text(bests[d]) for d in order]
         if any(apart):
             frame["Counted apart"] = [a or MISSING for a in apart]
+        certified = certified_columns([bests[d] for d in order], [suite.certified(d, tm, headline) for d in order])
+        for name, texts in certified.items():
+            frame[name] = texts
         align = ("left", "right", "right", "right", "left", *("right",) * len(columns), *(("left",) if any(apart)
-                                                                                       else ()))
+                                                                                       else ()),
+                 *(("right", "right", "right", "left") if certified else ()))
         tables.append(dataclasses.replace(table, frame=frame, align=align,
                                           flagged_rows=tuple(bool(f) for f in flags)))
     return tables
@@ -161,7 +187,8 @@ def summary(suites: list[SuiteEvidence]) -> tuple[list[Table], list[SummaryEntry
                     best = s.best(defense, tm, eps)
                     if best is not None:
                         rows.append(SummaryEntry(s.suite, s.section, s.clean_acc(defense), best,
-                                                 tuple(s.flags.get((defense, tm), []))))
+                                                 tuple(s.flags.get((defense, tm), [])),
+                                                 s.certified(defense, tm, eps)))
             if not rows:
                 continue
             rows.sort(key=lambda e: (-e.best.acc, e.best.defense, e.suite))
@@ -175,9 +202,13 @@ def summary(suites: list[SuiteEvidence]) -> tuple[list[Table], list[SummaryEntry
             frame.insert(1, "Suite", [e.suite for e in rows])
             frame["Best known"] = [best_text(e.best, e.flags) for e in rows]
             frame["Broken most by"] = [broken_by_text(e.best) for e in rows]
+            certified = certified_columns([e.best for e in rows], [e.certified for e in rows])
+            for name, texts in certified.items():
+                frame[name] = texts
             frame["Section"] = [e.section for e in rows]
             tables.append(dataclasses.replace(
-                table, frame=frame, align=("left", "left", "right", "right", "left", "left"),
+                table, frame=frame, align=("left", "left", "right", "right", "left",
+                                           *(("right", "right", "right", "left") if certified else ()), "left"),
                 values=table.values.set_axis(range(len(rows))), flagged_rows=tuple(bool(e.flags) for e in rows),
                 link_column="Section", links=tuple(e.section for e in rows)))
     return tables, entries

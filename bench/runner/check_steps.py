@@ -36,7 +36,7 @@ from ..plan.specs import DEPLOYED, CheckNoiseSpec, ProbeSpec
 from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, attacked_indices, seeded_randomness, task_seed, trained_defense
-from .result_rows import Attacked, result_row
+from .result_rows import Attacked, result_row, wrong_class_flags
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device,
@@ -71,12 +71,15 @@ def gradient_counts(grad: torch.Tensor, vanishing_below: float) -> dict[str, Any
 
 
 def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, passes: int, vanishing_below: float,
-          device: torch.device, batch_size: int, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``passes`` clean predictions of ``model`` (randomness seeded once, then running on) and its input gradients:
-    the predictions (passes, N) and the counts a probe row records (its ``found``; ``n``: the examples)."""
+          device: torch.device, batch_size: int, seed: int,
+          gradients_of: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``passes`` clean predictions of ``model`` (randomness seeded once, then running on) and the input gradients
+    of ``gradients_of`` (default: ``model``): the predictions (passes, N) and the counts a probe row records (its
+    ``found``; ``n``: the examples)."""
     with seeded_randomness(seed, device):
         preds = torch.stack([predict(model, x, device=device, batch_size=batch_size) for _ in range(passes)])
-    grad = input_gradients(model, x, y, device=device, batch_size=batch_size, seed=seed)
+    grad = input_gradients(model if gradients_of is None else gradients_of, x, y, device=device,
+                           batch_size=batch_size, seed=seed)
     found = {"n": len(y), "passes": passes, "disagree": int((preds != preds[0]).any(dim=0).sum()),
              **gradient_counts(grad, vanishing_below)}
     return preds, found
@@ -96,7 +99,8 @@ def run_probe(task: Task, upstream: dict[str, Task], ctx: RunContext, store: Sto
     device = torch.device(ctx.device)
     repeats = spec.repeats
     preds, found = probe(model, x, y, passes=max(spec.passes, repeats), vanishing_below=spec.vanishing_below,
-                         device=device, batch_size=ctx.batch_size, seed=task_seed(task))
+                         device=device, batch_size=ctx.batch_size, seed=task_seed(task),
+                         gradients_of=defense.surface(spec.gradient_surface))
     settings = {"passes": spec.passes, "vanishing_below": spec.vanishing_below}
     row = result_row(task, train.spec, Attacked(PROBE_ATTACK, {"name": PROBE_ATTACK, "params": settings,
                                                                "found": found}, surface=DEPLOYED, source=PROBE))
@@ -128,6 +132,7 @@ def run_check_noise(task: Task, upstream: dict[str, Task], ctx: RunContext, stor
     row = result_row(task, train.spec, Attacked(spec.noise, {"name": spec.noise, "params": {"draws": spec.draws}},
                                                 str(noise.threat_model), DEPLOYED, NOISE_SOURCE, "eps", spec.budget))
     row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), clean.numpy(), preds.numpy()))
+    row.update(wrong_class_flags(preds, y, defense.spec.num_classes, None))
     row.update(examples=examples_digest(idx), example_indices=idx.numpy())
     row.update(defense_kappa(defense, x_adv, y, device))  # as the score step: the members' agreement
     return [row]

@@ -33,8 +33,9 @@ from typing import Any
 
 from ..attacks.base import FORWARD_BACKWARD, INPUT_GRADIENT
 from ..plan import Plan, Task
-from ..plan.specs import (AdaptiveSpec, CheckNoiseSpec, CleanScoreSpec, CraftedScoreSpec, CraftSpec, DatasetRef,
-                          DetectorDataSpec, DetectSpec, EntryRef, EvalSet, ProbeSpec, ScoreSpec, TrainSpec)
+from ..registry import certifiers
+from ..plan.specs import (AdaptiveSpec, CertifySpec, CheckNoiseSpec, CleanScoreSpec, CraftedScoreSpec, CraftSpec,
+                          DatasetRef, DetectorDataSpec, DetectSpec, EntryRef, EvalSet, ProbeSpec, ScoreSpec, TrainSpec)
 
 DEFAULT_SECONDS_PER_PASS = 2e-5  # one image forward on a small CNN, 2 CPU cores (order of magnitude)
 _FALLBACK_IMAGES = 10_000  # a dataset entry without a stated size (the whole split) nor a registered one
@@ -167,12 +168,16 @@ def task_work(task: Task, by_key: dict[str, Task]) -> Work:
         return Work(float(images or _FALLBACK_IMAGES), "deployed", train)
     if isinstance(spec, AdaptiveSpec):
         return Work(_attack_work(spec.attack, spec.budget, spec.eval), "deployed", train)
+    if isinstance(spec, CertifySpec):  # the method's passes per image of the trained network (bounds, noise draws)
+        certifier = certifiers.get(spec.method.name).build(**spec.method.params)
+        return Work(_eval_images(spec.eval) * certifier.forward_passes(spec.budgets), TRAINED, train)
     return Work(float(_FALLBACK_IMAGES), "deployed", train)  # a kind added later: a pass over the images
 
 
 def training_factor(name: str, params: dict[str, Any]) -> float:
     """Training passes of defense ``name`` relative to plain training (epochs × images × a forward and backward
-    through every module it trains): what its ``fit`` adds. Unknown defenses (plugins): 1."""
+    through every module it trains): what its ``fit`` adds, as ``Defense.training_factor`` declares it (the
+    older defenses below are still named here). Defenses not registered here: 1."""
     if name == "pretrained":
         return 0.0  # loaded, not trained
     if name == "ensemble":  # every member trains as its member defense (the FLOPs count every member)
@@ -192,7 +197,13 @@ def training_factor(name: str, params: dict[str, Any]) -> float:
             epochs = float(params.get("epochs") or 1)
             factor += float(params.get("feature_epochs") or epochs) / epochs
         return factor
-    return 1.0
+    from ..defense import defense_class_flag
+    from ..registry import UnknownName, defenses
+
+    try:  # what the defense declares (Defense.training_factor); the names above predate the declaration
+        return float(defense_class_flag(defenses.get(name).factory, "training_factor")(params))
+    except UnknownName:
+        return 1.0
 
 
 def attack_passes(name: str, params: dict[str, Any], budget: float | None = None,

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import torch
+
 from ..plan import Task
 from ..plan.specs import DEPLOYED, TrainSpec
 
@@ -31,6 +33,17 @@ class Attacked:
 
 
 CLEAN = Attacked()
+
+
+def wrong_class_flags(pred_adv: torch.Tensor, y: torch.Tensor, num_classes: int,
+                      reject_class: int | None) -> dict[str, Any]:
+    """``wrong_class`` (bench.store) of a row whose predictions ``pred_adv`` (repeats, N) include abstentions
+    (an output ``num_classes`` that is no reject option): per example, a wrong class was decided in some repeat.
+    Nothing where no prediction abstained (``correct`` then says the same)."""
+    abstained = pred_adv >= num_classes
+    if reject_class is not None or not bool(abstained.any()):
+        return {}
+    return {"wrong_class": ((pred_adv != y) & ~abstained).any(dim=0).numpy()}
 
 
 def result_row(task: Task, train: TrainSpec, attacked: Attacked, *, evaluated_on: str = DEPLOYED) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from ..store import Store, examples_digest
 from ..training import predict
 from .context import RunContext, attacked_indices, build_defense, seeded_randomness, task_seed, trained_defense
 from .check_steps import run_check_noise, run_probe
-from .result_rows import CLEAN, Attacked, result_row
+from .result_rows import CLEAN, Attacked, result_row, wrong_class_flags
 
 
 @task_steps.register("train", version=TrainSpec.version, table=None, artifact=True)
@@ -168,6 +168,7 @@ def _score_row(task: Task, upstream: dict[str, Task], ctx: RunContext, store: St
     row.update(row_metrics(x.numpy(), x_adv.numpy(), y.numpy(), pred_clean.numpy(), pred_adv.numpy(),
                            None if targets is None else targets.numpy(), reject_class=reject_class,
                            attacked=attacked))
+    row.update(wrong_class_flags(pred_adv, y, defense.spec.num_classes, reject_class))
     if evaluated_on == DEPLOYED:  # diversity of the members' votes on the scored inputs
         row.update(defense_kappa(defense, x_adv, y, device))
     if indices is not None:
