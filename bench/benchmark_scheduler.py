@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import _interleaved_best, trained_model, write_results
+from .benchmark import interleaved_best, trained_model, write_results
 
 FUSED_CASES = [("pgd-linf", {"steps": 10}, [0.05, 0.1, 0.2, 0.3]), ("fgsm", {}, [0.05, 0.1, 0.2, 0.3]),
                ("pgd-l2", {"steps": 10}, [0.5, 1.0, 2.0, 3.0])]
@@ -88,7 +88,7 @@ def scoring_rows(suite_path: Path, store_dir: Path, repeats: int = 3) -> list[di
                     "fused": lambda g=group: run_score_fused(g, upstream, ctx, store)}
             for run in runs.values():  # warm: the checkpoint enters the trained-defense cache
                 run()
-            best = _interleaved_best(runs, repeats)
+            best = interleaved_best(runs, repeats)
             identical &= strip(best["alone"][1]) == strip(best["fused"][1])
             for name in total:
                 total[name] += best[name][0]
@@ -150,7 +150,7 @@ def fused_rows(n: int, device: str, repeats: int, batch_size: int = 256) -> list
             "fused_split": lambda: torch.stack(attack.run_budgets(model, x, y, budgets, seeds=seeds, targets=targets,
                                                                   batch_size=split, device=dev)),
         }
-        best = _interleaved_best(runs, repeats)
+        best = interleaved_best(runs, repeats)
         unfused = best["unfused"][0]
         row = {"benchmark": "fused", "attack": name, "params": params, "budgets": len(budgets), "n": n,
                "device": device, "batch_size": batch_size, "fuses_budgets": attack.fuses_budgets,
