@@ -11,12 +11,14 @@ checkpoint holds only the student; the teacher exists only during ``fit``.
 """
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.attacks.base import FORWARD_BACKWARD
 from bench.data import DatasetSplits
 from bench.defense import ClassifierDefense
 from bench.registry import defenses
@@ -26,6 +28,11 @@ from bench.training import train_classifier
 @defenses.register("distillation", version="1")
 class DefensiveDistillation(ClassifierDefense):
     """Student trained at temperature T on a temperature-T teacher's soft labels, deployed at T = 1."""
+
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """A teacher and a student, each trained as long, and the teacher's soft labels (a forward pass)."""
+        return 2 + 1 / (FORWARD_BACKWARD * float(params.get("epochs") or 1))
 
     def __init__(self, *, temperature: float = 10.0, **classifier_params):
         if not temperature > 0:

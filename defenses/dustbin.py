@@ -144,6 +144,18 @@ class RejectAwareSurface(nn.Module):
 class Dustbin(ClassifierDefense):
     """K+1-class CNN whose dustbin class is trained on out-distribution and interpolated images (Abbasi et al. 2018)."""
 
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """The training set grows by the dustbin class's images; a naive model is trained for the interpolation
+        unless ``features_from`` names one."""
+        interpolate = bool(params.get("interpolate", True))
+        factor = 1 + float(params.get("out_fraction") or 0) + (
+            float(params.get("interpolated_fraction") or 0) if interpolate else 0)
+        if interpolate and not params.get("features_from"):
+            epochs = float(params.get("epochs") or 1)
+            factor += float(params.get("feature_epochs") or epochs) / epochs
+        return factor
+
     has_reject_class = True
     defense_references = ("features_from",)
     # Where ``fit`` finds the out-distribution dataset's files (``Defense.data_context``, None there): the train

@@ -52,7 +52,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from bench.data import DatasetSplits
-from bench.defense import ClassifierDefense, Defense, default_architecture
+from bench.defense import ClassifierDefense, Defense, default_architecture, defense_class_flag
 from bench.models import InputSpec
 from bench.registry import defenses
 from defenses.pretrained import Pretrained, nested_defense
@@ -134,6 +134,13 @@ class MeanGradient(MeanSoftmax):
 @defenses.register("ensemble", version="1")
 class Ensemble(Defense):
     """Ensemble of classifiers voting by mean softmax: random init, mixed architectures, bagging or Gaussian noise."""
+
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """Every member trains as its member defense would (the cost model counts every member's FLOPs)."""
+        member = "gaussian-augment" if params.get("method") == "gauss-noise" else params.get("member_defense")
+        factory = defenses.get(member or "undefended").factory
+        return float(defense_class_flag(factory, "training_factor")(params.get("member_params") or {}))
 
     # Evaluate same-architecture members in one vmap call (MeanSoftmax) rather than a loop. An execution
     # choice, not a suite parameter: it does not change results, so it must not change task keys. Off by

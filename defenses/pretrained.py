@@ -191,6 +191,11 @@ def _first_line(e: Exception) -> str:
 class Pretrained(Defense):
     """A model you already have (your factory, torchvision or RobustBench), with your weights; trains nothing."""
 
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """Loaded, not trained."""
+        return 0.0
+
     def __init__(self, *, factory: str | None = None, factory_params: dict[str, Any] | None = None,
                  torchvision: str | None = None, torchvision_weights: str | None = None,
                  robustbench: str | None = None, threat_model: str = "Linf", dataset: str = "cifar10",

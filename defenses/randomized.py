@@ -297,6 +297,11 @@ class RandomLayerSampling(RandomizedClassifier):
     the paper). The prediction averages ``test_samples`` (N) sampled models (paper: N = 10).
     """
 
+    @classmethod
+    def training_factor(cls, params: dict[str, Any]) -> float:
+        """K sampled models per training step (group optimisation)."""
+        return float(params.get("train_samples") or 1)
+
     def __init__(self, *, sub_models: int = 2, train_samples: int = 3, test_samples: int = 10,
                  layer_probs: list[float] | None = None, **classifier_params: Any):
         super().__init__(**classifier_params)

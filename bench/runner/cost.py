@@ -176,31 +176,12 @@ def task_work(task: Task, by_key: dict[str, Task]) -> Work:
 
 def training_factor(name: str, params: dict[str, Any]) -> float:
     """Training passes of defense ``name`` relative to plain training (epochs × images × a forward and backward
-    through every module it trains): what its ``fit`` adds, as ``Defense.training_factor`` declares it (the
-    older defenses below are still named here). Defenses not registered here: 1."""
-    if name == "pretrained":
-        return 0.0  # loaded, not trained
-    if name == "ensemble":  # every member trains as its member defense (the FLOPs count every member)
-        member = "gaussian-augment" if params.get("method") == "gauss-noise" else params.get("member_defense")
-        return training_factor(member or "undefended", params.get("member_params") or {})
-    if name == "adv-training":  # clean forward, the FGSM input gradient, the FGSM forward, both backwards
-        return 8 / 3
-    if name == "distillation":  # a teacher and a student, each trained as long, and the teacher's soft labels
-        return 2 + 1 / (FORWARD_BACKWARD * float(params.get("epochs") or 1))
-    if name == "random-layer-sampling":  # K sampled models per step (group optimisation)
-        return float(params.get("train_samples") or 1)
-    if name == "dustbin":  # the training set grows by the dustbin class's images; a naive model for interpolation
-        interpolate = bool(params.get("interpolate", True))
-        factor = 1 + float(params.get("out_fraction") or 0) + (
-            float(params.get("interpolated_fraction") or 0) if interpolate else 0)
-        if interpolate and not params.get("features_from"):
-            epochs = float(params.get("epochs") or 1)
-            factor += float(params.get("feature_epochs") or epochs) / epochs
-        return factor
+    through every module it trains): what its ``fit`` adds, as the defense declares it
+    (``Defense.training_factor``). Defenses not registered here: 1."""
     from ..defense import defense_class_flag
     from ..registry import UnknownName, defenses
 
-    try:  # what the defense declares (Defense.training_factor); the names above predate the declaration
+    try:
         return float(defense_class_flag(defenses.get(name).factory, "training_factor")(params))
     except UnknownName:
         return 1.0
