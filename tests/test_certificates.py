@@ -155,3 +155,15 @@ def test_check_8_passes_on_sound_certificates_and_flags_a_constructed_wrong_one(
     assert f"{len(broken)} certified by ibp at ε=0.05 broken by pgd ε=0.02" in detail
     assert str(int(sorted(broken)[0])) in detail, "the verdict names the test images"
     assert any(str(d).startswith("undefended ⚠8") for d in _best_table(section).frame["Defense"])
+
+
+def test_every_committed_certified_number_is_at_most_its_best_known_one():
+    """The committed leaderboard (CI's output): no certificate claims more than the attacks left standing."""
+    from pathlib import Path
+
+    numbers = pd.read_csv(Path(__file__).resolve().parents[1] / "leaderboard" / "numbers.csv")
+    what = ["suite", "dataset", "defense", "threat_model", "budget"]
+    certified = numbers[numbers["metric"] == "certified"]
+    best = numbers[numbers["metric"] == "best_known"].set_index(what)["value"]
+    for row in certified.to_dict("records"):
+        assert row["value"] <= best.loc[tuple(row[c] for c in what)], row
