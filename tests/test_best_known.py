@@ -207,3 +207,21 @@ def test_in_chromium_a_flagged_rows_cell_is_not_marked_best(tmp_path):
     assert flagged, "the noise check should flag 'masked' (check 6)"
     assert not any("⚠" in text for text in marked)
     assert "honest" not in marked and any(text.startswith("0.0 [0.0, 27.8]") for _, text in cells)
+
+
+def test_attacks_only_at_larger_budgets_give_no_number_and_smaller_ones_are_marked():
+    # FGSM at 0.3 stores perturbations of size 0.3: at 0.1 it broke nothing *within 0.1*, which is no evidence of
+    # robustness there (it was a spurious 100% before).
+    rows = [_attack_row("d", "fgsm", 0.3, [0] * 6 + [1] * 4, norms=[0.3] * 10),
+            _attack_row("d", "pgd", 0.1, [0] * 2 + [1] * 8, norms=[0.1] * 10)]
+    evidence = _evidence(rows)[("toy", "d")]
+    assert best_known(evidence[:1], "linf", 0.1) is None
+    at_01 = best_known(evidence, "linf", 0.1)
+    assert (at_01.hits, at_01.n, at_01.only_below) == (8, 10, None), "pgd ran at 0.1: measured there"
+    # A DeepFool-like minimum-norm row speaks to every budget through its per-example sizes.
+    minimal = _attack_row("d", "deepfool", None, [0] * 3 + [1] * 7, norms=[0.05, 0.2, 0.4] + [0.0] * 7)
+    assert best_known(_evidence([rows[0], minimal])[("toy", "d")], "linf", 0.1).only_below is None
+    # At 0.2 only the 0.1 run counts as a whole: a valid bound, marked and ranked after numbers measured at 0.2.
+    at_02 = best_known(_evidence(rows[1:])[("toy", "d")], "linf", 0.2)
+    assert (at_02.hits, at_02.only_below) == (8, 0.1)
+    assert summary.best_text(at_02).endswith("(attacked at ε≤0.1 only)")

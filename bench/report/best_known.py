@@ -51,7 +51,8 @@ RULE = ("Best known (the summary and each section's first tables): per deployed 
         "perturbation is ≤ ε. Results combine per example over the images they share (of the attacked image sets, "
         "the one with the lowest number is shown; results on none of its images are named apart). Stochastic "
         "defenses: strict, robust in every repeat. Broken most by: the attack that broke the most examples, and "
-        "how many only it broke.")
+        "how many only it broke. \"attacked at ε≤x only\": no result ran at ε itself, the number is the bound from "
+        "smaller budgets (not ranked against numbers measured at ε).")
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +107,14 @@ class Evidence:
             where.append(f"surface {self.surface}")
         return f"{self.attack} ({', '.join(where)})" if where else self.attack
 
+    def speaks_to(self, eps: float) -> bool:
+        """Whether this result alone bounds the robust accuracy at ``eps``: a fixed budget ≤ ``eps``, or a
+        minimum-norm attack (its per-example sizes say where each example broke). A fixed budget above ``eps``
+        only adds the examples it happened to break within ``eps``: its others say nothing there."""
+        if self.budget_param == "eps" and self.budget is not None:
+            return self.budget <= eps * (1 + _NORM_TOLERANCE)
+        return self.norms is not None
+
     def broken_within(self, eps: float, *, decided: bool = False) -> np.ndarray | None:
         """Per example, whether this result broke it within ``eps``; None where it says nothing about eps.
         ``decided``: only where a wrong class was decided, not an abstention (check 8: an abstention contradicts
@@ -136,6 +145,9 @@ class BestKnown(HitsOfN):
     apart: tuple[Evidence, ...]  # results within ε on images the number's set does not hold
     repeats: int  # > 1: a stochastic defense, its number strict
     strongest_mean: float | None  # the mean over repeats of the strongest attack's row (stochastic only)
+    # The largest budget a counted fixed-budget attack ran at, where it is below eps and no minimum-norm attack
+    # counted: the number is an upper bound from smaller budgets only (None: some result ran at eps).
+    only_below: float | None = None
 
 
 def collect(rows: Iterable[Row]) -> dict[tuple[str, str], list[Evidence]]:
@@ -183,8 +195,8 @@ def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
     combined on the images it shares with it (an example is broken if any row that attacked it broke it); the
     lowest worst case wins (ties: more images). Rows that share no image with it are apart."""
     within = [(r, b) for r in rows if (b := r.broken_within(eps)) is not None]
-    if not within:
-        return None
+    if not any(r.speaks_to(eps) for r, _ in within):
+        return None  # only attacks at larger budgets: "none broken within eps" would be no evidence, not 100%
     best: _SeedOutcome | None = None
     for images in dict.fromkeys(r.images for r, _ in within):
         reference = next(r for r, _ in within if r.images == images)
@@ -199,6 +211,8 @@ def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
             counted.append(row)
             broken |= mine
             by_attack[row.name] = by_attack.get(row.name, np.zeros_like(broken)) | mine
+        if not any(row.speaks_to(eps) for row in counted):
+            continue  # only larger budgets' results on these images: no number for them
         outcome = _SeedOutcome(broken, by_attack, counted, apart)
         if best is None or (1 - broken.mean(), -broken.size) < (1 - best.broken.mean(), -best.broken.size):
             best = outcome
@@ -234,12 +248,15 @@ def best_known(evidence: Iterable[Evidence], threat_model: str, eps: float) -> B
                                        e.budget or 0.0))
         strongest_mean = top.mean_acc
     first = counted[0]
+    direct = [e for e in counted if e.speaks_to(eps)]
+    fixed = [e.budget for e in direct if e.budget_param == "eps" and e.budget is not None]
+    only_below = max(fixed) if len(fixed) == len(direct) and max(fixed) < eps * (1 - _NORM_TOLERANCE) else None
     return BestKnown(
         dataset=first.dataset, defense=first.defense, threat_model=threat_model, eps=eps,
         hits=sum(int((~o.broken).sum()) for o in outcomes), n=sum(int(o.broken.size) for o in outcomes),
         strongest=strongest, strongest_broke=broke.get(strongest, 0), only_strongest=only.get(strongest, 0),
         counted=counted, apart=tuple(e for o in outcomes for e in o.apart), repeats=repeats,
-        strongest_mean=strongest_mean)
+        strongest_mean=strongest_mean, only_below=only_below)
 
 
 def eps_budgets(evidence: Iterable[Evidence], threat_model: str) -> list[float]:

@@ -101,6 +101,8 @@ def best_text(best: BestKnown | None, flags: list[int] | tuple[int, ...] = ()) -
     text = f"{pct(best.acc)} [{pct(low)}, {pct(high)}]"
     if best.repeats > 1:
         text += " strict" + (f" (mean {pct(best.strongest_mean)})" if best.strongest_mean is not None else "")
+    if best.only_below is not None:
+        text += f" (attacked at {budget_label('eps', best.only_below).replace('=', '≤')} only)"
     return flagged(text, flags)
 
 
@@ -120,8 +122,12 @@ def _apart_text(best: BestKnown | None) -> str:
 
 
 def _rank(bests: dict[str, BestKnown | None]) -> list[str]:
-    """Most robust first; rows without a number after, by name."""
-    return sorted(bests, key=lambda d: (0, -bests[d].acc, d) if bests[d] is not None else (1, 0.0, d))
+    """Most robust first; then numbers from smaller budgets only, most robust first; rows without a number after,
+    by name."""
+    def order(d: str) -> tuple:
+        best = bests[d]
+        return (2, 0.0, d) if best is None else (int(best.only_below is not None), -best.acc, d)
+    return sorted(bests, key=order)
 
 
 def suite_tables(suite: SuiteEvidence) -> list[Table]:
@@ -191,7 +197,8 @@ def summary(suites: list[SuiteEvidence]) -> tuple[list[Table], list[SummaryEntry
                                                  s.certified(defense, tm, eps)))
             if not rows:
                 continue
-            rows.sort(key=lambda e: (-e.best.acc, e.best.defense, e.suite))
+            # Numbers measured at eps first; bounds from smaller budgets only after them.
+            rows.sort(key=lambda e: (e.best.only_below is not None, -e.best.acc, e.best.defense, e.suite))
             entries.extend(rows)
             setting = f"{dataset}, {ThreatModel.label_of(tm)}, {budget_label('eps', eps)}"
             values = pd.DataFrame({"Clean": [e.clean for e in rows], "Best known": [e.best.acc for e in rows]},
