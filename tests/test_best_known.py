@@ -225,3 +225,14 @@ def test_attacks_only_at_larger_budgets_give_no_number_and_smaller_ones_are_mark
     at_02 = best_known(_evidence(rows[1:])[("toy", "d")], "linf", 0.2)
     assert (at_02.hits, at_02.only_below) == (8, 0.1)
     assert summary.best_text(at_02).endswith("(attacked at ε≤0.1 only)")
+
+
+def test_a_section_column_from_smaller_budgets_only_says_so():
+    rows = [_clean("a"), _clean("b"),
+            _attack_row("a", "pgd", 0.1, [0] * 2 + [1] * 8, norms=[0.1] * 10),
+            _attack_row("b", "pgd", 0.1, [0] * 3 + [1] * 7, norms=[0.1] * 10),
+            _attack_row("b", "pgd", 0.2, [0] * 6 + [1] * 4, norms=[0.2] * 10)]
+    board = compute_leaderboard(pd.DataFrame(rows), settings={"unit": {"headline": {"linf": 0.1}}})
+    header, body = _md_table(render_markdown(board), "best known robust accuracy, L∞")
+    cells = {line[0]: dict(zip(header, line)) for line in body}
+    assert cells["a"]["ε=0.2"] == "80.0 (ε≤0.1 only)" and cells["b"]["ε=0.2"] == "40.0"

@@ -157,6 +157,10 @@ def suite_tables(suite: SuiteEvidence) -> list[Table]:
         flags = [suite.flags.get((d, tm), []) for d in order]
         frame["Defense"] = [flagged(d, f) for d, f in zip(order, flags)]
         frame[head] = [best_text(bests[d], f) for d, f in zip(order, flags)]
+        for b, label in columns.items():  # a bound from smaller budgets only says so, as the headline does
+            below = [at.only_below if (at := suite.best(d, tm, b)) is not None else None for d in order]
+            frame[label] = [text if only is None else f"{text} (ε≤{only:g} only)"
+                            for text, only in zip(frame[label], below)]
         frame.insert(3, "n", [str(bests[d].n) if bests[d] else MISSING for d in order])
         frame.insert(4, "Broken most by", [broken_by_text(bests[d]) for d in order])
         apart = [_apart_text(bests[d]) for d in order]
