@@ -56,6 +56,12 @@ def identity(dataset: str, defense: str, attack: str, surface: str, source: str,
     return (dataset, defense, surface, source, attack, budget_param, budget, seed)
 
 
+def created_stamps(frame: pd.DataFrame) -> pd.Series:
+    """The frame's ``created_at`` parsed once, as UTC, so "Z" and "+00:00" spellings (and naive stamps) order
+    correctly; an unparseable one is NaT (``recency`` sorts it as oldest)."""
+    return pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+
+
 def recency(created: pd.Timestamp, created_at: str) -> tuple:
     # An unparseable stamp (NaT) sorts as oldest.
     parsed = not pd.isna(created)
@@ -82,7 +88,7 @@ def newest(results: pd.DataFrame) -> pd.DataFrame:
     for column in ("dataset", "surface", "source", "evaluated_on", "budget_param", "budget", "created_at"):
         if column not in frame.columns:
             frame[column] = [_DEFAULTS[column]] * len(frame)
-    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+    created = created_stamps(frame)
     triples = ((identity(text(r["dataset"]), defense_label(r), text(r["attack"]), text(r["surface"], "deployed"),
                          text(r["source"], "white-box"), text(r["budget_param"]), number(r["budget"]), int(r["seed"])),
                 recency(stamp, text(r["created_at"])), position)

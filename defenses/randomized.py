@@ -159,14 +159,14 @@ def mean_softmax_scores(logits: torch.Tensor) -> torch.Tensor:
 
 class SelfEnsemble(nn.Module):
     """The prediction: mean softmax over ``passes`` fresh draws, the draws batched as one input of
-    ``passes`` x N rows (in chunks of at most ``MAX_ROWS_PER_PASS`` rows)."""
+    ``passes`` x N rows (in chunks of at most ``rows_per_pass`` rows)."""
 
-    def __init__(self, net: nn.Module, passes: int):
+    def __init__(self, net: nn.Module, passes: int, rows_per_pass: int = MAX_ROWS_PER_PASS):
         super().__init__()
-        self.net, self.passes = net, passes
+        self.net, self.passes, self.rows_per_pass = net, passes, rows_per_pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_chunk = max(1, MAX_ROWS_PER_PASS // max(1, len(x)))
+        per_chunk = max(1, self.rows_per_pass // max(1, len(x)))
         logits = []
         for start in range(0, self.passes, per_chunk):
             k = min(per_chunk, self.passes - start)

@@ -40,7 +40,7 @@ from bench.certify.smoothing import ABSTAIN, noise_counts, predict_from_counts
 from bench.adapters import to_art
 from bench.defense import ClassifierDefense
 from bench.registry import defenses
-from defenses.randomized import mean_softmax_scores
+from defenses.randomized import NoiseLayer, SelfEnsemble
 
 # Noisy rows per forward pass of the deployed model and the soft surface (more draws are split into chunks).
 ROWS_PER_PASS = 1024
@@ -73,21 +73,15 @@ class SmoothedPrediction(nn.Module):
 
 class SmoothedSoftmax(nn.Module):
     """SmoothAdv's target (Salman et al. 2019): log mean softmax of the base over ``draws`` fresh Gaussian draws
-    per call (global generator), differentiable in the input; (B, K + 1), the abstain column ``NEVER``."""
+    per call (global generator), differentiable in the input; (B, K + 1), the abstain column ``NEVER``. RSE's
+    self-ensemble over a noise layer in front of the base: the same batched draws."""
 
-    def __init__(self, base: nn.Module, sigma: float, draws: int, num_classes: int):
+    def __init__(self, base: nn.Module, sigma: float, draws: int):
         super().__init__()
-        self.base, self.sigma, self.draws, self.num_classes = base, sigma, draws, num_classes
+        self.ensemble = SelfEnsemble(nn.Sequential(NoiseLayer(sigma), base), draws, rows_per_pass=ROWS_PER_PASS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_chunk = max(1, ROWS_PER_PASS // max(1, len(x)))
-        logits = []
-        for start in range(0, self.draws, per_chunk):
-            k = min(per_chunk, self.draws - start)
-            noisy = x.repeat(k, *([1] * (x.ndim - 1)))
-            noisy = noisy + self.sigma * torch.randn_like(noisy)
-            logits.append(self.base(noisy)[:, :self.num_classes].view(k, len(x), -1))
-        return with_abstain_column(mean_softmax_scores(torch.cat(logits)))
+        return with_abstain_column(self.ensemble(x))
 
 
 class BaseWithAbstain(nn.Module):
@@ -165,7 +159,7 @@ class RandomizedSmoothing(ClassifierDefense):
     def surfaces(self) -> dict[str, nn.Module]:
         base = self.base_classifier()
         return {"deployed": self.deployed(),
-                "soft": SmoothedSoftmax(base, self.sigma, self.soft_samples, self.spec.num_classes).eval(),
+                "soft": SmoothedSoftmax(base, self.sigma, self.soft_samples).eval(),
                 "base": BaseWithAbstain(base).eval()}
 
     def as_art(self, surface: str = "deployed"):

@@ -45,15 +45,16 @@ def attack_budgets(suite: Suite, defense: str, threat_model: str) -> list[float]
 
 def plan_certificates(suite: Suite, train: TrainedModels) -> list[Task]:
     tasks = []
-    for ds in suite.datasets:
-        for seed in suite.seeds:
-            referee = correct_by(ds, train, seed)
-            for c in suite.certificates:
-                entry = certifiers.get(c.name)
-                method = EntryRef(c.name, c.params, entry.version)
-                tm = threat_model_of(c)
-                for d in certified_defenses(c, suite):
-                    dataset, defense = ds.label or ds.name, d.label or d.name  # labels: set by validation
+    for c in suite.certificates:
+        method = EntryRef(c.name, c.params, certifiers.get(c.name).version)
+        tm = threat_model_of(c)
+        targets = certified_defenses(c, suite)
+        for ds in suite.datasets:
+            dataset = ds.label or ds.name  # labels: set by validation
+            for seed in suite.seeds:
+                referee = correct_by(ds, train, seed)
+                for d in targets:
+                    defense = d.label or d.name
                     budgets = sorted(float(b) for b in c.budgets) if c.budgets else attack_budgets(suite, defense, tm)
                     if not budgets:
                         continue  # nothing to sit beside: no attack on it in this threat model
@@ -63,6 +64,3 @@ def plan_certificates(suite: Suite, train: TrainedModels) -> list[Task]:
                         f"certify {defense} by {c.label} ({tm}) on {dataset} (seed {seed})",
                         TaskAbout(dataset, seed, defense=defense, attack=c.label)))
     return tasks
-
-
-

@@ -195,8 +195,8 @@ def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
     combined on the images it shares with it (an example is broken if any row that attacked it broke it); the
     lowest worst case wins (ties: more images). Rows that share no image with it are apart."""
     within = [(r, b) for r in rows if (b := r.broken_within(eps)) is not None]
-    if not any(r.speaks_to(eps) for r, _ in within):
-        return None  # only attacks at larger budgets: "none broken within eps" would be no evidence, not 100%
+    if not within:
+        return None
     best: _SeedOutcome | None = None
     for images in dict.fromkeys(r.images for r, _ in within):
         reference = next(r for r, _ in within if r.images == images)
@@ -212,7 +212,7 @@ def _one_seed(rows: list[Evidence], eps: float) -> _SeedOutcome | None:
             broken |= mine
             by_attack[row.name] = by_attack.get(row.name, np.zeros_like(broken)) | mine
         if not any(row.speaks_to(eps) for row in counted):
-            continue  # only larger budgets' results on these images: no number for them
+            continue  # only larger budgets' results: "none broken within eps" is no evidence, not 100%
         outcome = _SeedOutcome(broken, by_attack, counted, apart)
         if best is None or (1 - broken.mean(), -broken.size) < (1 - best.broken.mean(), -best.broken.size):
             best = outcome

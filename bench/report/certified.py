@@ -31,10 +31,10 @@ import pandas as pd
 from ..checks import CHECK_BY_NUMBER, Evidence, Verdict
 from ..labels import budget_label
 from ..metrics import HitsOfN, wilson_interval
-from ..newest_rows import newest_of, number, recency, text
+from ..newest_rows import created_stamps, newest_of, number, recency, text
 from .best_known import Evidence as AttackEvidence
 from .best_known import broken_on
-from .format import sanitize
+from .format import MISSING, interval_text, sanitize
 from .model import Plot
 
 CERTIFICATE_CHECK = 8
@@ -83,7 +83,7 @@ def certificate_rows(frame: pd.DataFrame | None) -> list[CertificateRow]:
     """The stored certificate rows, the newest of each (dataset, defense, method, threat model, budget, seed)."""
     if frame is None or frame.empty:
         return []
-    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+    created = created_stamps(frame)
     triples = []
     for record, stamp in zip(frame.to_dict("records"), created):
         row = CertificateRow.of(record)
@@ -102,10 +102,7 @@ class Certified(HitsOfN):
     unsupported: str = ""  # set (and n 0) where no method could take the network
 
     def text(self) -> str:
-        if self.unsupported:
-            return "—"
-        low, high = self.interval
-        return f"{100 * self.acc:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+        return MISSING if self.unsupported else interval_text(self.acc, self.interval)
 
 
 def certified_at(rows: Iterable[CertificateRow], threat_model: str, eps: float) -> Certified | None:

@@ -56,6 +56,7 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
         for dataset in sorted({r.dataset for r in suite_rows}):
             name = f"{suite} — {dataset}" if len(parts) > 1 else dataset
             mine = frame[frame["dataset"] == dataset]
+            certificates_of = [c for c in certificates_here if c.dataset == dataset]
             clean: dict[str, tuple[float, int]] = {}
             for r in suite_rows:
                 if r.dataset == dataset and r.is_clean:
@@ -66,11 +67,10 @@ def compute_leaderboard(results: pd.DataFrame | None, *, title: str = DEFAULT_TI
                 evidence={d: found for (ds, d), found in evidence.items() if ds == dataset}, clean=clean,
                 headline={tm: float(eps) for tm, eps in headline.items() if eps is not None},
                 flags={(d, tm): numbers for (ds, d, tm), numbers in failed.items() if ds == dataset},
-                certificates={d: [c for c in certificates_here if c.dataset == dataset and c.defense == d]
-                              for d in {c.defense for c in certificates_here}})
+                certificates={d: [c for c in certificates_of if c.defense == d]
+                              for d in {c.defense for c in certificates_of}})
             suites_known.append(known)
-            radius_plot = certified.radius_plot(name, [c for c in certificates_here if c.dataset == dataset],
-                                                taken_files)
+            radius_plot = certified.radius_plot(name, certificates_of, taken_files)
             sections.append(robustness.dataset_section(
                 name, [r for r in suite_rows if r.dataset == dataset], taken_files,
                 views=[flag_view(view, _flags_by_defense(failed, dataset)) for view in view_tables(name, mine)],

@@ -14,6 +14,12 @@ PLOTS_DIR = "plots"  # PNGs, relative to the leaderboard directory (and so in RE
 PCT = "pct"  # a MetricSpec.fmt: a fraction written as a percentage
 
 
+def interval_text(acc: float, interval: tuple[float, float]) -> str:
+    """A share with its 95% interval, as every table shows one: "16.0 [11.2, 22.0]"."""
+    low, high = interval
+    return f"{pct(acc)} [{pct(low)}, {pct(high)}]"
+
+
 def pct(value, of=None) -> str:
     """A fraction as a percentage with one decimal (``value`` out of ``of`` when given); MISSING if none."""
     if is_missing(value):

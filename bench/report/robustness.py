@@ -27,7 +27,7 @@ from ..labels import BUDGET_SYMBOLS, budget_label
 from ..metrics import METRICS, MetricSpec
 from ..threat_models import ThreatModel
 from .aggregate import Cell, Group, GroupNumbers, section_numbers
-from .format import MISSING, PCT, metric_text, pct, sanitize
+from .format import MISSING, PCT, interval_text, metric_text, pct, sanitize
 from .model import CLEAN_ATTACK, DatasetSection, Plot, Table, values_table
 from .rows import DETAIL_METRICS as _DETAIL_METRICS
 from .rows import Row
@@ -57,9 +57,8 @@ def _interval_text(cell: Cell | None) -> str:
     """A headline: "16.0 [11.2, 22.0]", and the mean over repeats after it where there is one."""
     if cell is None:
         return MISSING
-    low, high = cell.interval
     mean = f" ({pct(cell.mean_hits / cell.n)})" if cell.mean_hits is not None else ""
-    return f"{pct(cell.acc)} [{pct(low)}, {pct(high)}]{mean}"
+    return interval_text(cell.acc, cell.interval) + mean
 
 
 def _pooled_text(spec: MetricSpec, rows: tuple[Row, ...]) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..metrics import RESULT_METRICS
 from .format import MISSING, is_missing
-from ..newest_rows import CLEAN_ATTACK, identity, newest_of, recency
+from ..newest_rows import CLEAN_ATTACK, created_stamps, identity, newest_of, recency
 from ..newest_rows import defense_label as _defense_label
 from ..newest_rows import number as _number
 from ..newest_rows import text as _text
@@ -172,8 +172,7 @@ def normalize(results: pd.DataFrame) -> list[Row]:
     for column, default in _OPTIONAL_COLUMNS.items():
         if column not in frame.columns:
             frame[column] = [default] * len(frame)
-    # Parsed once, as UTC, so "Z" and "+00:00" spellings (and naive stamps) order correctly.
-    created = pd.to_datetime(frame["created_at"].astype(object), utc=True, errors="coerce", format="ISO8601")
+    created = created_stamps(frame)
 
     rows = []
     for record, stamp in zip(frame.to_dict("records"), created):

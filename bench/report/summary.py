@@ -18,7 +18,7 @@ from ..labels import budget_label
 from ..threat_models import ThreatModel
 from .best_known import BestKnown, Evidence, best_known, eps_budgets, threat_models
 from .certified import CertificateRow, Certified, certified_at
-from .format import MISSING, pct
+from .format import MISSING, interval_text, pct
 from .model import Table, values_table
 from .soundness import flagged
 
@@ -97,13 +97,17 @@ def best_text(best: BestKnown | None, flags: list[int] | tuple[int, ...] = ()) -
     """"12.0 [9.4, 15.2]", with "strict" and the mean over repeats for a stochastic defense, and its flags."""
     if best is None:
         return MISSING
-    low, high = best.interval
-    text = f"{pct(best.acc)} [{pct(low)}, {pct(high)}]"
+    text = interval_text(best.acc, best.interval)
     if best.repeats > 1:
         text += " strict" + (f" (mean {pct(best.strongest_mean)})" if best.strongest_mean is not None else "")
     if best.only_below is not None:
-        text += f" (attacked at {budget_label('eps', best.only_below).replace('=', '≤')} only)"
+        text += f" (attacked at {at_most(best.only_below)} only)"
     return flagged(text, flags)
+
+
+def at_most(budget: float) -> str:
+    """"ε≤0.1": the budgets a bound from smaller budgets only comes from."""
+    return budget_label("eps", budget).replace("=", "≤")
 
 
 def broken_by_text(best: BestKnown | None) -> str:
@@ -159,7 +163,7 @@ def suite_tables(suite: SuiteEvidence) -> list[Table]:
         frame[head] = [best_text(bests[d], f) for d, f in zip(order, flags)]
         for b, label in columns.items():  # a bound from smaller budgets only says so, as the headline does
             below = [at.only_below if (at := suite.best(d, tm, b)) is not None else None for d in order]
-            frame[label] = [text if only is None else f"{text} (ε≤{only:g} only)"
+            frame[label] = [text if only is None else f"{text} ({at_most(only)} only)"
                             for text, only in zip(frame[label], below)]
         frame.insert(3, "n", [str(bests[d].n) if bests[d] else MISSING for d in order])
         frame.insert(4, "Broken most by", [broken_by_text(bests[d]) for d in order])
